@@ -1,0 +1,26 @@
+"""The gradscope dashboard: a Dash app over the run files of one folder."""
+
+from __future__ import annotations
+
+import os
+
+import dash
+
+from app.callbacks import register_callbacks
+from app.layout import page
+from app.run_index import RunIndex
+
+
+def create_app(runs_dir: str | os.PathLike) -> dash.Dash:
+    """A Dash app showing the runs under `runs_dir`; raises UsageError if it is not a folder."""
+    index = RunIndex(runs_dir)
+    root_label = str(runs_dir)
+    app = dash.Dash(
+        __name__,
+        title="gradscope",
+        update_title=None,
+        serve_locally=True,  # no CDN: the page works offline
+    )
+    app.layout = lambda: page(index, root_label)  # a function: each load rescans the folder
+    register_callbacks(app, index, root_label)
+    return app

@@ -1,0 +1,275 @@
+"""The dashboard's callbacks: plain functions of (index, values), and thin Dash wrappers."""
+
+from __future__ import annotations
+
+import logging
+
+from dash import MATCH, Input, Output, State, ctx, dcc, html, no_update
+
+from app import ids
+from app.controls import (
+    Controls,
+    layer_type_options,
+    pick_stat,
+    stat_options,
+)
+from app.layout import run_list, run_options, run_versions
+from app.panels import (
+    PANEL_CONTROLS,
+    apply_zoom,
+    message_figure,
+    panel_figure,
+    remembered_zoom,
+    view_key,
+)
+from app.run_index import RunIndex
+from gradscope import figures
+from gradscope.diagnose import diagnose
+from gradscope.errors import GradscopeError
+
+log = logging.getLogger(__name__)
+
+SLIDER_MARKS = 5  # labelled positions on the step slider
+
+
+def describe_error(index: RunIndex, error: Exception) -> str:
+    """The one-line message a page shows for an error raised while answering a request."""
+    if isinstance(error, GradscopeError):
+        return index.relative_message(str(error))
+    log.error("dashboard callback failed", exc_info=error)
+    return f"internal error ({type(error).__name__}); details are in the server log"
+
+
+# ----- plain functions: everything a callback does, testable without a browser -----
+
+
+def refresh_run_list(index: RunIndex, root_label: str, selected, versions) -> tuple:
+    """(run list, runs dropdown options, new versions or no_update) for the timer."""
+    entries = index.scan()
+    current = run_versions(entries, selected)
+    return (
+        run_list(entries, root_label),
+        run_options(entries),
+        no_update if current == versions else current,
+    )
+
+
+def control_values(index: RunIndex, selected, stat, step_index, step_max) -> dict:
+    """Options and values of the controls that depend on the selected runs.
+
+    Keys: stat_options, stat, type_options, step_max, step_index, step_marks, message.
+    A slider left at its last position stays at the last position as runs grow.
+    """
+    out = {
+        "stat_options": [],
+        "stat": None,
+        "type_options": [],
+        "step_max": 0,
+        "step_index": 0,
+        "step_marks": None,
+        "message": "",
+    }
+    try:
+        controls = Controls.from_request(runs=selected)
+        if not controls.runs:
+            out["message"] = "Select one or more runs to compare."
+            return out
+        with index.open_runs(list(controls.runs)) as runs:
+            available = stat_options(runs)
+            steps = figures.available_steps(runs)
+            out["type_options"] = layer_type_options(runs)
+    except Exception as e:  # noqa: BLE001 - shown on the page
+        out["message"] = describe_error(index, e)
+        return out
+    out["stat_options"] = available
+    out["stat"] = pick_stat(stat, available)
+    last = max(len(steps) - 1, 0)
+    at_end = step_index is None or step_max is None or step_index >= step_max
+    out["step_max"] = last
+    out["step_index"] = last if at_end else min(int(step_index), last)
+    if len(steps):
+        marks = sorted({round(i * last / (SLIDER_MARKS - 1)) for i in range(SLIDER_MARKS)})
+        out["step_marks"] = {str(i): str(int(steps[i])) for i in marks}
+    return out
+
+
+def step_label(index: RunIndex, selected, step_index, window) -> str:
+    """What the step slider and window point at, in steps."""
+    try:
+        controls = Controls.from_request(runs=selected, step_index=step_index, window=window)
+        if not controls.runs:
+            return ""
+        with index.open_runs(list(controls.runs)) as runs:
+            steps = figures.available_steps(runs)
+    except Exception as e:  # noqa: BLE001 - shown on the page
+        return describe_error(index, e)
+    if len(steps) == 0:
+        return "no records yet"
+    position = min(controls.step_index or 0, len(steps) - 1)
+    latest = " (latest)" if position == len(steps) - 1 else ""
+    if controls.window and controls.window > 1:
+        first = max(0, position - controls.window + 1)
+        return f"mean over steps {int(steps[first])}..{int(steps[position])}{latest}"
+    return f"step {int(steps[position])}{latest}"
+
+
+def figure_output(index: RunIndex, kind: str, values: dict, zoom: dict | None = None) -> tuple:
+    """(figure, message) of panel `kind` for the control `values`, keeping the user's `zoom`."""
+    try:
+        controls = Controls.from_request(**values)
+        with index.open_runs(list(controls.runs)) as runs:
+            fig = panel_figure(kind, runs, controls)
+        return apply_zoom(fig, view_key(kind, controls), zoom), ""
+    except Exception as e:  # noqa: BLE001 - shown on the page
+        message = describe_error(index, e)
+        return message_figure(message), message
+
+
+def zoom_output(kind: str, values: dict, zoom: dict | None, relayout: dict | None):
+    """The zoom store of panel `kind` after a plotly relayout event (no_update if malformed)."""
+    try:
+        controls = Controls.from_request(**values)
+    except GradscopeError:
+        return no_update  # the figure callback shows what is wrong with these values
+    return remembered_zoom(zoom, view_key(kind, controls), relayout)
+
+
+def png_download(index: RunIndex, kind: str, values: dict) -> tuple:
+    """(dcc.Download data, message): the panel's figure as the PNG `gradscope export` writes."""
+    from gradscope.export import figure_png_bytes  # imports kaleido: only when asked for a PNG
+
+    try:
+        controls = Controls.from_request(**values)
+        with index.open_runs(list(controls.runs)) as runs:
+            fig = panel_figure(kind, runs, controls)
+        png = figure_png_bytes(fig)
+    except Exception as e:  # noqa: BLE001 - shown on the page
+        return no_update, describe_error(index, e)
+    name = f"{kind}-{controls.stat}.png" if controls.stat else f"{kind}.png"
+    return dcc.send_bytes(png, name), ""
+
+
+def diagnosis_output(index: RunIndex, selected) -> list:
+    """The diagnosis text of each selected run, or why there is none."""
+    try:
+        controls = Controls.from_request(runs=selected)
+        blocks = []
+        with index.open_runs(list(controls.runs)) as runs:
+            for run in runs:
+                blocks.append(html.H4(figures.run_label(run)))
+                blocks.append(html.Pre(diagnose(run).to_text(), className="diagnosis-text"))
+    except Exception as e:  # noqa: BLE001 - shown on the page
+        return [html.Div(describe_error(index, e), className="panel-message")]
+    return blocks
+
+
+# ----- Dash wrappers -----
+
+
+def _control_inputs(names, kind=Input) -> dict:
+    return {name: kind(*ids.CONTROL_VALUES[name]) for name in names}
+
+
+def register_callbacks(app, index: RunIndex, root_label: str) -> None:
+    """Wire the plain functions above to the page's components."""
+
+    @app.callback(
+        Output(ids.RUN_LIST, "children"),
+        Output(ids.RUNS, "options"),
+        Output(ids.VERSIONS, "data"),
+        Input(ids.TIMER, "n_intervals"),
+        State(ids.RUNS, "value"),
+        State(ids.VERSIONS, "data"),
+        prevent_initial_call=True,
+    )
+    def _on_timer(_n, selected, versions):
+        return refresh_run_list(index, root_label, selected, versions)
+
+    @app.callback(
+        Output(ids.STAT, "options"),
+        Output(ids.STAT, "value"),
+        Output(ids.LAYER_TYPES, "options"),
+        Output(ids.STEP, "max"),
+        Output(ids.STEP, "value"),
+        Output(ids.STEP, "marks"),
+        Output(ids.PAGE_MESSAGE, "children"),
+        Input(ids.RUNS, "value"),
+        Input(ids.VERSIONS, "data"),
+        State(ids.STAT, "value"),
+        State(ids.STEP, "value"),
+        State(ids.STEP, "max"),
+    )
+    def _on_runs(selected, _versions, stat, step_index, step_max):
+        v = control_values(index, selected, stat, step_index, step_max)
+        return (
+            v["stat_options"],
+            v["stat"],
+            v["type_options"],
+            v["step_max"],
+            v["step_index"],
+            v["step_marks"],
+            v["message"],
+        )
+
+    @app.callback(
+        Output(ids.STEP_LABEL, "children"),
+        Input(ids.RUNS, "value"),
+        Input(ids.STEP, "value"),
+        Input(ids.WINDOW, "value"),
+        Input(ids.VERSIONS, "data"),
+    )
+    def _on_step(selected, step_index, window, _versions):
+        return step_label(index, selected, step_index, window)
+
+    for kind in ids.PANELS:
+        _register_panel(app, index, kind)
+
+    @app.callback(
+        Output(ids.panel_id("png-download", MATCH), "data"),
+        Output(ids.panel_id("png-message", MATCH), "children"),
+        inputs={
+            "_clicks": Input(ids.panel_id("png-button", MATCH), "n_clicks"),
+            **_control_inputs(ids.CONTROL_VALUES, kind=State),
+        },
+        prevent_initial_call=True,
+    )
+    def _on_png(_clicks, **values):
+        return png_download(index, ctx.triggered_id["panel"], values)
+
+    @app.callback(
+        Output(ids.DIAGNOSIS, "children"),
+        Input(ids.RUNS, "value"),
+        Input(ids.VERSIONS, "data"),
+    )
+    def _on_diagnosis(selected, _versions):
+        return diagnosis_output(index, selected)
+
+
+def _register_panel(app, index: RunIndex, kind: str) -> None:
+    """One callback per kind of figure: redraw it when its controls or its runs change."""
+
+    controls = ("runs", *PANEL_CONTROLS[kind])
+
+    @app.callback(
+        Output(ids.panel_id("graph", kind), "figure"),
+        Output(ids.panel_id("message", kind), "children"),
+        inputs={
+            "_versions": Input(ids.VERSIONS, "data"),
+            **_control_inputs(controls),
+            "_zoom": State(ids.panel_id("zoom", kind), "data"),
+        },
+    )
+    def _on_controls(_versions, _zoom, **values):
+        return figure_output(index, kind, values, _zoom)
+
+    @app.callback(
+        Output(ids.panel_id("zoom", kind), "data"),
+        inputs={
+            "_relayout": Input(ids.panel_id("graph", kind), "relayoutData"),
+            "_zoom": State(ids.panel_id("zoom", kind), "data"),
+            **_control_inputs(controls, kind=State),
+        },
+        prevent_initial_call=True,
+    )
+    def _on_zoom(_relayout, _zoom, **values):
+        return zoom_output(kind, values, _zoom, _relayout)

@@ -1,0 +1,43 @@
+"""Component ids of the dashboard: fixed names for controls, a factory for panel parts."""
+
+# Controls and shared state.
+RUNS = "runs"  # dropdown: runs to compare (paths relative to the runs folder)
+STAT = "stat"  # dropdown: statistic
+LAYER_TYPES = "layer-types"  # dropdown: layer types to keep (empty = all)
+LAYER_PATTERN = "layer-pattern"  # text: layer name pattern
+STEP = "step"  # slider: index into the steps of the selected runs
+STEP_LABEL = "step-label"  # text: the step the slider points at
+WINDOW = "window"  # number: records to average the flow curve over
+SCALE = "scale"  # radio: log or linear values
+DEPTH_AXIS = "depth-axis"  # radio: layer index or normalized depth
+TIMER = "timer"  # interval: polls the runs folder for new records
+VERSIONS = "run-versions"  # store: records and mtime of each selected run, changes drive redraws
+RUN_LIST = "run-list"  # the run files, grouped by folder
+PAGE_MESSAGE = "page-message"  # problems with the selection as a whole
+DIAGNOSIS = "diagnosis"  # the diagnosis text of each selected run
+
+# Figure panels, in page order, with their titles.
+PANELS = {
+    "flow": "Gradient flow across depth",
+    "heatmap": "Depth x step heatmap",
+    "ratio": "Ratio heatmap (first two selected runs)",
+    "training": "Training curves",
+}
+
+
+def panel_id(part: str, panel: str) -> dict:
+    """The id of one part ("graph", "message", "png-button", ...) of one panel."""
+    return {"part": part, "panel": panel}
+
+
+# The value of each control, as (component id, property), by the name `Controls` gives it.
+CONTROL_VALUES = {
+    "runs": (RUNS, "value"),
+    "stat": (STAT, "value"),
+    "layer_types": (LAYER_TYPES, "value"),
+    "layer_pattern": (LAYER_PATTERN, "value"),
+    "step_index": (STEP, "value"),
+    "window": (WINDOW, "value"),
+    "scale": (SCALE, "value"),
+    "depth_axis": (DEPTH_AXIS, "value"),
+}

@@ -1,0 +1,73 @@
+"""`gradscope dashboard`: serve the Dash dashboard over a folder of run files."""
+
+import ipaddress
+from pathlib import Path
+
+from gradscope.errors import UsageError
+
+DEFAULT_HOST = (
+    "127.0.0.1"  # loopback only: the page reads run files, so it is not shared by default
+)
+DEFAULT_PORT = 8050
+
+
+def register(subparsers) -> None:
+    """Add the `dashboard` subcommand."""
+    parser = subparsers.add_parser(
+        "dashboard",
+        help="browse and compare run files in a web dashboard",
+        description="Serve a dashboard over every run file under --runs (recursively): flow "
+        "curves, heatmaps, training curves and diagnosis; runs still being written refresh live.",
+    )
+    parser.add_argument("--runs", default="runs", help="folder of run files (default: runs)")
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default: {DEFAULT_HOST}; 0.0.0.0 shares it on the network)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
+    )
+    parser.set_defaults(func=run)
+
+
+def dashboard_url(host: str, port: int) -> str:
+    """The URL a browser opens for a server listening on host:port."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"  # an IPv6 address
+    return f"http://{shown}:{port}/"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args) -> int:
+    """Check the arguments, then serve the dashboard until interrupted."""
+    runs = Path(args.runs)
+    if not runs.is_dir():
+        raise UsageError(
+            f"runs folder {args.runs!r} does not exist; record a run first or pass --runs FOLDER"
+        )
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
+    from app import create_app  # imports dash: only for this command
+
+    app = create_app(runs)
+    if not _is_loopback(args.host):
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this port can read the "
+            "run files under the runs folder"
+        )
+    print(f"gradscope dashboard: {runs} at {dashboard_url(args.host, args.port)} (Ctrl+C stops)")
+    try:
+        app.run(host=args.host, port=args.port, debug=False)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from e
+    return 0

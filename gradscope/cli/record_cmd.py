@@ -1,0 +1,164 @@
+"""`gradscope record`: train a model and its baselines, recording gradient flow into run files."""
+
+import argparse
+
+from gradscope.errors import UsageError
+from gradscope.record import (
+    ExperimentConfig,
+    format_summary,
+    resume_experiment,
+    run_experiment,
+)
+from gradscope.train import TrainConfig
+
+# flags `--resume` accepts besides itself: everything else comes from the saved config.json
+RESUME_FLAGS = ("resume", "device", "quiet", "command", "func")
+
+
+def register(subparsers) -> None:
+    """Add the `record` subcommand."""
+    parser = subparsers.add_parser(
+        "record",
+        help="train a model and baselines, recording gradient flow",
+        description="Train MODEL and each BASELINE with the same initialization seed and batch "
+        "order (He et al. 2016 CIFAR recipe unless told otherwise), writing OUT/NAME/<model>.h5, "
+        "config.json and checkpoints. Ctrl-C checkpoints; --resume OUT/NAME continues.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=main)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `gradscope record`; defaults come from TrainConfig / ExperimentConfig."""
+    d = TrainConfig()
+    what = parser.add_argument_group("models and data")
+    what.add_argument("--model", help="the model under study, e.g. resnet56")
+    what.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="a model trained alongside (repeatable), e.g. plain56",
+    )
+    what.add_argument(
+        "--data",
+        default=d.data,
+        help="cifar10, cifar100, synthetic, or a folder (cifar-10-batches-py, or an ImageFolder "
+        "tree with train/ and test/ or val/) (default: %(default)s)",
+    )
+    what.add_argument("--data-root", default=None, help="download folder for cifar10/cifar100")
+    what.add_argument("--image-size", type=int, default=None, help="resize images to N x N")
+    what.add_argument(
+        "--shortcut",
+        choices=("A", "B"),
+        default=d.shortcut,
+        help="CIFAR ResNet shortcut: A zero-pad (paper), B projection (default: %(default)s)",
+    )
+
+    length = parser.add_argument_group("run length and recipe")
+    steps_or_epochs = length.add_mutually_exclusive_group()
+    steps_or_epochs.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps (default: 64000, the paper's)"
+    )
+    steps_or_epochs.add_argument("--epochs", type=int, default=None, help="passes over train set")
+    length.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: 128)")
+    length.add_argument("--lr", type=float, default=d.lr, help="initial lr (default: 0.1)")
+    length.add_argument("--momentum", type=float, default=d.momentum, help="(default: 0.9)")
+    length.add_argument(
+        "--weight-decay", type=float, default=d.weight_decay, help="(default: 1e-4)"
+    )
+    length.add_argument(
+        "--warmup-steps", type=int, default=d.warmup_steps, help="linear lr warmup (default: 0)"
+    )
+    length.add_argument(
+        "--eval-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="steps between test evaluations (default: every epoch; ~10 per --steps run)",
+    )
+    length.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+
+    rec = parser.add_argument_group("recording and output")
+    rec.add_argument(
+        "--every", type=int, default=d.record_every, help="steps between records (default: 10)"
+    )
+    rec.add_argument("--no-record", action="store_true", help="train without recording")
+    rec.add_argument("--out", default="runs", help="parent folder (default: %(default)s)")
+    rec.add_argument("--name", default=None, help="experiment folder (default: a timestamp)")
+    rec.add_argument(
+        "--resume", default=None, metavar="OUT/NAME", help="continue an interrupted experiment"
+    )
+    rec.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    dev = parser.add_argument_group("device")
+    dev.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    dev.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast + channels_last (default: on for CUDA only)",
+    )
+    dev.add_argument("--compile", action="store_true", help="torch.compile the forward")
+
+
+def config_from_args(args) -> ExperimentConfig:
+    """The ExperimentConfig the flags describe."""
+    if args.model is None:
+        raise UsageError("give --model NAME (see `gradscope models`), or --resume OUT/NAME")
+    train = TrainConfig(
+        data=args.data,
+        data_root=args.data_root,
+        image_size=args.image_size,
+        steps=args.steps,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        eval_every=args.eval_every,
+        record=not args.no_record,
+        record_every=args.every,
+        seed=args.seed,
+        shortcut=args.shortcut,
+        device=args.device or "auto",
+        amp=args.amp,
+        compile=args.compile,
+    )
+    return ExperimentConfig(
+        model=args.model, baselines=list(args.baseline), out=args.out, name=args.name, train=train
+    )
+
+
+def _check_resume_flags(args, parser_defaults: dict) -> None:
+    """With --resume, the saved config decides; other flags would be silently ignored."""
+    given = [
+        key
+        for key, value in vars(args).items()
+        if key not in RESUME_FLAGS and value != parser_defaults.get(key)
+    ]
+    if given:
+        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        raise UsageError(
+            f"--resume reads the configuration from its config.json; drop {flags} "
+            "(only --device and --quiet may change)"
+        )
+
+
+def main(args) -> int:
+    """Run (or resume) the experiment and print its summary."""
+    progress = not args.quiet
+    if args.resume is not None:
+        _check_resume_flags(args, _defaults())
+        result = resume_experiment(args.resume, device=args.device, progress=progress)
+    else:
+        result = run_experiment(config_from_args(args), progress=progress)
+    print(format_summary(result))
+    return 0
+
+
+def _defaults() -> dict:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return vars(parser.parse_args([]))

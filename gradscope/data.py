@@ -1,0 +1,187 @@
+"""Datasets as uint8 tensors on the device, and deterministic augmented training batches."""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from gradscope.data_arrays import Dataset, as_device, as_image_size
+from gradscope.data_augment import (
+    CROP_PADDING,
+    AugmentationParams,
+    augment_batch,
+    normalize,
+    sample_augmentation,
+)
+from gradscope.data_cifar import CIFAR_LAYOUTS, download_cifar, find_cifar_folder, read_cifar_folder
+from gradscope.data_folder import find_split_dirs, load_image_folder
+from gradscope.data_synthetic import make_synthetic
+from gradscope.errors import UsageError
+
+DATASET_NAMES = ("cifar10", "cifar100", "synthetic")  # specs that are names, not paths
+
+__all__ = [
+    "AugmentationParams",
+    "Dataset",
+    "TrainBatches",
+    "augment_batch",
+    "data_root",
+    "eval_batches",
+    "load_dataset",
+    "normalize",
+    "sample_augmentation",
+]
+
+
+def data_root(root=None) -> Path:
+    """Where named datasets are downloaded: `root`, else $GRADSCOPE_DATA, else the cache."""
+    if root is not None:
+        return Path(root).expanduser()
+    configured = os.environ.get("GRADSCOPE_DATA")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "gradscope" / "datasets"
+
+
+def load_dataset(spec="cifar10", root=None, device="cpu", image_size=None) -> Dataset:
+    """Load a dataset whole onto `device` as uint8 images and int64 labels.
+
+    `spec` is "cifar10" or "cifar100" (torchvision download into `root`), "synthetic"
+    (generated, deterministic), or a path to a local copy: a folder holding torchvision's
+    cifar-10-batches-py / cifar-100-python (or that folder itself), or an ImageFolder tree
+    with train/ and test/ (or val/) class folders. `image_size` (int or (H, W)) resizes
+    every image; ImageFolder trees of mixed sizes need it.
+    """
+    device = as_device(device)
+    size = as_image_size(image_size)
+    if spec in ("cifar10", "cifar100"):
+        dataset = download_cifar(spec, data_root(root))
+    elif spec == "synthetic":
+        dataset = make_synthetic(size)
+    else:
+        dataset = _load_local(Path(spec).expanduser(), size)
+    if size is not None and dataset.image_size != size:
+        dataset = dataset.resized(size)
+    return dataset.to(device)
+
+
+def _load_local(path: Path, image_size: tuple[int, int] | None) -> Dataset:
+    """Load the local copy at `path`, whichever supported layout it has."""
+    if not path.exists():
+        raise UsageError(
+            f"no dataset {str(path)!r}: expected one of {', '.join(DATASET_NAMES)} "
+            f"or the path of a local copy"
+        )
+    cifar = find_cifar_folder(path)
+    if cifar is not None:
+        name, folder = cifar
+        return read_cifar_folder(name, folder, str(path.resolve()))
+    if find_split_dirs(path) is not None:
+        return load_image_folder(path, image_size)
+    found = sorted(entry.name for entry in path.iterdir()) if path.is_dir() else []
+    shown = ", ".join(found[:12]) + (", ..." if len(found) > 12 else "")
+    cifar_folders = " or ".join(f"{layout.folder}/" for layout in CIFAR_LAYOUTS.values())
+    raise UsageError(
+        f"{path} is not a dataset layout gradscope reads. Expected a folder holding "
+        f"{cifar_folders} (as torchvision downloads them), that folder itself, or an "
+        f"ImageFolder tree with train/<class>/<image> and test/<class>/<image> (or val/). "
+        f"Found: {shown or ('a file' if path.is_file() else 'an empty folder')}"
+    )
+
+
+class TrainBatches:
+    """Shuffled, augmented, normalized train batches; batch(step) depends only on (seed, step).
+
+    Epoch e uses a permutation drawn from a generator seeded with (seed, e); the augmentation
+    of step k uses one seeded with (seed, k). A run resumed at step k therefore sees the same
+    batches as an uninterrupted run, and models trained with the same seed see the same order.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int = 128,
+        seed: int = 0,
+        augment: bool = True,
+        padding: int = CROP_PADDING,
+    ):
+        count = len(dataset.train_labels)
+        if not isinstance(batch_size, int) or not 0 < batch_size <= count:
+            raise UsageError(
+                f"batch size must be between 1 and the train set size ({count}), got {batch_size}"
+            )
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.augment = augment
+        self.padding = padding
+        self.steps_per_epoch = count // batch_size  # the last partial batch is dropped
+        self._mean = torch.tensor(dataset.mean, dtype=torch.float32, device=dataset.device)
+        self._std = torch.tensor(dataset.std, dtype=torch.float32, device=dataset.device)
+        self._cached_epoch = None  # (epoch, permutation) of the last epoch asked for
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The order (int64 [N], on the data's device) in which epoch `epoch` visits the samples."""
+        if self._cached_epoch is None or self._cached_epoch[0] != epoch:
+            generator = self._generator("epoch", epoch)
+            order = torch.randperm(
+                len(self.dataset.train_labels), generator=generator, device=generator.device
+            )
+            self._cached_epoch = (epoch, order)
+        return self._cached_epoch[1]
+
+    def indices(self, step: int) -> torch.Tensor:
+        """The train-set indices (int64 [B]) of batch `step`."""
+        try:
+            step = operator.index(step)
+        except TypeError as error:
+            raise UsageError(f"step must be a non-negative int, got {step!r}") from error
+        if step < 0:
+            raise UsageError(f"step must be a non-negative int, got {step}")
+        epoch, position = divmod(step, self.steps_per_epoch)
+        start = position * self.batch_size
+        return self.permutation(epoch)[start : start + self.batch_size]
+
+    def augmentation(self, step: int) -> AugmentationParams:
+        """The crop offsets and flips that batch `step` uses."""
+        generator = self._generator("augment", step)
+        return sample_augmentation(self.batch_size, self.padding, generator)
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch `step`: float32 normalized images [B, 3, H, W] and int64 labels [B]."""
+        index = self.indices(step)
+        images = self.dataset.train_images.index_select(0, index)  # much faster than [index]
+        if self.augment:
+            images = augment_batch(images, self.augmentation(step), self.padding)
+        x = normalize(images, self._mean, self._std)
+        return x, self.dataset.train_labels.index_select(0, index)
+
+    def _generator(self, stream: str, index: int) -> torch.Generator:
+        """A generator on the data's device seeded from (seed, stream, index)."""
+        key = f"{self.seed}/{stream}/{index}".encode()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        return torch.Generator(device=self.dataset.device).manual_seed(seed)
+
+
+def eval_batches(
+    dataset: Dataset, batch_size: int = 500
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The test set in order, normalized and not augmented, as (float32 [B,3,H,W], int64 [B])."""
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise UsageError(f"batch size must be a positive int, got {batch_size!r}")
+    return _test_batches(dataset, batch_size)
+
+
+def _test_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield the normalized test set in order, `batch_size` images at a time."""
+    mean = torch.tensor(dataset.mean, dtype=torch.float32, device=dataset.device)
+    std = torch.tensor(dataset.std, dtype=torch.float32, device=dataset.device)
+    for start in range(0, len(dataset.test_labels), batch_size):
+        images = dataset.test_images[start : start + batch_size]
+        labels = dataset.test_labels[start : start + batch_size]
+        yield normalize(images, mean, std), labels

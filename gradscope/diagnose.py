@@ -1,0 +1,359 @@
+"""Diagnosis of a run: vanishing/exploding gradients, dead units, first non-finite value."""
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from gradscope.errors import UsageError
+
+SCAN_CHUNK_RECORDS = 4096  # records read at a time by the exact non-finite scan
+# Statistics scanned record by record for the first non-finite value (those present in the run).
+NONFINITE_STATS = ("grad_nonfinite", "grad_norm", "weight_norm", "act_absmax")
+KIND_ORDER = ("nonfinite", "exploding_depth", "exploding_steps", "vanishing", "dead", "no_gradient")
+TEXT_PER_KIND = 5  # findings of one kind listed by to_text before "... and N more"
+
+
+@dataclass
+class Thresholds:
+    """Settable thresholds of the diagnosis rules (see docs/diagnosis.md)."""
+
+    vanishing_ratio: float = 1e-3  # grad_norm below this x the median layer's: vanishing
+    exploding_depth_ratio: float = 1e3  # first/last-layer grad_norm above this: exploding (depth)
+    exploding_step_ratio: float = 1e3  # grad_norm above this x its early baseline: exploding
+    dead_zero_frac: float = 0.99  # act_zero_frac at or above this: dead units
+    recent_fraction: float = 0.25  # share of the latest records a state is judged over (median)
+    baseline_fraction: float = 0.1  # share of the earliest records setting a layer's baseline
+    max_records: int = 4000  # records read (block-averaged) by the profile rules
+
+    def check(self) -> None:
+        """Raise UsageError on a threshold outside its valid range."""
+        for name in ("vanishing_ratio", "exploding_depth_ratio", "exploding_step_ratio"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"threshold {name} must be > 0, not {getattr(self, name)!r}")
+        for name in ("dead_zero_frac", "recent_fraction", "baseline_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise UsageError(f"threshold {name} must be in (0, 1], not {getattr(self, name)!r}")
+        if int(self.max_records) < 2:
+            raise UsageError(f"threshold max_records must be >= 2, not {self.max_records!r}")
+
+
+@dataclass
+class Finding:
+    """One problem found: its kind, where (layer, first step), a value and a sentence."""
+
+    kind: str  # one of KIND_ORDER
+    layer: str | None  # qualified layer name, None when the finding is about the whole net
+    step: int | None  # first step at which the condition held
+    value: float | None  # the measured quantity compared with the threshold
+    message: str
+
+    def to_dict(self) -> dict:
+        """JSON-able dict; a non-finite value is written as the string "nan", "inf" or "-inf"."""
+        out = asdict(self)
+        out["value"] = _json_float(self.value)
+        return out
+
+
+@dataclass
+class Diagnosis:
+    """Result of `diagnose`: findings plus the run's first-to-last-layer gradient ratio."""
+
+    path: str
+    records: int
+    layers: int
+    first_step: int | None
+    last_step: int | None
+    thresholds: Thresholds
+    first_last_ratio: float | None  # grad_norm of first / last layer, median of recent records
+    findings: list[Finding] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # rules that could not run, and why
+
+    def to_dict(self) -> dict:
+        """JSON-able dict of the whole diagnosis (strict JSON: no NaN or inf numbers)."""
+        return {
+            "path": self.path,
+            "records": self.records,
+            "layers": self.layers,
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "thresholds": asdict(self.thresholds),
+            "first_last_ratio": _json_float(self.first_last_ratio),
+            "findings": [finding.to_dict() for finding in self.findings],
+            "skipped": list(self.skipped),
+        }
+
+    def to_text(self) -> str:
+        """Human-readable report, findings grouped by kind, as printed by `gradscope inspect`."""
+        path = Path(self.path)
+        lines = [
+            f"diagnosis of {path.parent.name}/{path.stem}: {self.records} records "
+            f"(steps {self.first_step}..{self.last_step}), {self.layers} layers"
+        ]
+        if self.first_last_ratio is not None:
+            lines.append(
+                f"first/last-layer grad_norm ratio: {self.first_last_ratio:.3g} "
+                f"(median over the latest {self.thresholds.recent_fraction:.0%} of records)"
+            )
+        if not self.findings:
+            lines.append("no problems found")
+        for kind in KIND_ORDER:
+            found = [f for f in self.findings if f.kind == kind]
+            if not found:
+                continue
+            lines.append(f"{kind} ({len(found)}):")
+            lines.extend(f"  {f.message}" for f in found[:TEXT_PER_KIND])
+            if len(found) > TEXT_PER_KIND:
+                lines.append(f"  ... and {len(found) - TEXT_PER_KIND} more")
+        lines.extend(f"skipped: {reason}" for reason in self.skipped)
+        return "\n".join(lines)
+
+
+def diagnose(run, thresholds: Thresholds | None = None, **overrides) -> Diagnosis:
+    """Diagnose an opened run; keyword overrides set single thresholds (see `Thresholds`).
+
+    Example: ``diagnose(run, vanishing_ratio=1e-4)``. Rules and defaults: docs/diagnosis.md.
+    """
+    thresholds = _thresholds(thresholds, overrides)
+    steps = np.asarray(run.steps, dtype=np.int64)
+    names = run.layers["name"].astype(str).to_numpy()
+    result = Diagnosis(
+        path=str(run.path),
+        records=len(steps),
+        layers=len(names),
+        first_step=int(steps[0]) if len(steps) else None,
+        last_step=int(steps[-1]) if len(steps) else None,
+        thresholds=thresholds,
+        first_last_ratio=None,
+    )
+    if not len(steps):
+        result.skipped.append("every rule: the run has no records yet")
+        return result
+    stats = set(run.stats)
+    result.findings.extend(_first_nonfinite(run, names, stats))
+    if "grad_norm" in stats:
+        rec_steps, grad = run.read("grad_norm", max_records=int(thresholds.max_records))
+        grad = _positive(grad)
+        rec_steps = np.asarray(rec_steps)
+        result.first_last_ratio = _first_last_ratio(grad, thresholds)
+        result.findings.extend(_exploding_depth(grad, rec_steps, names, thresholds))
+        result.findings.extend(_exploding_steps(grad, rec_steps, names, thresholds))
+        result.findings.extend(_vanishing(grad, rec_steps, names, thresholds))
+        result.findings.extend(_no_gradient(grad, names))
+    else:
+        result.skipped.append("vanishing/exploding rules: the run does not record grad_norm")
+    if "act_zero_frac" in stats:
+        rec_steps, zero = run.read("act_zero_frac", max_records=int(thresholds.max_records))
+        zero = np.asarray(zero, dtype=np.float64)
+        result.findings.extend(_dead(zero, np.asarray(rec_steps), names, thresholds))
+    else:
+        result.skipped.append("dead-unit rule: the run does not record act_zero_frac")
+    return result
+
+
+def _thresholds(thresholds, overrides) -> Thresholds:
+    base = asdict(thresholds) if thresholds is not None else {}
+    valid = {f.name for f in fields(Thresholds)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise UsageError(f"unknown threshold(s) {unknown}; valid: {', '.join(sorted(valid))}")
+    result = Thresholds(**{**base, **overrides})
+    result.check()
+    return result
+
+
+def _positive(values) -> np.ndarray:
+    """float64 copy with non-finite and non-positive entries NaN (no usable gradient norm)."""
+    out = np.array(values, dtype=np.float64)
+    out[~np.isfinite(out) | (out <= 0)] = np.nan
+    return out
+
+
+def _recent(n: int, fraction: float) -> slice:
+    return slice(n - max(1, math.ceil(n * fraction)), n)
+
+
+def _nanmedian(values, axis=None):
+    """np.nanmedian without the warning for all-NaN slices (they give NaN, as intended)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(values, axis=axis)
+
+
+def _first_step(mask: np.ndarray, steps: np.ndarray) -> int:
+    return int(steps[int(np.argmax(mask))])
+
+
+def _first_last_ratio(grad: np.ndarray, thresholds: Thresholds) -> float | None:
+    ratio = _first_last_series(grad)
+    if ratio is None:
+        return None
+    recent = _nanmedian(ratio[_recent(len(ratio), thresholds.recent_fraction)])
+    return None if np.isnan(recent) else float(recent)
+
+
+def _first_last_series(grad: np.ndarray):
+    """grad_norm of the first over the last layer with a gradient, per record (None if < 2)."""
+    has_grad = np.flatnonzero(~np.isnan(grad).all(axis=0))
+    if len(has_grad) < 2:
+        return None
+    return grad[:, has_grad[0]] / grad[:, has_grad[-1]]
+
+
+def _exploding_depth(grad, steps, names, thresholds: Thresholds) -> list[Finding]:
+    ratio = _first_last_series(grad)
+    if ratio is None:
+        return []
+    limit = thresholds.exploding_depth_ratio
+    recent = _nanmedian(ratio[_recent(len(ratio), thresholds.recent_fraction)])
+    if not recent > limit:
+        return []
+    first = names[np.flatnonzero(~np.isnan(grad).all(axis=0))[0]]
+    step = _first_step(ratio > limit, steps)
+    return [
+        Finding(
+            "exploding_depth",
+            str(first),
+            step,
+            float(recent),
+            f"gradients grow towards the input: first/last-layer grad_norm {recent:.3g} > "
+            f"{limit:g} (first from step {step})",
+        )
+    ]
+
+
+def _exploding_steps(grad, steps, names, thresholds: Thresholds) -> list[Finding]:
+    base_rows = slice(0, max(1, math.ceil(len(grad) * thresholds.baseline_fraction)))
+    baseline = _nanmedian(grad[base_rows], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        growth = grad / baseline
+    limit = thresholds.exploding_step_ratio
+    over = growth > limit
+    found = []
+    for j in np.flatnonzero(over.any(axis=0)):
+        peak = float(np.nanmax(growth[:, j]))
+        step = _first_step(over[:, j], steps)
+        found.append(
+            Finding(
+                "exploding_steps",
+                str(names[j]),
+                step,
+                peak,
+                f"{names[j]}: grad_norm grew {peak:.3g}x over its early baseline "
+                f"(> {limit:g}x from step {step})",
+            )
+        )
+    return found
+
+
+def _vanishing(grad, steps, names, thresholds: Thresholds) -> list[Finding]:
+    median = _nanmedian(grad, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        relative = grad / median[:, None]
+    limit = thresholds.vanishing_ratio
+    recent = _nanmedian(relative[_recent(len(relative), thresholds.recent_fraction)], axis=0)
+    found = []
+    for j in np.flatnonzero(recent < limit):
+        step = _first_step(relative[:, j] < limit, steps)
+        found.append(
+            Finding(
+                "vanishing",
+                str(names[j]),
+                step,
+                float(recent[j]),
+                f"{names[j]}: grad_norm is {recent[j]:.2g} of the median layer's "
+                f"(< {limit:g}, first at step {step})",
+            )
+        )
+    return found
+
+
+def _dead(zero, steps, names, thresholds: Thresholds) -> list[Finding]:
+    limit = thresholds.dead_zero_frac
+    recent = _nanmedian(zero[_recent(len(zero), thresholds.recent_fraction)], axis=0)
+    found = []
+    for j in np.flatnonzero(recent >= limit):
+        step = _first_step(zero[:, j] >= limit, steps)
+        found.append(
+            Finding(
+                "dead",
+                str(names[j]),
+                step,
+                float(recent[j]),
+                f"{names[j]}: {recent[j]:.1%} of activations are zero (>= {limit:.0%}, "
+                f"first at step {step}): dead units",
+            )
+        )
+    return found
+
+
+def _no_gradient(grad, names) -> list[Finding]:
+    return [
+        Finding(
+            "no_gradient",
+            str(names[j]),
+            None,
+            None,
+            f"{names[j]}: no gradient recorded at any step (frozen or unused?)",
+        )
+        for j in np.flatnonzero(np.isnan(grad).all(axis=0))
+    ]
+
+
+def _first_nonfinite(run, names, stats) -> list[Finding]:
+    """The earliest (step, then depth) non-finite value, scanning every record exactly.
+
+    Non-finite means: grad_nonfinite > 0, an inf, or a NaN in a layer that had a finite value
+    at an earlier record (a layer NaN from the start had no gradient, which is not an error).
+    """
+    best = None  # (step, layer position, stat, value)
+    for stat in (s for s in NONFINITE_STATS if s in stats):
+        hit = _scan_stat(run, stat)
+        if hit is not None and (best is None or hit[:2] < best[:2]):
+            best = hit
+    if best is None:
+        return []
+    step, j, stat, value = best
+    return [
+        Finding(
+            "nonfinite",
+            str(names[j]),
+            step,
+            value,
+            f"{names[j]}: first non-finite value at step {step} ({stat} = {value:g})",
+        )
+    ]
+
+
+def _scan_stat(run, stat: str):
+    """First (step, layer, stat, value) where `stat` turns non-finite, or None."""
+    steps = np.asarray(run.steps)
+    seen_finite = np.zeros(len(run.layers), dtype=bool)
+    for begin in range(0, len(steps), SCAN_CHUNK_RECORDS):
+        end = min(begin + SCAN_CHUNK_RECORDS, len(steps))
+        lo, hi = int(steps[begin]), int(steps[end - 1])
+        got_steps, values = run.read(stat, start_step=lo, stop_step=hi + 1)
+        got_steps = np.asarray(got_steps)
+        keep = (got_steps >= lo) & (got_steps <= hi)
+        got_steps, values = got_steps[keep], np.asarray(values, dtype=np.float64)[keep]
+        if stat == "grad_nonfinite":
+            bad = np.nan_to_num(values, nan=0.0) > 0
+        else:
+            finite = np.isfinite(values)
+            earlier = np.logical_or.accumulate(np.vstack([seen_finite, finite]), axis=0)[:-1]
+            bad = np.isinf(values) | (np.isnan(values) & earlier)
+            seen_finite |= finite.any(axis=0)
+        if bad.any():
+            row = int(np.argmax(bad.any(axis=1)))
+            j = int(np.argmax(bad[row]))
+            return int(got_steps[row]), j, stat, float(values[row, j])
+    return None
+
+
+def _json_float(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else str(value)

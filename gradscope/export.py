@@ -1,0 +1,101 @@
+"""PNG export of figures through plotly/kaleido, with the lookup of a Chrome to render them."""
+
+import os
+import platform
+import shutil
+import warnings
+from pathlib import Path
+
+from gradscope.errors import UsageError
+
+# Executable names looked up on PATH, in order (Chrome first, then Chromium builds).
+CHROME_NAMES = (
+    "google-chrome",
+    "google-chrome-stable",
+    "chrome",
+    "chromium",
+    "chromium-browser",
+)
+BROWSER_PATH_ENV = "BROWSER_PATH"  # the variable kaleido (via choreographer) honours too
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def chrome_install_command() -> str:
+    """The one command that installs a Chrome kaleido can use on this machine."""
+    if platform.system() == "Linux" and shutil.which("apt-get"):
+        return "apt-get install -y chromium"
+    return "plotly_get_chrome -y"
+
+
+def find_chrome() -> str:
+    """Path of the Chrome/Chromium used for PNG export; UsageError saying how to install one.
+
+    Order: $BROWSER_PATH (must then be executable), Chrome/Chromium on PATH, then kaleido's own
+    lookup (the copy `plotly_get_chrome` downloads, typical install folders).
+    """
+    chosen = os.environ.get(BROWSER_PATH_ENV)
+    if chosen:
+        if not (Path(chosen).is_file() and os.access(chosen, os.X_OK)):
+            raise UsageError(
+                f"{BROWSER_PATH_ENV}={chosen!r} is not an executable Chrome; "
+                "unset it or point it at one"
+            )
+        return chosen
+    for name in CHROME_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    downloaded = _downloaded_chrome()
+    if downloaded:
+        return downloaded
+    raise UsageError(
+        "PNG export needs Chrome or Chromium and none was found; install one with: "
+        f"{chrome_install_command()}"
+    )
+
+
+def _downloaded_chrome():
+    """A Chrome that kaleido's own lookup finds (its downloaded copy, typical install paths)."""
+    try:
+        from choreographer.browsers.chromium import Chromium
+    except ImportError:  # kaleido < 1 has no choreographer; PATH lookup above still applies
+        return None
+    found = Chromium.find_browser(skip_local=False)
+    return found if found and Path(found).is_file() else None
+
+
+def figure_png_bytes(fig, width=None, height=None, scale=1) -> bytes:
+    """The figure rendered as PNG bytes (width x height layout pixels, times `scale`)."""
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and (int(value) != value or value < 10):
+            raise UsageError(f"{name} must be a whole number of pixels >= 10, not {value!r}")
+    if not scale > 0:
+        raise UsageError(f"scale must be > 0, not {scale!r}")
+    chrome = find_chrome()
+    import kaleido
+    import plotly.io as pio
+
+    # One Chrome kept open for the process (closed at exit): later exports take well under a
+    # second instead of a browser start each; plotly's to_image uses it when it is running.
+    kaleido.start_sync_server(path=chrome, silence_warnings=True)
+    try:
+        with warnings.catch_warnings():
+            # plotly always passes kopts, which the running server rightly does not need.
+            warnings.filterwarnings("ignore", message="The kopts argument is ignored")
+            data = pio.to_image(fig, format="png", width=width, height=height, scale=scale)
+    except RuntimeError as e:  # kaleido reports a browser that fails to start this way
+        raise UsageError(f"rendering the PNG with {chrome} failed: {e}") from e
+    if not data.startswith(PNG_SIGNATURE):
+        raise UsageError("kaleido returned data that is not a PNG; check the kaleido install")
+    return data
+
+
+def write_png(fig, path, width=None, height=None, scale=1) -> Path:
+    """Write the figure as a PNG file at `path` (must end in .png); returns the path."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"output file {path} must end in .png")
+    if not path.parent.is_dir():
+        raise UsageError(f"output folder {path.parent} does not exist; create it first")
+    path.write_bytes(figure_png_bytes(fig, width=width, height=height, scale=scale))
+    return path

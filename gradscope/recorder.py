@@ -1,0 +1,385 @@
+"""The Recorder: hooks on a model and its optimizer that stream per-layer statistics to a run file."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from gradscope import stats as S
+from gradscope.errors import RunFileError, UsageError
+from gradscope.layer_selection import select_modules
+from gradscope.schedule import make_schedule
+from gradscope.store import RunWriter, open_run
+
+DEFAULT_BATCH_SAMPLE = 32  # rows of each output used for activation moments (not act_grad_norm)
+
+
+class Recorder:
+    """Records statistics of the watched modules of `model` at optimizer-step boundaries.
+
+    Use `gradscope.attach(...)` to make one. A record for step s holds the gradients read just
+    before the update of step s, the weights before it, the update it made, and the activations
+    and output gradients of every forward/backward pass (with grad enabled) that led to it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        path,
+        optimizer: torch.optim.Optimizer | None = None,
+        every: int | Callable[[int], bool] = 1,
+        stats=None,
+        layers=None,
+        batch_sample: int | None = DEFAULT_BATCH_SAMPLE,
+        overwrite: bool = False,
+        resume: bool = False,
+        start_step: int | None = None,
+        attrs: dict | None = None,
+        flush_interval: float = 2.0,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                f"gradscope.attach needs a torch.nn.Module, got {type(model).__name__}"
+            )
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
+        if batch_sample is not None and (not isinstance(batch_sample, int) or batch_sample < 1):
+            raise UsageError(f"batch_sample must be a positive int or None, got {batch_sample!r}")
+        if overwrite and resume:
+            raise UsageError("choose one of overwrite=True and resume=True, not both")
+        self.path = os.fspath(path)
+        if os.path.exists(self.path) and not (overwrite or resume):
+            raise RunFileError(
+                f"{self.path}: file exists; pass overwrite=True to replace it "
+                "or resume=True to append to it"
+            )
+        self.stats = S.resolve_stats(stats)
+        self._schedule = make_schedule(every)
+        self._batch_sample = batch_sample
+        self._optimizer = optimizer
+        self._compiled = type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod")
+        if self._compiled:
+            warnings.warn(
+                "gradscope: the model is already compiled with torch.compile, whose code does not "
+                "see hooks added later: only parameter statistics are recorded (activation "
+                "statistics are NaN). Attach to the model before torch.compile to record them all.",
+                stacklevel=3,
+            )
+            model = model._orig_mod
+        self.model_class = type(model).__name__
+        self._modules = select_modules(model, layers)  # [(qualified name, module)]
+
+        self._want_act = not self._compiled and any(s in S.ACT_STATS for s in self.stats)
+        self._want_act_grad = not self._compiled and "act_grad_norm" in self.stats
+        self._want_grad = any(s in S.GRAD_STATS for s in self.stats)
+        self._want_weight = any(s in S.WEIGHT_STATS for s in self.stats)
+
+        self._step = self._initial_step(resume, start_step)
+        self._resume = resume
+        self._overwrite = overwrite
+        self._start_step = start_step if start_step is not None else self._step
+        self._attrs = dict(attrs or {})
+        self._attach_args = {
+            "every": every if isinstance(every, int) else repr(every),
+            "stats": list(self.stats),
+            "layers": _describe_layers(layers),
+            "batch_sample": batch_sample,
+            "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+        }
+        self._flush_interval = flush_interval
+
+        self._first_call: dict[int, int] = {}  # module position -> order of first call
+        self._order: list[int] | None = None  # module positions in depth order, fixed at 1st step
+        self._writer: RunWriter | None = None
+        self._pending_metrics: list[tuple[int, dict]] = []
+        self._in_step = False  # a grad-enabled forward ran since the last step boundary
+        self._reset_accumulators()
+        self._due = self._schedule(self._step)
+        self._groups: S.ParamGroups | None = None
+        self._before: list[torch.Tensor] | None = None
+        self._grad_stats: dict | None = None
+        self._device = _model_device(model)
+        self._hooks = []
+        self._install_hooks()
+        self.closed = False
+        if optimizer is None and self._due and self._want_weight:
+            self._before = S.weight_snapshot(self._param_groups())
+
+    # ----- public API -------------------------------------------------------------------------
+
+    @property
+    def current_step(self) -> int:
+        """The optimizer step that the next record (or a forward now) belongs to."""
+        return self._step
+
+    @property
+    def layer_names(self) -> list[str]:
+        """Qualified names of the watched modules (in depth order once the first step is done)."""
+        order = self._order if self._order is not None else range(len(self._modules))
+        return [self._modules[i][0] for i in order]
+
+    def step(self) -> None:
+        """Mark an optimizer step done (only without `optimizer=`: call it after each update)."""
+        self._check_open()
+        if self._optimizer is not None:
+            raise UsageError(
+                "this recorder follows optimizer.step() itself; do not call rec.step() as well"
+            )
+        if self._due and self._want_grad:
+            self._grad_stats = S.gradient_stats(self._param_groups(), self._device)
+        self._finish_step()
+        if self._due and self._want_weight:
+            self._before = S.weight_snapshot(self._param_groups())
+
+    def log(self, step: int | None = None, **metrics: float) -> None:
+        """Store scalar metrics against `step` (default: the step in progress or just finished)."""
+        self._check_open()
+        if step is None:
+            step = self._step if self._in_step or self._step == self._start_step else self._step - 1
+        values = {}
+        for name, value in metrics.items():
+            if isinstance(value, torch.Tensor):
+                value = value.item()  # note: a host sync; pass floats to avoid it
+            values[name] = float(value)
+        if self._writer is None:
+            self._pending_metrics.append((int(step), values))
+        else:
+            self._writer.log(int(step), values)
+
+    def close(self) -> None:
+        """Remove every hook, flush and close the run file. Safe to call twice."""
+        if self.closed:
+            return
+        self.closed = True
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        if self._optimizer is not None and "zero_grad" in vars(self._optimizer):
+            del self._optimizer.zero_grad
+        self._ensure_writer()
+        self._writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ----- hooks ------------------------------------------------------------------------------
+
+    def _install_hooks(self) -> None:
+        for position, (_, module) in enumerate(self._modules):
+            if not self._compiled:
+                self._hooks.append(module.register_forward_hook(self._forward_hook(position)))
+        opt = self._optimizer
+        if opt is not None:
+            self._hooks.append(opt.register_step_pre_hook(self._before_update))
+            self._hooks.append(opt.register_step_post_hook(self._after_update))
+            original_zero_grad = opt.zero_grad
+
+            # zero_grad starts a new accumulation cycle: drop what a step the AMP GradScaler
+            # skipped (no optimizer.step(), so no boundary) left in the accumulators.
+            def zero_grad(*args, **kwargs):
+                self._reset_accumulators()
+                return original_zero_grad(*args, **kwargs)
+
+            opt.zero_grad = zero_grad
+
+    def _forward_hook(self, position: int):
+        def hook(module, inputs, output):
+            if not torch.is_grad_enabled():
+                return  # evaluation: nothing is recorded
+            self._in_step = True
+            if self._order is None and position not in self._first_call:
+                self._first_call[position] = len(self._first_call)
+            if not self._due:
+                return
+            tensors = S.floating_tensors(output)
+            if not tensors:
+                return
+            if self._want_act:
+                self._act_partials.append(S.activation_partial(tensors, self._batch_sample))
+                self._act_layers.append(position)
+            if self._want_act_grad:
+                for t in tensors:
+                    if t.requires_grad:
+                        t.register_hook(self._output_grad_hook(position))
+
+        return hook
+
+    def _output_grad_hook(self, position: int):
+        def hook(grad):
+            self._grad_norms.append(S.output_grad_norm(grad))
+            self._grad_layers.append(position)
+
+        return hook
+
+    def _before_update(self, optimizer, args, kwargs) -> None:
+        if not self._due:
+            return
+        groups = self._param_groups()
+        if self._want_grad:
+            self._grad_stats = S.gradient_stats(groups, self._device)
+        if self._want_weight:
+            self._before = S.weight_snapshot(groups)
+
+    def _after_update(self, optimizer, args, kwargs) -> None:
+        self._finish_step()
+
+    # ----- step boundary ----------------------------------------------------------------------
+
+    def _finish_step(self) -> None:
+        if self._order is None:
+            self._fix_depth_order()
+        if self._due:
+            self._write_record(self._pack_record())
+        self._step += 1
+        self._due = self._schedule(self._step)
+        self._in_step = False
+        self._reset_accumulators()
+
+    def _pack_record(self) -> torch.Tensor:
+        """One [n_stats, n_layers] float32 tensor, columns in depth order; one device computation."""
+        n = len(self._modules)
+        device = self._device
+        values: dict[str, torch.Tensor] = {}
+        if self._want_grad:
+            values.update(self._grad_stats)
+        if self._want_weight and self._before is not None:
+            values.update(S.weight_stats(self._param_groups(), self._before, device))
+        if self._want_act and self._act_partials:
+            layer_of = torch.tensor(self._act_layers, dtype=torch.long, device=device)
+            partials = torch.stack(self._act_partials).to(device)
+            values.update(S.combine_activation_partials(partials, layer_of, n))
+        if self._want_act_grad and self._grad_norms:
+            layer_of = torch.tensor(self._grad_layers, dtype=torch.long, device=device)
+            norms = torch.stack(self._grad_norms).to(device)
+            values["act_grad_norm"] = S.combine_output_grad_norms(norms, layer_of, n)
+        missing = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
+        record = torch.stack([values.get(name, missing) for name in self.stats]).float()
+        order = torch.tensor(self._order, dtype=torch.long, device=device)
+        self._grad_stats = None
+        self._before = None
+        return record[:, order]
+
+    def _write_record(self, record: torch.Tensor) -> None:
+        self._ensure_writer()
+        if record.device.type == "cpu":
+            self._writer.append(self._step, record.numpy())
+            return
+        # Overlap the device->host copy with training: the writer thread waits for it.
+        host = torch.empty(record.shape, dtype=record.dtype, pin_memory=True)
+        host.copy_(record, non_blocking=True)
+        done = torch.cuda.Event() if record.device.type == "cuda" else None
+        if done is not None:
+            done.record()
+
+        def fetch():
+            if done is not None:
+                done.synchronize()
+            return host.numpy()
+
+        self._writer.append(self._step, fetch)
+
+    def _fix_depth_order(self) -> None:
+        called = sorted(self._first_call, key=self._first_call.get)
+        never = [i for i in range(len(self._modules)) if i not in self._first_call]
+        self._order = called + never
+
+    def _ensure_writer(self) -> None:
+        if self._writer is not None:
+            return
+        if self._order is None:
+            self._fix_depth_order()
+        layers = []
+        for i in self._order:
+            name, module = self._modules[i]
+            layers.append(
+                {
+                    "name": name,
+                    "type": type(module).__name__,
+                    "params": sum(p.numel() for p in module.parameters(recurse=False)),
+                }
+            )
+        attrs = {
+            "model_class": self.model_class,
+            "attach_args": self._attach_args,
+            "compiled": self._compiled,
+            **self._attrs,
+        }
+        self._writer = RunWriter(
+            self.path,
+            layers=layers,
+            stats=list(self.stats),
+            attrs=attrs,
+            overwrite=self._overwrite,
+            resume=self._resume,
+            start_step=self._start_step if self._resume else None,
+            flush_interval=self._flush_interval,
+        )
+        for step, values in self._pending_metrics:
+            self._writer.log(step, values)
+        self._pending_metrics.clear()
+
+    # ----- helpers ----------------------------------------------------------------------------
+
+    def _param_groups(self) -> S.ParamGroups:
+        if self._groups is None:
+            self._groups = S.ParamGroups(
+                [list(m.parameters(recurse=False)) for _, m in self._modules]
+            )
+        return self._groups
+
+    def _reset_accumulators(self) -> None:
+        self._act_partials: list[torch.Tensor] = []
+        self._act_layers: list[int] = []
+        self._grad_norms: list[torch.Tensor] = []
+        self._grad_layers: list[int] = []
+
+    def _initial_step(self, resume: bool, start_step: int | None) -> int:
+        if start_step is not None:
+            if start_step < 0:
+                raise UsageError(f"start_step must be >= 0, got {start_step}")
+            return start_step
+        if resume and os.path.exists(self.path):
+            with open_run(self.path) as run:
+                steps = list(run.steps[-1:]) + list(run.metrics.index[-1:])
+            return int(max(steps)) + 1 if steps else 0
+        return 0
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise UsageError(f"the recorder for {self.path} is closed")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _describe_layers(layers) -> object:
+    if layers is None:
+        return None
+    items = layers if isinstance(layers, (list, tuple)) else [layers]
+    return [item if isinstance(item, str) else getattr(item, "__name__", repr(item)) for item in items]
+
+
+def attach(model: nn.Module, path, **kwargs) -> Recorder:
+    """Attach a recorder to `model`, streaming statistics to the HDF5 file at `path`.
+
+    Keyword arguments: optimizer=None, every=1 (int or `step -> bool`), stats=None (all),
+    layers=None (every module owning parameters directly; else globs on qualified names and/or
+    module types), batch_sample=32 (rows used for activation moments; None = whole batch),
+    overwrite=False, resume=False, start_step=None, attrs=None (extra file attributes).
+    """
+    return Recorder(model, path, **kwargs)
+

@@ -1,0 +1,214 @@
+"""The statistics gradscope records, as batched tensor functions, and their names."""
+
+from __future__ import annotations
+
+import torch
+
+from gradscope.errors import UsageError
+
+GRAD_STATS = ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_nonfinite")
+WEIGHT_STATS = ("weight_norm", "update_ratio")
+ACT_STATS = ("act_mean", "act_std", "act_absmax", "act_zero_frac")
+ACT_GRAD_STATS = ("act_grad_norm",)
+PARAM_STATS = GRAD_STATS + WEIGHT_STATS
+ALL_STATS = PARAM_STATS + ACT_STATS + ACT_GRAD_STATS
+
+# Partial activation moments of one module call: [count, mean, M2, absmax, zeros], where M2 is
+# the sum of squared deviations from the mean, so calls combine exactly (Chan et al.).
+ACT_PARTIAL_SIZE = 5
+
+
+def resolve_stats(stats) -> tuple[str, ...]:
+    """Validate a user's selection of statistics; None means all. Keeps the canonical order."""
+    if stats is None:
+        return ALL_STATS
+    if isinstance(stats, str):
+        stats = [stats]
+    unknown = [s for s in stats if s not in ALL_STATS]
+    if unknown:
+        raise UsageError(f"unknown statistic(s) {unknown}; available: {', '.join(ALL_STATS)}")
+    chosen = set(stats)
+    if not chosen:
+        raise UsageError(f"no statistic selected; available: {', '.join(ALL_STATS)}")
+    return tuple(s for s in ALL_STATS if s in chosen)
+
+
+def floating_tensors(output) -> list[torch.Tensor]:
+    """The floating-point tensors in a module's output: walks tuples, lists, dicts, namedtuples."""
+    if isinstance(output, torch.Tensor):
+        return [output] if output.is_floating_point() else []
+    if isinstance(output, dict):
+        output = output.values()
+    elif not isinstance(output, (tuple, list)):
+        return []
+    found = []
+    for item in output:
+        found.extend(floating_tensors(item))
+    return found
+
+
+def activation_partial(tensors: list[torch.Tensor], batch_sample: int | None) -> torch.Tensor:
+    """Moments of one call's outputs, over the first `batch_sample` rows of each: [5] float32."""
+    parts = []
+    for t in tensors:
+        t = t.detach()
+        if batch_sample is not None and t.dim() > 0:
+            t = t[:batch_sample]
+        parts.append(t.reshape(-1))
+    x = parts[0] if len(parts) == 1 else torch.cat(parts)
+    if x.dtype != torch.float32:
+        x = x.float()  # low-precision outputs (AMP): moments in float32
+    n = x.numel()
+    if n == 0:
+        return x.new_zeros(ACT_PARTIAL_SIZE)
+    var, mean = torch.var_mean(x, correction=0)
+    lo, hi = torch.aminmax(x)
+    zeros = (x == 0).sum(dtype=torch.float32)
+    # count, mean, M2, absmax, zeros
+    return torch.stack((x.new_tensor(float(n)), mean, var * n, torch.maximum(-lo, hi), zeros))
+
+
+def combine_activation_partials(
+    partials: torch.Tensor, layer_of: torch.Tensor, n_layers: int
+) -> dict[str, torch.Tensor]:
+    """Merge per-call partials [C, 5] into per-layer act_mean/std/absmax/zero_frac, each [L]."""
+    p = partials.double()
+    count = p.new_zeros(n_layers).index_add_(0, layer_of, p[:, 0])
+    total = p.new_zeros(n_layers).index_add_(0, layer_of, p[:, 0] * p[:, 1])
+    mean = total / count  # NaN where a layer was never called
+    spread = p[:, 2] + p[:, 0] * (p[:, 1] - mean[layer_of]) ** 2
+    m2 = p.new_zeros(n_layers).index_add_(0, layer_of, spread)
+    absmax = p.new_full((n_layers,), float("nan")).scatter_reduce_(
+        0, layer_of, p[:, 3], "amax", include_self=False
+    )
+    zeros = p.new_zeros(n_layers).index_add_(0, layer_of, p[:, 4])
+    return {
+        "act_mean": mean,
+        "act_std": (m2 / count).sqrt(),
+        "act_absmax": absmax,
+        "act_zero_frac": zeros / count,
+    }
+
+
+def output_grad_norm(grad: torch.Tensor) -> torch.Tensor:
+    """L2 norm of one output gradient, accumulated in float32: a 0-d tensor."""
+    return torch.linalg.vector_norm(grad.detach(), dtype=torch.float32)
+
+
+def combine_output_grad_norms(
+    norms: torch.Tensor, layer_of: torch.Tensor, n_layers: int
+) -> torch.Tensor:
+    """Per-layer L2 norm of all output gradients of that layer's calls: [L], NaN if none."""
+    sumsq = norms.new_zeros(n_layers, dtype=torch.float64)
+    sumsq.index_add_(0, layer_of, norms.double() ** 2)
+    seen = torch.zeros(n_layers, dtype=torch.bool, device=norms.device)
+    seen[layer_of] = True
+    return torch.where(seen, sumsq.sqrt(), torch.nan)
+
+
+class ParamGroups:
+    """Which parameters belong to which layer, as index tensors for batched per-layer reductions.
+
+    A parameter owned directly by several watched modules (tied weights) counts in each of them.
+    """
+
+    def __init__(self, layer_params: list[list[torch.nn.Parameter]]):
+        self.n_layers = len(layer_params)
+        self.params: list[torch.nn.Parameter] = []
+        position: dict[int, int] = {}
+        pairs = []  # (parameter position, layer position)
+        for layer, params in enumerate(layer_params):
+            for p in params:
+                if id(p) not in position:
+                    position[id(p)] = len(self.params)
+                    self.params.append(p)
+                pairs.append((position[id(p)], layer))
+        self._pairs = pairs
+        self._index_cache: dict[tuple, tuple] = {}
+
+    def index(self, present: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions into `present`, layer of each) for the parameters listed in `present`."""
+        key = (present, str(device))
+        if key not in self._index_cache:
+            slot = {p: i for i, p in enumerate(present)}
+            rows = [(slot[p], layer) for p, layer in self._pairs if p in slot]
+            src = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)
+            dst = torch.tensor([r[1] for r in rows], dtype=torch.long, device=device)
+            self._index_cache[key] = (src, dst)
+        return self._index_cache[key]
+
+    def per_layer_sum(self, per_param: torch.Tensor, present, device) -> torch.Tensor:
+        """Sum a per-parameter vector [P'] into layers [L] (float64); 0 where a layer has none."""
+        src, dst = self.index(present, device)
+        out = torch.zeros(self.n_layers, dtype=torch.float64, device=device)
+        return out.index_add_(0, dst, per_param.double()[src])
+
+    def per_layer_max(self, per_param: torch.Tensor, present, device) -> torch.Tensor:
+        """Max of a per-parameter vector [P'] per layer [L] (float64); NaN where a layer has none."""
+        src, dst = self.index(present, device)
+        out = torch.full((self.n_layers,), float("nan"), dtype=torch.float64, device=device)
+        return out.scatter_reduce_(0, dst, per_param.double()[src], "amax", include_self=False)
+
+
+def _as_float(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t if t.dtype == torch.float32 else t.float() for t in tensors]
+
+
+def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
+    """grad_norm/mean/std/absmax/nonfinite per layer [L] from the parameters' current `.grad`.
+
+    Computed with a handful of batched kernels whatever the number of layers; layers with no
+    gradient get NaN.
+    """
+    present = tuple(i for i, p in enumerate(groups.params) if p.grad is not None)
+    nan = torch.full((groups.n_layers,), float("nan"), dtype=torch.float64, device=device)
+    if not present:
+        return {name: nan for name in GRAD_STATS}
+    grads = _as_float([groups.params[i].grad.detach() for i in present])
+    numel = torch.tensor([g.numel() for g in grads], dtype=torch.float64, device=device)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    sums = torch.segment_reduce(flat, "sum", lengths=numel.long())  # signed sum per parameter
+    sumsq = torch.stack(torch._foreach_norm(grads, 2)).double() ** 2
+    absmax = torch.stack(torch._foreach_norm(grads, float("inf")))
+    # 0 * x is NaN exactly where x is inf or NaN; the 0-"norm" counts the non-zeros.
+    nonfinite = torch.stack(torch._foreach_norm(torch._foreach_mul(grads, 0.0), 0))
+
+    count = groups.per_layer_sum(numel, present, device)
+    has_grad = count > 0
+    total = groups.per_layer_sum(sums, present, device)
+    total_sq = groups.per_layer_sum(sumsq, present, device)
+    mean = total / count
+    variance = (total_sq / count - mean**2).clamp_min(0)
+    return {
+        "grad_norm": torch.where(has_grad, total_sq.sqrt(), nan),
+        "grad_mean": torch.where(has_grad, mean, nan),
+        "grad_std": torch.where(has_grad, variance.sqrt(), nan),
+        "grad_absmax": groups.per_layer_max(absmax, present, device),
+        "grad_nonfinite": torch.where(
+            has_grad, groups.per_layer_sum(nonfinite, present, device), nan
+        ),
+    }
+
+
+def weight_snapshot(groups: ParamGroups) -> list[torch.Tensor]:
+    """A copy of every parameter, taken before an update."""
+    return torch._foreach_mul([p.detach() for p in groups.params], 1.0)
+
+
+def weight_stats(groups: ParamGroups, before: list[torch.Tensor], device) -> dict[str, torch.Tensor]:
+    """weight_norm (of `before`) and update_ratio = ||after - before|| / ||before|| per layer."""
+    present = tuple(range(len(groups.params)))
+    nan = torch.full((groups.n_layers,), float("nan"), dtype=torch.float64, device=device)
+    if not present:
+        return {"weight_norm": nan, "update_ratio": nan}
+    after = [p.detach() for p in groups.params]
+    before_sq = torch.stack(torch._foreach_norm(_as_float(before), 2)).double() ** 2
+    delta = torch._foreach_sub(_as_float(after), _as_float(before))
+    delta_sq = torch.stack(torch._foreach_norm(delta, 2)).double() ** 2
+    owns = groups.per_layer_sum(torch.ones_like(before_sq), present, device) > 0
+    norm = groups.per_layer_sum(before_sq, present, device).sqrt()
+    change = groups.per_layer_sum(delta_sq, present, device).sqrt()
+    return {
+        "weight_norm": torch.where(owns, norm, nan),
+        "update_ratio": torch.where(owns, change / norm, nan),
+    }

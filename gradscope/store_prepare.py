@@ -1,0 +1,226 @@
+"""Open a run file for writing: create it, or resume it (truncated, or rebuilt after a crash)."""
+
+import importlib.metadata
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from gradscope import store_schema as schema
+from gradscope.errors import RunFileError, UsageError
+
+LIVE_HEARTBEAT_SECONDS = 30.0  # a writer whose heartbeat is older than this is presumed gone
+COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied at once when rebuilding a crashed file
+
+
+@dataclass
+class WritableRun:
+    """An h5py file in SWMR-write mode plus what the writer must know to continue it."""
+
+    file: h5py.File
+    n_records: int  # committed records in the file
+    n_metrics: int  # committed metric rows in the file
+    last_record_step: int | None
+    last_metric_step: int | None
+
+
+def prepare_run_file(path, layers, stats, attrs, overwrite, resume, start_step) -> WritableRun:
+    """Create or resume the run file at `path` and switch it to SWMR-write mode."""
+    path = Path(path)
+    if overwrite and resume:
+        raise UsageError("pass overwrite=True or resume=True, not both")
+    if start_step is not None and not resume:
+        raise UsageError("start_step only applies with resume=True")
+    json_attrs = schema.encode_attrs(attrs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not (overwrite or resume):
+        raise RunFileError(
+            f"{path}: file exists; pass overwrite=True to replace it or resume=True to append"
+        )
+    if resume and path.exists():
+        return _resume(path, layers, stats, json_attrs, start_step)
+    return _create(path, layers, stats, json_attrs)
+
+
+def _writer_attrs() -> dict:
+    return {"writer_host": socket.gethostname(), "writer_pid": os.getpid()}
+
+
+def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
+    # Built under a temporary name and renamed into place, so a reader never sees a half-made file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    try:
+        f = h5py.File(tmp, "w", libver="latest")
+        plain = {
+            "format": schema.FORMAT_NAME,
+            "format_version": schema.FORMAT_VERSION,
+            "gradscope_version": _package_version("gradscope"),
+            "torch_version": _package_version("torch"),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **_writer_attrs(),
+        }
+        schema.write_attrs(f, plain, json_attrs)
+        schema.create_datasets(f, layers, stats)
+        f[schema.STATUS][0] = (0, time.time(), 0, 0)
+        f.swmr_mode = True
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunFileError(f"{path}: cannot create run file: {e}") from e
+    return WritableRun(f, 0, 0, None, None)
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
+    _check_not_being_written(path)
+    try:
+        f = h5py.File(path, "r+", libver="latest")
+    except OSError:
+        # The writer died: the file still carries its "open for write" flags. Copy the committed
+        # prefix into a fresh file, which h5py can then open for writing.
+        _rebuild_committed_prefix(path)
+        try:
+            f = h5py.File(path, "r+", libver="latest")
+        except OSError as e:
+            raise RunFileError(f"{path}: cannot open the run file for resuming: {e}") from e
+    try:
+        _check_same_layout(path, f, layers, stats)
+        n_records, n_metrics = _truncate(f, start_step)
+        schema.write_attrs(f, _writer_attrs(), json_attrs)
+        f[schema.STATUS][0] = (0, time.time(), n_records, n_metrics)
+        f.flush()
+        f.swmr_mode = True
+    except BaseException:
+        f.close()
+        raise
+    steps = f[schema.STEPS]
+    metric_steps = f[schema.METRIC_STEP]
+    return WritableRun(
+        f,
+        n_records,
+        n_metrics,
+        int(steps[n_records - 1]) if n_records else None,
+        int(metric_steps[:n_metrics].max()) if n_metrics else None,
+    )
+
+
+def _check_not_being_written(path: Path) -> None:
+    """Refuse to resume a file that another live process is writing."""
+    try:
+        with h5py.File(path, "r", libver="latest", swmr=True) as f:
+            if f.attrs.get("format") != schema.FORMAT_NAME:
+                raise RunFileError(f"{path}: not a gradscope run file; cannot resume it")
+            status = f[schema.STATUS][0]
+            host = f.attrs.get("writer_host")
+            pid = int(f.attrs.get("writer_pid", -1))
+    except (OSError, KeyError) as e:
+        raise RunFileError(f"{path}: cannot read the run file to resume it: {e}") from e
+    if status["closed"]:
+        return
+    if host == socket.gethostname():
+        alive = _process_exists(pid)
+    else:
+        alive = time.time() - float(status["heartbeat"]) < LIVE_HEARTBEAT_SECONDS
+    if alive:
+        raise RunFileError(
+            f"{path}: another process (pid {pid} on {host}) is still writing this run; "
+            "stop it before resuming"
+        )
+
+
+def _process_exists(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_same_layout(path: Path, f: h5py.File, layers, stats) -> None:
+    file_layers = schema.read_layers(f)
+    file_stats = schema.read_stat_names(f)
+    if file_stats != list(stats):
+        raise RunFileError(
+            f"{path}: cannot resume: file has stats {file_stats}, writer has {stats}"
+        )
+    if len(file_layers) != len(layers):
+        raise RunFileError(
+            f"{path}: cannot resume: file has {len(file_layers)} layers, writer has {len(layers)}"
+        )
+    for depth, (old, new) in enumerate(zip(file_layers, layers, strict=True)):
+        if old != new:
+            raise RunFileError(
+                f"{path}: cannot resume: layer {depth} is {old} in the file, {new} now"
+            )
+
+
+def _truncate(f: h5py.File, start_step) -> tuple[int, int]:
+    """Cut records and metrics to the committed prefix, dropping steps >= start_step."""
+    status = f[schema.STATUS][0]
+    n_records, n_metrics = int(status["records"]), int(status["metrics"])
+    steps = f[schema.STEPS][:n_records]
+    if start_step is not None:
+        n_records = int(np.searchsorted(steps, start_step, side="left"))
+    for name in (schema.STEPS, schema.TIME):
+        f[name].resize(n_records, axis=0)
+    for ds in f[schema.STATS_GROUP].values():
+        ds.resize(n_records, axis=0)
+    columns = [schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE]
+    rows = [f[name][:n_metrics] for name in columns]
+    keep = np.ones(n_metrics, bool) if start_step is None else rows[0] < start_step
+    n_kept = int(keep.sum())
+    for name, values in zip(columns, rows, strict=True):
+        f[name].resize(n_kept, axis=0)
+        if n_kept:
+            f[name][:] = values[keep]
+    return n_records, n_kept
+
+
+def _rebuild_committed_prefix(path: Path) -> None:
+    """Replace a crashed run file by a clean copy of its committed records and metrics."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.rebuilding")
+    try:
+        with (
+            h5py.File(path, "r", libver="latest", swmr=True) as src,
+            h5py.File(tmp, "w", libver="latest") as dst,
+        ):
+            for key, value in src.attrs.items():
+                dst.attrs[key] = value
+            layers = schema.read_layers(src)
+            stats = schema.read_stat_names(src)
+            schema.create_datasets(dst, layers, stats)
+            status = src[schema.STATUS][0]
+            n, m = int(status["records"]), int(status["metrics"])
+            rows_per_block = max(1, COPY_BLOCK_BYTES // (4 * len(layers)))
+            record_sets = [schema.STEPS, schema.TIME]
+            record_sets += [f"{schema.STATS_GROUP}/{s}" for s in stats]
+            for name in record_sets:
+                dst[name].resize(n, axis=0)
+                for i in range(0, n, rows_per_block):
+                    dst[name][i : i + rows_per_block] = src[name][i : min(n, i + rows_per_block)]
+            for name in (schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE):
+                dst[name].resize(m, axis=0)
+                if m:
+                    dst[name][:] = src[name][:m]
+            dst[schema.STATUS][0] = (1, float(status["heartbeat"]), n, m)
+        os.replace(tmp, path)
+    except (OSError, KeyError) as e:
+        tmp.unlink(missing_ok=True)
+        raise RunFileError(f"{path}: cannot recover the crashed run file for resuming: {e}") from e

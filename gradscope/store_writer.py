@@ -1,0 +1,243 @@
+"""RunWriter: streams records and metrics into an HDF5 run file from a background thread."""
+
+import atexit
+import operator
+import queue
+import threading
+import time
+
+import numpy as np
+
+from gradscope import store_schema as schema
+from gradscope.errors import RunFileError, UsageError
+from gradscope.store_prepare import LIVE_HEARTBEAT_SECONDS, prepare_run_file
+
+MAX_FLUSH_INTERVAL = LIVE_HEARTBEAT_SECONDS / 3  # the heartbeat is written at every flush
+MAX_PENDING_BYTES = 32 * 1024 * 1024  # the writer thread flushes early past this much data
+_CLOSE = object()  # queue sentinel: drain, mark the file closed, stop
+
+
+class RunWriter:
+    """Append records ([stats, layers] float32 arrays) and scalar metrics to a run file.
+
+    All HDF5 work happens in a background thread; `append` and `log` only enqueue. An error in
+    that thread is re-raised as `RunFileError` at the next `append`, `log` or `close`.
+    """
+
+    def __init__(
+        self,
+        path,
+        layers,
+        stats,
+        attrs=None,
+        overwrite=False,
+        resume=False,
+        start_step=None,
+        flush_interval=2.0,
+        queue_size=256,
+    ):
+        self.layers = schema.validate_layers(layers)
+        self.stats = schema.validate_stats(stats)
+        if not 0 < float(flush_interval) <= MAX_FLUSH_INTERVAL:
+            raise UsageError(f"flush_interval must be in (0, {MAX_FLUSH_INTERVAL:g}] seconds")
+        if int(queue_size) < 1:
+            raise UsageError("queue_size must be at least 1")
+        if start_step is not None:
+            start_step = _check_step(start_step)
+        opened = prepare_run_file(
+            path, self.layers, self.stats, attrs, overwrite, resume, start_step
+        )
+        self.path = str(path)
+        self._file = opened.file
+        self._n_records = opened.n_records
+        self._n_metrics = opened.n_metrics
+        self._last_record_step = opened.last_record_step
+        self._last_metric_step = opened.last_metric_step
+        self._shape = (len(self.stats), len(self.layers))
+        self._flush_interval = float(flush_interval)
+        self._queue = queue.Queue(maxsize=int(queue_size))
+        self._pending_records = []  # (step, wall time, [stats, layers] array), writer thread only
+        self._pending_metrics = []  # (step, encoded name, value), writer thread only
+        self._error = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="gradscope-run-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    @property
+    def last_step(self):
+        """The last step recorded (records or metrics, including queued ones), or None."""
+        steps = [s for s in (self._last_record_step, self._last_metric_step) if s is not None]
+        return max(steps) if steps else None
+
+    def append(self, step, values) -> None:
+        """Queue one record: a float32 [stats, layers] array, or a callable returning one."""
+        self._check_open()
+        step = _check_step(step)
+        if self._last_record_step is not None and step <= self._last_record_step:
+            raise UsageError(
+                f"record steps must increase: got {step} after {self._last_record_step} "
+                "(to re-record steps after a restart, resume with start_step=)"
+            )
+        if not callable(values):
+            values = self._checked_array(values, UsageError)
+        self._last_record_step = step
+        self._put(("record", step, time.time(), values))
+
+    def log(self, step, metrics) -> None:
+        """Queue scalar metrics (a dict name -> number) logged at `step`."""
+        self._check_open()
+        step = _check_step(step)
+        if not isinstance(metrics, dict):
+            raise UsageError("metrics must be a dict of name -> number")
+        rows = []
+        for name, value in metrics.items():
+            encoded = str(name).encode("utf-8")
+            if not encoded or len(encoded) > schema.METRIC_NAME_BYTES:
+                raise UsageError(
+                    f"metric name {name!r} must be 1 to {schema.METRIC_NAME_BYTES} bytes of UTF-8"
+                )
+            try:
+                rows.append((step, encoded, float(value)))
+            except (TypeError, ValueError) as e:
+                raise UsageError(f"metric {name!r} must be a number, got {value!r}") from e
+        if not rows:
+            return
+        last = self._last_metric_step
+        self._last_metric_step = step if last is None else max(last, step)
+        self._put(("metrics", rows))
+
+    def close(self) -> None:
+        """Write everything queued, mark the file closed and close it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        if self._error is None and self._thread.is_alive():
+            self._put(_CLOSE)
+        self._thread.join()
+        self._raise_error()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # calling-thread helpers
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"{self.path}: the run writer is closed")
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RunFileError(f"{self.path}: writing the run failed: {self._error!r}") from (
+                self._error
+            )
+
+    def _put(self, item) -> None:
+        # Blocks while the queue is full (disk slower than training), never on a dead writer.
+        while True:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                self._raise_error()
+
+    def _checked_array(self, values, error_type) -> np.ndarray:
+        array = np.array(values, dtype=np.float32)  # a copy: the caller may reuse its buffer
+        if array.shape != self._shape:
+            raise error_type(
+                f"a record must have shape [stats, layers] = {list(self._shape)}, "
+                f"got {list(array.shape)}"
+            )
+        return array
+
+    # writer-thread side
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as e:  # noqa: BLE001 - handed to the calling thread
+            self._error = e
+        finally:
+            try:
+                self._file.close()
+            except Exception as e:  # noqa: BLE001
+                self._error = self._error or e
+
+    def _serve(self) -> None:
+        next_flush = time.monotonic() + self._flush_interval
+        pending_bytes = 0
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.0, next_flush - time.monotonic()))
+            except queue.Empty:
+                item = None
+            if item is _CLOSE:
+                self._flush(closed=True)
+                return
+            if item is not None and item[0] == "record":
+                _, step, wall, values = item
+                if callable(values):
+                    values = self._checked_array(values(), RunFileError)
+                self._pending_records.append((step, wall, values))
+                pending_bytes += values.nbytes
+            elif item is not None:
+                self._pending_metrics.extend(item[1])
+            if time.monotonic() >= next_flush or pending_bytes >= MAX_PENDING_BYTES:
+                self._flush(closed=False)
+                pending_bytes = 0
+                next_flush = time.monotonic() + self._flush_interval
+
+    def _flush(self, closed: bool) -> None:
+        """Write pending rows, flush them, then commit the new counts in `status`."""
+        f = self._file
+        touched = []
+        if self._pending_records:
+            records = self._pending_records
+            n0, n1 = self._n_records, self._n_records + len(records)
+            block = np.stack([values for _, _, values in records])  # [records, stats, layers]
+            columns = [
+                (f[schema.STEPS], np.array([r[0] for r in records], np.int64)),
+                (f[schema.TIME], np.array([r[1] for r in records], np.float64)),
+            ]
+            group = f[schema.STATS_GROUP]
+            columns += [(group[name], block[:, i, :]) for i, name in enumerate(self.stats)]
+            for ds, rows in columns:
+                ds.resize(n1, axis=0)
+                ds[n0:n1] = rows
+                touched.append(ds)
+            self._n_records = n1
+            self._pending_records = []
+        if self._pending_metrics:
+            rows = self._pending_metrics
+            m0, m1 = self._n_metrics, self._n_metrics + len(rows)
+            dtypes = (np.int64, f"S{schema.METRIC_NAME_BYTES}", np.float64)
+            names = (schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE)
+            for j, (name, dtype) in enumerate(zip(names, dtypes, strict=True)):
+                ds = f[name]
+                ds.resize(m1, axis=0)
+                ds[m0:m1] = np.array([row[j] for row in rows], dtype=dtype)
+                touched.append(ds)
+            self._n_metrics = m1
+            self._pending_metrics = []
+        for ds in touched:
+            ds.flush()
+        # The counts are committed only after the data they cover is on disk: readers and a
+        # crash both see a consistent prefix.
+        status = f[schema.STATUS]
+        status[0] = (int(closed), time.time(), self._n_records, self._n_metrics)
+        status.flush()
+
+
+def _check_step(step) -> int:
+    try:
+        step = operator.index(step)
+    except TypeError as e:
+        raise UsageError(f"step must be an integer, got {step!r}") from e
+    if step < 0:
+        raise UsageError(f"step must be >= 0, got {step}")
+    return step

@@ -1,0 +1,309 @@
+"""The training loop (He et al. 2016 CIFAR recipe by default), with checkpoints and exact resume."""
+
+import contextlib
+import math
+import os
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gradscope.data import TrainBatches, eval_batches
+from gradscope.models import create_model, get_model_spec
+from gradscope.train_checkpoint import (
+    capture_rng_state,
+    checkpoint_path,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from gradscope.train_config import (
+    TrainConfig,
+    TrainPlan,
+    build_lr_scheduler,
+    check_train_config,
+    plan_steps,
+    resolve_device,
+)
+from gradscope.train_interrupt import DeferredInterrupt
+
+SUMMARY_WINDOW = 100  # steps averaged for the final train loss and error
+
+__all__ = [
+    "TrainConfig",
+    "TrainPlan",
+    "TrainResult",
+    "Trainer",
+    "check_train_config",
+    "finished_result",
+    "plan_steps",
+    "resolve_device",
+]
+
+
+@dataclass
+class TrainResult:
+    """Where one model's training stands: progress, final figures, files."""
+
+    model: str  # registered model name
+    steps_done: int  # optimizer steps completed so far (all sessions)
+    total_steps: int  # optimizer steps of the full run
+    train_loss: float  # mean train loss over the last SUMMARY_WINDOW steps
+    train_error: float  # mean train error (fraction) over the last SUMMARY_WINDOW steps
+    test_loss: float | None  # at the latest evaluation (None: not evaluated yet)
+    test_error: float | None  # fraction misclassified at the latest evaluation
+    images_per_second: float | None  # training throughput of this session (None: no steps)
+    run_path: Path | None  # the HDF5 run file (None when not recording)
+    checkpoint_path: Path  # the checkpoint file
+
+    @property
+    def finished(self) -> bool:
+        """True once every step of the run is done."""
+        return self.steps_done >= self.total_steps
+
+
+class Trainer:
+    """Trains one model of an experiment folder: `run()` steps it, `close()` ends the session.
+
+    Files in `run_dir`: `<model>.h5` (the recorder's run file) and `<model>.ckpt.pt`.
+    With `resume=True` the model, optimizer, scheduler and RNG states come from the checkpoint
+    and the run file is appended to from the checkpoint's step.
+    """
+
+    def __init__(
+        self, model_name, config, dataset, run_dir, *, resume=False, attrs=None, progress=True
+    ):
+        self.model_name = model_name
+        self.config = config
+        self.dataset = dataset
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.amp = self.device.type == "cuda" if config.amp is None else config.amp
+        self.batches = TrainBatches(dataset, batch_size=config.batch_size, seed=config.seed)
+        self.plan = plan_steps(config, self.batches.steps_per_epoch)
+        self.checkpoint_path = checkpoint_path(run_dir, model_name)
+        self.run_path = Path(run_dir) / f"{model_name}.h5" if config.record else None
+
+        torch.manual_seed(config.seed)  # every model of the pair starts from the same RNG stream
+        shortcut = {"shortcut": config.shortcut} if get_model_spec(model_name).shortcuts else {}
+        self.model = create_model(model_name, num_classes=dataset.num_classes, **shortcut)
+        memory_format = torch.channels_last if self.amp else torch.preserve_format
+        self.model.to(self.device, memory_format=memory_format)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        self.scheduler = build_lr_scheduler(self.optimizer, self.plan, config)
+        self.step = 0  # optimizer steps completed
+        self.recent = deque(maxlen=SUMMARY_WINDOW)  # (loss, error) of the latest steps
+        self.last_eval = None  # (test_loss, test_error) of the latest evaluation
+        self.done = False
+        self.checkpoint_step = None  # the step of the checkpoint on disk (None: none yet)
+        self._train_seconds = 0.0  # this session's time inside training steps
+        self._session_steps = 0
+        if resume and self.checkpoint_path.is_file():
+            self._load(load_checkpoint(self.checkpoint_path))
+        # a compiled forward is recorded through the compiled module (parameter statistics only)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.recorder = None
+        if config.record:
+            import gradscope
+
+            self.recorder = gradscope.attach(
+                self.forward,
+                self.run_path,
+                optimizer=self.optimizer,
+                every=config.record_every,
+                resume=resume and self.run_path.exists(),
+                start_step=self.step if resume and self.run_path.exists() else None,
+                attrs=attrs,
+            )
+
+    def _load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        self.step = self.checkpoint_step = state["step"]
+        self.recent.extend(tuple(pair) for pair in state["recent"])
+        self.last_eval = tuple(state["last_eval"]) if state["last_eval"] else None
+        self.done = state["done"]
+
+    def save_checkpoint(self) -> None:
+        """Write model, optimizer, scheduler, RNG states and step, atomically."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "step": self.step,
+            "done": self.done,
+            "recent": [list(pair) for pair in self.recent],
+            "last_eval": list(self.last_eval) if self.last_eval else None,
+            "model_name": self.model_name,
+            "config": asdict(self.config),
+        }
+        save_checkpoint(self.checkpoint_path, state)
+        self.checkpoint_step = self.step
+
+    def _autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step on batch `self.step`; returns its (loss, error)."""
+        x, y = self.batches.batch(self.step)
+        if self.amp:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+        self.optimizer.step()
+        self.scheduler.step()
+        wrong = (logits.detach().argmax(1) != y).sum()
+        # note: the one CPU-GPU sync point per step (tqdm and the run file need the numbers)
+        loss_value, wrong_count = torch.stack([loss.detach().float(), wrong.float()]).tolist()
+        error = wrong_count / y.shape[0]
+        if self.recorder is not None:
+            self.recorder.log(step=self.step, loss=loss_value, error=error, lr=lr)
+        self.recent.append((loss_value, error))
+        self.step += 1
+        return loss_value, error
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and error on the whole test set; logged against the latest step."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        wrong = torch.zeros((), device=self.device)
+        count = 0
+        with self._autocast():  # the recorder ignores forwards without grad
+            for x, y in eval_batches(self.dataset, batch_size=self.config.eval_batch_size):
+                if self.amp:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                logits = self.forward(x).float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum")
+                wrong += (logits.argmax(1) != y).sum()
+                count += y.shape[0]
+        self.model.train()
+        test_loss, wrong_count = torch.stack([loss_sum, wrong]).tolist()
+        self.last_eval = (test_loss / count, wrong_count / count)
+        if self.recorder is not None:
+            self.recorder.log(
+                step=self.step - 1, test_loss=test_loss / count, test_error=wrong_count / count
+            )
+        return self.last_eval
+
+    def run(self, stop_at_step: int | None = None, *, save_on_pause=True) -> TrainResult:
+        """Train until the end of the run (or `stop_at_step`), evaluating and checkpointing.
+
+        Pausing at `stop_at_step` checkpoints unless `save_on_pause=False` (for callers that
+        continue in the same process, e.g. a benchmark running the loop in blocks).
+
+        The first Ctrl-C finishes the current step, checkpoints, closes the run file and raises
+        KeyboardInterrupt; a second one interrupts at once (the last checkpoint stands).
+        """
+        total = self.plan.total_steps
+        end = total if stop_at_step is None else min(stop_at_step, total)
+        self.model.train()
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            desc=self.model_name,
+            unit="step",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        with bar, DeferredInterrupt() as interrupt:
+            while self.step < end:
+                started = time.perf_counter()
+                loss, error = self.train_step()
+                self._train_seconds += time.perf_counter() - started
+                self._session_steps += 1
+                bar.set_postfix(loss=f"{loss:.3f}", err=f"{error:.3f}", refresh=False)
+                bar.update()
+                if self.step % self.plan.eval_every == 0 or self.step == total:
+                    self.evaluate()
+                    bar.set_postfix(
+                        loss=f"{loss:.3f}", err=f"{error:.3f}", test_err=f"{self.last_eval[1]:.3f}"
+                    )
+                self.done = self.step == total
+                if self.done or self.step % self.plan.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if interrupt.requested and not self.done:
+                    self.save_checkpoint()
+                    self.close()
+                    raise KeyboardInterrupt
+            if save_on_pause and self.step == end and not self.done:
+                self.save_checkpoint()  # a session stopped early on purpose
+        return self.result()
+
+    def result(self) -> TrainResult:
+        """The model's state now: progress, final figures and its files."""
+        if self.recent:
+            losses, errors = zip(*self.recent, strict=True)
+            train_loss, train_error = sum(losses) / len(losses), sum(errors) / len(errors)
+        else:
+            train_loss = train_error = math.nan
+        throughput = None
+        if self._session_steps and self._train_seconds > 0:
+            images = self._session_steps * self.config.batch_size
+            throughput = images / self._train_seconds
+        return TrainResult(
+            model=self.model_name,
+            steps_done=self.step,
+            total_steps=self.plan.total_steps,
+            train_loss=train_loss,
+            train_error=train_error,
+            test_loss=self.last_eval[0] if self.last_eval else None,
+            test_error=self.last_eval[1] if self.last_eval else None,
+            images_per_second=throughput,
+            run_path=self.run_path,
+            checkpoint_path=self.checkpoint_path,
+        )
+
+    def close(self) -> None:
+        """Close the run file (idempotent); the checkpoint on disk is the state to resume from."""
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def finished_result(model_name: str, config: TrainConfig, run_dir: str | os.PathLike):
+    """The TrainResult of a model whose checkpoint says it is done, or None if it is not."""
+    path = checkpoint_path(run_dir, model_name)
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    if not state["done"]:
+        return None
+    losses, errors = zip(*state["recent"], strict=True) if state["recent"] else ((math.nan,),) * 2
+    test = state["last_eval"] or (None, None)
+    return TrainResult(
+        model=model_name,
+        steps_done=state["step"],
+        total_steps=state["step"],
+        train_loss=sum(losses) / len(losses),
+        train_error=sum(errors) / len(errors),
+        test_loss=test[0],
+        test_error=test[1],
+        images_per_second=None,
+        run_path=Path(run_dir) / f"{model_name}.h5" if config.record else None,
+        checkpoint_path=path,
+    )

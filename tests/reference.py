@@ -1,0 +1,98 @@
+"""Brute-force reference statistics for the recorder tests: plain autograd, per-parameter loops."""
+
+import math
+
+import torch
+from torch import nn
+
+from gradscope.stats import floating_tensors
+
+
+class ReferenceProbe:
+    """Keeps every grad-enabled output of the given modules (and retains its gradient)."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.modules = modules
+        self.outputs = {name: [] for name in modules}
+        self.handles = [
+            m.register_forward_hook(self._hook(name)) for name, m in modules.items()
+        ]
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            if not torch.is_grad_enabled():
+                return
+            kept = []
+            for t in floating_tensors(output):
+                if t.requires_grad:
+                    t.retain_grad()
+                # keep the tensor (for .grad) and a copy of its value now (in-place ops follow)
+                kept.append((t, t.detach().clone()))
+            self.outputs[name].append(kept)
+
+        return hook
+
+    def clear(self):
+        for name in self.outputs:
+            self.outputs[name] = []
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def act_reference(outputs, batch_sample):
+    """act_mean/std/absmax/zero_frac over the kept output copies, first `batch_sample` rows."""
+    values = []
+    for call in outputs:
+        for _, copy in call:
+            x = copy if batch_sample is None or copy.dim() == 0 else copy[:batch_sample]
+            values.extend(x.double().reshape(-1).tolist())
+    if not values:
+        return dict(act_mean=math.nan, act_std=math.nan, act_absmax=math.nan, act_zero_frac=math.nan)
+    v = torch.tensor(values, dtype=torch.float64)
+    return dict(
+        act_mean=v.mean().item(),
+        act_std=v.std(correction=0).item(),
+        act_absmax=v.abs().max().item(),
+        act_zero_frac=(v == 0).double().mean().item(),
+    )
+
+
+def act_grad_reference(outputs):
+    """sqrt of the sum over calls of ||dL/dO||^2, from retained gradients; NaN if none."""
+    total, seen = 0.0, False
+    for call in outputs:
+        for tensor, _ in call:
+            if tensor.grad is not None:
+                total += tensor.grad.double().pow(2).sum().item()
+                seen = True
+    return math.sqrt(total) if seen else math.nan
+
+
+def grad_reference(module: nn.Module):
+    """grad_* statistics over the module's own parameters' gradients, by plain loops."""
+    grads = [p.grad.double().reshape(-1) for p in module.parameters(recurse=False) if p.grad is not None]
+    if not grads:
+        return {k: math.nan for k in ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_nonfinite")}
+    g = torch.cat(grads)
+    return dict(
+        grad_norm=g.norm().item(),
+        grad_mean=g.mean().item(),
+        grad_std=g.std(correction=0).item(),
+        grad_absmax=g.abs().max().item(),
+        grad_nonfinite=float((~torch.isfinite(g)).sum().item()),
+    )
+
+
+def weight_copy(module: nn.Module):
+    return [p.detach().double().clone() for p in module.parameters(recurse=False)]
+
+
+def weight_reference(before, module: nn.Module):
+    """weight_norm of `before` and ||after - before|| / ||before||."""
+    if not before:
+        return dict(weight_norm=math.nan, update_ratio=math.nan)
+    b = torch.cat([w.reshape(-1) for w in before])
+    a = torch.cat([p.detach().double().reshape(-1) for p in module.parameters(recurse=False)])
+    return dict(weight_norm=b.norm().item(), update_ratio=((a - b).norm() / b.norm()).item())

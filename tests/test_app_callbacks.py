@@ -1,0 +1,385 @@
+"""The dashboard without a browser: run index safety, callback logic, HTTP payloads, CLI."""
+
+import base64
+import importlib
+import json
+import os
+
+import pytest
+
+from app import create_app, ids
+from app.callbacks import (
+    control_values,
+    diagnosis_output,
+    figure_output,
+    png_download,
+    refresh_run_list,
+    step_label,
+)
+from app.controls import Controls, flow_position
+from app.layout import newest_runs, page
+from app.run_index import RunIndex
+from gradscope.cli import main as cli_main
+from gradscope.errors import UsageError
+from tests.app_fixtures import STATS, write_run, write_runs_folder
+
+NEWEST_TWO = ["sweep/lr01.h5", "baseline/tanh.h5"]
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    return write_runs_folder(tmp_path / "runs")
+
+
+@pytest.fixture
+def index(runs_dir):
+    idx = RunIndex(runs_dir)
+    yield idx
+    idx.close()
+
+
+def values(**overrides):
+    """Control values as the browser sends them on page load, with `overrides`."""
+    base = {
+        "runs": NEWEST_TWO,
+        "stat": "grad_norm",
+        "layer_types": [],
+        "layer_pattern": None,
+        "step_index": None,
+        "window": None,
+        "scale": "log",
+        "depth_axis": "index",
+    }
+    base.update(overrides)
+    return base
+
+
+def find(component, wanted_id):
+    """The component with id `wanted_id` inside a Dash layout tree, or None."""
+    if getattr(component, "id", None) == wanted_id:
+        return component
+    children = getattr(component, "children", None)
+    if children is None or isinstance(children, str):
+        return None
+    for child in children if isinstance(children, (list, tuple)) else [children]:
+        found = find(child, wanted_id)
+        if found is not None:
+            return found
+    return None
+
+
+def text_of(component) -> str:
+    """All the text inside a Dash component tree."""
+    if isinstance(component, str):
+        return component
+    if isinstance(component, (list, tuple)):
+        return " ".join(text_of(c) for c in component)
+    children = getattr(component, "children", None)
+    return "" if children is None else text_of(children)
+
+
+# ----- run index -----
+
+
+@pytest.mark.parametrize(
+    "rel",
+    ["../../etc/passwd", "/etc/passwd", "baseline/../../outside.h5", "notes.txt", "missing.h5", ""],
+)
+def test_resolve_refuses_anything_but_run_files_inside_the_folder(index, rel):
+    with pytest.raises(UsageError):
+        index.resolve(rel)
+
+
+def test_symlink_leading_outside_is_neither_listed_nor_opened(index, runs_dir, tmp_path):
+    outside = tmp_path / "outside.h5"
+    write_run(outside)
+    (runs_dir / "link.h5").symlink_to(outside)
+    assert "link.h5" not in [e.rel for e in index.scan()]
+    with pytest.raises(UsageError, match="outside the runs folder"):
+        index.resolve("link.h5")
+
+
+def test_scan_lists_runs_by_folder_with_model_records_and_errors(index):
+    entries = {e.rel: e for e in index.scan()}
+    assert list(entries) == ["broken.h5", "baseline/relu.h5", "baseline/tanh.h5", "sweep/lr01.h5"]
+    assert entries["baseline/tanh.h5"].model == "PlainNet20"
+    assert entries["sweep/lr01.h5"].records == 30
+    assert not entries["sweep/lr01.h5"].is_live
+    broken = entries["broken.h5"]
+    assert "not an HDF5 file" in broken.error
+    assert str(index.root) not in broken.error  # the page shows paths relative to the folder
+
+
+def test_missing_runs_folder_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        RunIndex(tmp_path / "nope")
+
+
+def test_cached_run_follows_appends_and_replacement(index, runs_dir):
+    path = runs_dir / "live" / "growing.h5"
+    writer = write_run(path, n_records=5, close=False)
+    writer.flush() if hasattr(writer, "flush") else None
+    index_entry = {e.rel: e for e in index.scan()}["live/growing.h5"]
+    assert index_entry.is_live
+    with index.open_runs(["live/growing.h5"]) as (run,):
+        first = len(run.steps)
+    for i in range(5, 9):
+        writer.append(10 * i, writer_row(writer))
+    writer.close()
+    with index.open_runs(["live/growing.h5"]) as (run,):
+        assert len(run.steps) == 9 > first
+    path.unlink()
+    write_run(path, n_records=3)  # a new file under the same name
+    with index.open_runs(["live/growing.h5"]) as (run,):
+        assert len(run.steps) == 3
+
+
+def writer_row(writer):
+    import numpy as np
+
+    return np.ones((len(writer.stats), len(writer.layers)), dtype=np.float32)
+
+
+# ----- layout -----
+
+
+def test_page_preselects_the_newest_readable_runs(index):
+    layout = page(index, "runs")
+    assert find(layout, ids.RUNS).value == NEWEST_TWO
+    assert newest_runs(index.scan(), count=5)[-1] == "baseline/relu.h5"
+    listing = text_of(find(layout, ids.RUN_LIST))
+    assert "broken.h5: error:" in listing
+    assert "lr01.h5: ResNet20, 30 records, complete" in listing
+    assert set(find(layout, ids.VERSIONS).data) == set(NEWEST_TWO)
+
+
+def test_empty_folder_shows_how_to_record(tmp_path):
+    idx = RunIndex(tmp_path)
+    layout = page(idx, "myruns")
+    assert find(layout, ids.RUNS).value == []
+    listing = text_of(find(layout, ids.RUN_LIST))
+    assert "No run files" in listing and 'gradscope.attach(model, "myruns/' in listing
+    assert control_values(idx, [], None, None, None)["message"].startswith("Select")
+
+
+# ----- controls -----
+
+
+def test_controls_offer_the_stats_and_types_of_the_selected_runs(index, runs_dir):
+    write_run(runs_dir / "other" / "few.h5", stats=["grad_norm", "act_mean"])
+    v = control_values(index, ["sweep/lr01.h5", "other/few.h5"], None, None, None)
+    assert v["stat_options"] == [*STATS, "act_mean"]
+    assert v["stat"] == "grad_norm"
+    assert v["type_options"] == ["BatchNorm2d", "Conv2d", "Linear"]
+    assert v["step_max"] == v["step_index"] == 29
+    assert v["step_marks"]["29"] == "290"
+    kept = control_values(index, ["sweep/lr01.h5"], "update_ratio", 3, 29)
+    assert (kept["stat"], kept["step_index"]) == ("update_ratio", 3)
+
+
+def test_slider_at_the_end_follows_a_growing_run(index):
+    v = control_values(index, ["baseline/relu.h5"], None, step_index=19, step_max=19)
+    assert v["step_index"] == 19
+    v = control_values(index, ["sweep/lr01.h5"], None, step_index=19, step_max=19)
+    assert v["step_index"] == 29  # was at the end: stays at the end
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"scale": "bogus"},
+        {"depth_axis": "sideways"},
+        {"step_index": -1},
+        {"window": "x"},
+        {"runs": [1, 2]},
+        {"layer_types": {"a": 1}},
+    ],
+)
+def test_controls_reject_malformed_requests(bad):
+    with pytest.raises(UsageError):
+        Controls.from_request(**values(**bad))
+
+
+def test_flow_position_maps_slider_and_window_to_steps(index):
+    with index.open_runs(["sweep/lr01.h5"]) as runs:
+        assert flow_position(runs, None, None) == {"step": None, "window": None}
+        assert flow_position(runs, 29, None) == {"step": None, "window": None}
+        assert flow_position(runs, 4, None) == {"step": 40, "window": None}
+        assert flow_position(runs, 4, 3) == {"step": None, "window": (20, 41)}
+        with pytest.raises(UsageError, match="beyond"):
+            flow_position(runs, 30, None)
+    label = step_label(index, ["sweep/lr01.h5"], 4, 3)
+    assert label == "mean over steps 20..40"
+
+
+# ----- figures and messages -----
+
+
+@pytest.mark.parametrize(
+    ("kind", "min_traces"), [("flow", 2), ("heatmap", 2), ("ratio", 1), ("training", 2)]
+)
+def test_every_panel_draws_the_selected_runs(index, kind, min_traces):
+    assert set(ids.PANELS) == {"flow", "heatmap", "ratio", "training"}
+    fig, message = figure_output(index, kind, values())
+    assert message == ""
+    assert len(fig.data) >= min_traces
+    assert fig.layout.uirevision  # the zoom survives timer redraws
+
+
+def test_changing_the_statistic_changes_the_flow_curve(index):
+    grad, _ = figure_output(index, "flow", values())
+    weight, _ = figure_output(index, "flow", values(stat="weight_norm"))
+    assert "grad_norm" in grad.layout.title.text and "weight_norm" in weight.layout.title.text
+    assert list(weight.data[0].y) == pytest.approx([2 * y for y in grad.data[0].y])
+
+
+def test_layer_filter_and_runs_change_the_heatmap(index):
+    one, _ = figure_output(index, "heatmap", values(runs=["baseline/relu.h5"]))
+    three, _ = figure_output(index, "heatmap", values(runs=[*NEWEST_TWO, "baseline/relu.h5"]))
+    assert len(three.data) == 3 * len(one.data)
+    convs, _ = figure_output(index, "flow", values(layer_types=["Conv2d"]))
+    assert len(convs.data[0].y) == 3
+    pattern, _ = figure_output(index, "flow", values(layer_pattern="layer*"))
+    assert len(pattern.data[0].y) == 3
+
+
+def test_zoom_key_ignores_new_records_but_not_the_statistic(index):
+    a, _ = figure_output(index, "heatmap", values())
+    b, _ = figure_output(index, "heatmap", values(scale="linear"))
+    c, _ = figure_output(index, "heatmap", values(stat="weight_norm"))
+    assert a.layout.uirevision == b.layout.uirevision != c.layout.uirevision
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"runs": ["../../etc/passwd"]}, "outside the runs folder"),
+        ({"runs": ["broken.h5"]}, "not an HDF5 file"),
+        ({"stat": "act_zero_frac"}, "'act_zero_frac' is not in"),
+        ({"step_index": 500}, "beyond"),
+        ({"layer_types": ["LSTM"]}, "no layer matches"),
+        ({"runs": []}, "select a run"),
+    ],
+)
+def test_bad_requests_become_a_message_on_the_page(index, overrides, expected):
+    fig, message = figure_output(index, "flow", values(**overrides))
+    assert expected in message
+    assert "Traceback" not in message and str(index.root) not in message
+    assert expected in fig.layout.annotations[0].text
+    assert len(fig.data) == 0
+
+
+def test_ratio_panel_asks_for_two_runs(index):
+    _, message = figure_output(index, "ratio", values(runs=["baseline/relu.h5"]))
+    assert "two runs" in message
+
+
+def test_crafted_http_payload_cannot_read_outside_the_folder(runs_dir):
+    client = create_app(runs_dir).server.test_client()
+    flow = ids.panel_id("graph", "flow")
+    inputs = [{"id": ids.VERSIONS, "property": "data", "value": {}}]
+    inputs += [
+        {"id": component, "property": prop, "value": values(runs=["../../etc/passwd"])[name]}
+        for name, (component, prop) in ids.CONTROL_VALUES.items()
+        if name
+        in (
+            "runs",
+            "stat",
+            "layer_types",
+            "layer_pattern",
+            "step_index",
+            "window",
+            "scale",
+            "depth_axis",
+        )
+    ]
+    outputs = [
+        {"id": flow, "property": "figure"},
+        {"id": ids.panel_id("message", "flow"), "property": "children"},
+    ]
+    body = {
+        "output": "..{}.figure...{}.children..".format(
+            json.dumps(flow, sort_keys=True, separators=(",", ":")),
+            json.dumps(ids.panel_id("message", "flow"), sort_keys=True, separators=(",", ":")),
+        ),
+        "outputs": outputs,
+        "inputs": inputs,
+        "changedPropIds": [f"{ids.RUNS}.value"],
+        "state": [],
+    }
+    response = client.post("/_dash-update-component", json=body)
+    assert response.status_code == 200
+    text = response.get_data(as_text=True)
+    assert "outside the runs folder" in text
+    assert "root:" not in text and "Traceback" not in text
+
+
+def test_diagnosis_text_for_each_selected_run(index):
+    blocks = diagnosis_output(index, NEWEST_TWO)
+    assert [b.children for b in blocks[::2]] == ["sweep/lr01", "baseline/tanh"]
+    assert all(isinstance(b.children, str) and b.children for b in blocks[1::2])
+    bad = diagnosis_output(index, ["../x.h5"])
+    assert "outside the runs folder" in text_of(bad)
+
+
+def test_timer_reports_new_records_only_when_there_are_some(index, runs_dir):
+    _, options, versions = refresh_run_list(index, "runs", NEWEST_TWO, {})
+    assert [o["value"] for o in options if o["disabled"]] == ["broken.h5"]
+    assert set(versions) == set(NEWEST_TWO)
+    _, _, unchanged = refresh_run_list(index, "runs", NEWEST_TWO, versions)
+    assert unchanged is not versions and not isinstance(unchanged, dict)  # no_update
+    path = runs_dir / "sweep" / "lr01.h5"
+    path.unlink()
+    write_run(path, n_records=31)
+    _, _, changed = refresh_run_list(index, "runs", NEWEST_TWO, versions)
+    assert changed["sweep/lr01.h5"][0] == 31
+
+
+def test_png_download_is_the_exported_image(index):
+    export = pytest.importorskip("gradscope.export")
+    data, message = png_download(index, "heatmap", values())
+    assert message == ""
+    assert data["filename"] == "heatmap-grad_norm.png" and data["base64"]
+    png = base64.b64decode(data["content"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from app.panels import panel_figure
+
+    with index.open_runs(NEWEST_TWO) as runs:
+        expected = export.figure_png_bytes(
+            panel_figure("heatmap", runs, Controls(runs=tuple(NEWEST_TWO), stat="grad_norm"))
+        )
+    assert png[16:24] == expected[16:24]  # same width and height
+    _, message = png_download(index, "heatmap", values(stat="nope"))
+    assert "'nope' is not in" in message
+
+
+# ----- CLI and WSGI -----
+
+
+def test_cli_dashboard_missing_folder_exits_2_with_one_line(tmp_path, capsys):
+    code = cli_main(["dashboard", "--runs", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("gradscope dashboard: error: runs folder") and err.count("\n") == 1
+
+
+def test_cli_dashboard_defaults_to_loopback():
+    from gradscope.cli import build_parser
+    from gradscope.cli.dashboard_cmd import dashboard_url
+
+    args = build_parser().parse_args(["dashboard"])
+    assert (args.runs, args.host, args.port) == ("runs", "127.0.0.1", 8050)
+    assert dashboard_url("::1", 9000) == "http://[::1]:9000/"
+
+
+def test_wsgi_server_serves_the_folder_named_by_the_environment(runs_dir, monkeypatch):
+    monkeypatch.setenv("GRADSCOPE_RUNS", str(runs_dir))
+    import app.server
+
+    server = importlib.reload(app.server).server
+    assert server.test_client().get("/").status_code == 200
+    layout = server.test_client().get("/_dash-layout").get_data(as_text=True)
+    assert "lr01.h5" in layout
+    monkeypatch.setenv("GRADSCOPE_RUNS", os.fspath(runs_dir / "missing"))
+    with pytest.raises(UsageError):
+        importlib.reload(app.server)

@@ -1,0 +1,70 @@
+"""Tests of `gradscope inspect`: the printed report and the errors for bad files."""
+
+import numpy as np
+import pytest
+
+from gradscope import cli
+from gradscope.store import RunWriter
+
+
+@pytest.fixture(autouse=True)
+def _only_inspect(monkeypatch):
+    # The real dispatcher and error handling, without importing the other (torch-heavy) commands.
+    monkeypatch.setattr(cli, "COMMANDS", ("gradscope.cli.inspect_cmd",))
+
+
+def main(argv):
+    return cli.main(argv)
+
+
+def _write_run(path, n_layers=3, n_records=4):
+    layers = [
+        {"name": f"stage{i // 10}.block{i % 10}", "type": "Conv2d", "params": 100 + i}
+        for i in range(n_layers)
+    ]
+    values = np.arange(n_records * 2 * n_layers, dtype=np.float32).reshape(n_records, 2, n_layers)
+    with RunWriter(
+        path, layers, ["grad_norm", "update_ratio"], attrs={"model_class": "ResNet20"}
+    ) as w:
+        for i in range(n_records):
+            w.append(10 * i, values[i] + 0.5)
+            w.log(10 * i, {"loss": 3.0 - i})
+        w.log(35, {"lr": 0.05})
+    return layers, values + 0.5
+
+
+def test_inspect_prints_summary_latest_record_and_metrics(tmp_path, capsys):
+    path = tmp_path / "run.h5"
+    layers, values = _write_run(path)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ResNet20" in out and "closed" in out
+    assert "4 records, steps 0..30" in out
+    assert "latest record (step 30)" in out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    for depth, layer in enumerate(layers):  # row: name, type, params, grad_norm, update_ratio
+        row = lines[layer["name"]]
+        assert row[1:3] == ["Conv2d", str(layer["params"])]
+        assert [float(x) for x in row[3:5]] == pytest.approx(values[-1, :, depth].tolist())
+    assert lines["loss"][1:] == ["30", "0"]
+    assert lines["lr"][1:] == ["35", "0.05"]
+
+
+def test_inspect_prints_every_layer_of_a_deep_run(tmp_path, capsys):
+    path = tmp_path / "deep.h5"
+    layers, _ = _write_run(path, n_layers=250, n_records=2)
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    names = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert all(layer["name"] in names for layer in layers)
+    assert "..." not in out
+
+
+@pytest.mark.parametrize("content", [None, b"plain text"])
+def test_inspect_reports_bad_files_with_exit_code_2(tmp_path, capsys, content):
+    path = tmp_path / "nope.h5"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradscope inspect: error:") and "nope.h5" in err

@@ -1,0 +1,190 @@
+"""`gradscope record`: files and summary, bad input (exit 2, nothing written), Ctrl-C and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import gradscope
+from gradscope.cli import main
+from gradscope.train_checkpoint import load_checkpoint
+
+TINY = ["--data", "synthetic", "--image-size", "8", "--batch-size", "16", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine, OpenMP spin-waits make 2 threads far slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def record(*flags) -> int:
+    return main(["record", *flags])
+
+
+def read_run(path):
+    with gradscope.open_run(path) as run:
+        return run.steps.copy(), run.metrics.copy(), run.stat("grad_norm"), dict(run.attrs)
+
+
+def test_pair_writes_run_files_config_checkpoints_and_summary(tmp_path, capsys):
+    code = record(
+        "--model",
+        "resnet20",
+        "--baseline",
+        "plain20",
+        *TINY,
+        "--steps",
+        "6",
+        "--every",
+        "2",
+        "--eval-every",
+        "3",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "pair",
+        "--quiet",
+    )
+    assert code == 0
+    run_dir = tmp_path / "pair"
+    names = {"config.json", "resnet20.h5", "plain20.h5", "resnet20.ckpt.pt", "plain20.ckpt.pt"}
+    assert {p.name for p in run_dir.iterdir()} == names
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"] == "resnet20" and config["baselines"] == ["plain20"]
+    assert config["train"]["steps"] == 6 and config["train"]["record_every"] == 2
+    for name in ("resnet20", "plain20"):
+        steps, metrics, grad_norm, attrs = read_run(run_dir / f"{name}.h5")
+        np.testing.assert_array_equal(steps, [0, 2, 4])
+        assert list(metrics.index) == list(range(6))
+        assert attrs["model"] == name and bool(attrs["synthetic"])
+        assert load_checkpoint(run_dir / f"{name}.ckpt.pt")["done"]
+    out = capsys.readouterr().out
+    assert "train loss" in out and "test err" in out
+    assert "resnet20: act_grad_norm first/last layer" in out
+    assert f"gradscope dashboard --runs {run_dir}" in out
+    assert "gradscope export" in out and "--figure heatmap" in out
+
+
+def test_no_record_trains_without_run_files(tmp_path, capsys):
+    code = record(
+        "--model",
+        "resnet20",
+        *TINY,
+        "--steps",
+        "2",
+        "--no-record",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "bare",
+        "--quiet",
+    )
+    assert code == 0
+    assert {p.name for p in (tmp_path / "bare").iterdir()} == {"config.json", "resnet20.ckpt.pt"}
+    assert "without recording" in capsys.readouterr().out
+
+
+NEW = ["--data", "synthetic", "--out", "{tmp}/out", "--quiet"]  # completes a new-run command
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "resnet57", *NEW], "valid names: resnet20"),
+        (["--model", "resnet20", "--baseline", "plane56", *NEW], "unknown model 'plane56'"),
+        (["--model", "resnet20", "--baseline", "resnet20", *NEW], "given twice"),
+        (["--model", "resnet20", "--steps", "0", *NEW], "--steps must be a positive integer"),
+        (["--model", "resnet20", *NEW, "--data", "{tmp}/no-such-data"], "no dataset"),
+        (["--model", "resnet20", *NEW, "--data", "{tmp}/empty"], "not a dataset layout"),
+        (["--model", "resnet20", *NEW, "--out", "{tmp}/a-file/runs"], "is a file, not a folder"),
+        (["--model", "resnet20", "--name", "a/b", *NEW], "plain folder name"),
+        (["--baseline", "plain20", *NEW], "give --model"),
+        (["--resume", "{tmp}/empty"], "no config.json"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, flags, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = record(*(flag.format(tmp=tmp_path) for flag in flags))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("gradscope record: error: ") and err.count("\n") == 1
+    assert message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+
+
+def test_resume_of_a_folder_without_checkpoint_is_an_error(tmp_path, capsys):
+    run_dir = tmp_path / "exp"
+    run_dir.mkdir()
+    config = {
+        "model": "resnet20",
+        "baselines": [],
+        "out": str(tmp_path),
+        "name": "exp",
+        "train": {"data": "synthetic", "steps": 4},
+    }
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert record("--resume", str(run_dir)) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
+
+
+def test_ctrl_c_prints_the_resume_command_and_resume_matches_an_uninterrupted_run(tmp_path, capsys):
+    steps = 60
+    flags = [
+        "--model",
+        "resnet20",
+        *TINY,
+        "--steps",
+        str(steps),
+        "--every",
+        "5",
+        "--eval-every",
+        "20",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
+    run_dir = tmp_path / "interrupted"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "gradscope.cli", "record", *flags, "--name", "interrupted"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "resnet20.h5").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "the run file never appeared"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert f"gradscope record --resume {run_dir}" in err
+    stopped_at = load_checkpoint(run_dir / "resnet20.ckpt.pt")["step"]
+    assert 0 < stopped_at < steps
+    steps_so_far, _, _, _ = read_run(run_dir / "resnet20.h5")  # closed cleanly: readable
+
+    assert record("--resume", str(run_dir), "--steps", "5") == 2  # the saved config decides
+    assert "--resume reads the configuration" in capsys.readouterr().err
+    assert record("--resume", str(run_dir), "--quiet") == 0
+    assert record(*flags, "--name", "straight") == 0
+    resumed = read_run(run_dir / "resnet20.h5")
+    straight = read_run(tmp_path / "straight" / "resnet20.h5")
+    np.testing.assert_array_equal(resumed[0], np.arange(0, steps, 5))  # each step exactly once
+    assert list(resumed[1].index) == list(range(steps))
+    pd.testing.assert_frame_equal(resumed[1], straight[1])
+    np.testing.assert_array_equal(resumed[2], straight[2])
+    assert len(steps_so_far) <= len(resumed[0])
+
+    capsys.readouterr()
+    assert record("--resume", str(run_dir), "--quiet") == 0  # finished: nothing to train
+    assert "resnet20" in capsys.readouterr().out

@@ -1,0 +1,250 @@
+"""The dashboard in a real browser: headless Chromium driven by selenium over real run files."""
+
+import contextlib
+import json
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from werkzeug.serving import make_server
+
+from app import create_app, ids
+from tests.app_fixtures import write_run, write_runs_folder
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+SCREENSHOT = "/tmp/gradscope_dashboard.png"
+CHROME_ARGS = (
+    "--headless=new",
+    "--no-sandbox",  # needed as root
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,2200",
+)
+WAIT_SECONDS = 20
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+)
+
+
+@contextlib.contextmanager
+def serve(runs_dir):
+    """The dashboard over `runs_dir`, served from a thread on a free loopback port."""
+    server = make_server("127.0.0.1", 0, create_app(runs_dir).server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def driver():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in CHROME_ARGS:
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
+    chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield chrome
+    chrome.quit()
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    runs_dir = write_runs_folder(tmp_path_factory.mktemp("dash") / "runs")
+    with serve(runs_dir) as url:
+        yield url
+
+
+def wait_for(what, check, timeout=WAIT_SECONDS):
+    """Poll `check()` until it returns something truthy; fail naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}; last value: {value!r}")
+        time.sleep(0.2)
+
+
+GRAPH_STATE_JS = """
+const el = document.getElementById(arguments[0]);
+const gd = el && el.querySelector('.js-plotly-plot');
+if (!gd || !gd.data || !gd._fullLayout) return null;
+return {
+  traces: gd.data.length,
+  names: gd.data.map(t => t.name || ''),
+  types: gd.data.map(t => t.type || 'scatter'),
+  title: (gd.layout.title && gd.layout.title.text) || '',
+  annotations: (gd.layout.annotations || []).map(a => a.text),
+  svg_lines: gd.querySelectorAll('.scatterlayer .trace path.js-line').length,
+  heatmap_images: gd.querySelectorAll('.heatmaplayer image').length,
+  legend_items: gd.querySelectorAll('.legend .traces').length,
+  yrange: gd._fullLayout.yaxis ? gd._fullLayout.yaxis.range.slice() : null,
+};
+"""
+
+
+def graph(driver, panel):
+    """What the browser drew for a panel's graph (None before plotly has drawn it)."""
+    dom_id = json.dumps(ids.panel_id("graph", panel), sort_keys=True, separators=(",", ":"))
+    return driver.execute_script(GRAPH_STATE_JS, dom_id)
+
+
+def message(driver, panel):
+    """The text of a panel's message line."""
+    dom_id = json.dumps(ids.panel_id("message", panel), sort_keys=True, separators=(",", ":"))
+    return driver.execute_script("return document.getElementById(arguments[0]).innerText", dom_id)
+
+
+def choose(driver, dropdown_id, value):
+    """Open a dropdown and click the option with `value`, as a user would."""
+    driver.find_element(By.ID, dropdown_id).click()
+    option = wait_for(
+        f"option {value} of {dropdown_id}",
+        lambda: driver.find_elements(
+            By.CSS_SELECTOR, f'.dash-dropdown-options input[value="{value}"]'
+        ),
+    )[0]
+    option.find_element(By.XPATH, "./ancestor::label[1]").click()
+    driver.find_element(By.TAG_NAME, "h2").click()  # closes a multi-select menu
+
+
+def load(driver, url):
+    driver.get(url)
+    wait_for("the page", lambda: driver.find_elements(By.ID, ids.RUN_LIST))
+
+
+def test_page_lists_runs_and_draws_every_figure(driver, dashboard):
+    load(driver, dashboard)
+    listing = driver.find_element(By.ID, ids.RUN_LIST).text
+    assert "lr01.h5: ResNet20, 30 records, complete" in listing
+    assert "tanh.h5: PlainNet20, 20 records, complete" in listing
+    assert "broken.h5: error: not an HDF5 file" in listing
+    flow = wait_for("flow curves", lambda: (g := graph(driver, "flow")) and g["svg_lines"] and g)
+    assert flow["traces"] == 2 and flow["svg_lines"] == 2  # the two newest runs, preselected
+    assert "grad_norm" in flow["title"]
+    heat = wait_for(
+        "heatmaps", lambda: (g := graph(driver, "heatmap")) and g["heatmap_images"] and g
+    )
+    assert heat["types"] == ["heatmap", "heatmap"] and heat["heatmap_images"] == 2
+    ratio = wait_for("ratio", lambda: (g := graph(driver, "ratio")) and g["heatmap_images"] and g)
+    assert ratio["traces"] == 1
+    training = wait_for("training curves", lambda: (g := graph(driver, "training")) and g["traces"])
+    assert training
+    assert driver.find_element(By.ID, ids.DIAGNOSIS).text.count("diagnosis of") == 2
+    assert driver.find_element(By.ID, ids.PAGE_MESSAGE).text == ""
+    driver.save_screenshot(SCREENSHOT)
+    severe = [e for e in driver.get_log("browser") if "favicon" not in e["message"]]
+    assert severe == []
+
+
+def test_changing_the_statistic_redraws_flow_and_heatmap(driver, dashboard):
+    load(driver, dashboard)
+    before = wait_for("flow", lambda: (g := graph(driver, "flow")) and g["svg_lines"] and g)
+    choose(driver, ids.STAT, "weight_norm")
+    after = wait_for(
+        "flow with weight_norm",
+        lambda: (g := graph(driver, "flow")) and "weight_norm" in g["title"] and g,
+    )
+    assert after["title"] != before["title"]
+    wait_for(
+        "heatmap with weight_norm",
+        lambda: "weight_norm" in (graph(driver, "heatmap") or {}).get("title", ""),
+    )
+
+
+def test_changing_the_selected_runs_changes_subplots_and_legend(driver, dashboard):
+    load(driver, dashboard)
+    wait_for("two heatmaps", lambda: (graph(driver, "heatmap") or {}).get("heatmap_images") == 2)
+    choose(driver, ids.RUNS, "baseline/relu.h5")
+    heat = wait_for(
+        "three heatmaps", lambda: (g := graph(driver, "heatmap")) and g["heatmap_images"] == 3 and g
+    )
+    assert heat["traces"] == 3
+    flow = wait_for(
+        "three flow lines", lambda: (g := graph(driver, "flow")) and g["legend_items"] == 3 and g
+    )
+    assert any("relu" in name for name in flow["names"])
+    choose(driver, ids.RUNS, "sweep/lr01.h5")  # deselect
+    wait_for(
+        "two heatmaps again", lambda: (graph(driver, "heatmap") or {}).get("heatmap_images") == 2
+    )
+
+
+def test_a_filter_matching_nothing_shows_a_message_not_a_traceback(driver, dashboard):
+    load(driver, dashboard)
+    wait_for("flow", lambda: (graph(driver, "flow") or {}).get("svg_lines"))
+    box = driver.find_element(By.ID, ids.LAYER_PATTERN)
+    box.send_keys("no_such_layer*", Keys.ENTER)
+    text = wait_for("the message", lambda: message(driver, "flow"))
+    assert "no layer matches" in text and "Traceback" not in driver.page_source
+    assert "no layer matches" in graph(driver, "flow")["annotations"][0]
+
+
+def test_empty_folder_shows_how_to_record(driver, tmp_path):
+    with serve(tmp_path) as url:
+        load(driver, url)
+        listing = driver.find_element(By.ID, ids.RUN_LIST).text
+        assert "No run files" in listing and "gradscope.attach(model" in listing
+        wait_for(
+            "select message", lambda: "Select" in driver.find_element(By.ID, ids.PAGE_MESSAGE).text
+        )
+
+
+def test_live_run_refreshes_and_keeps_the_users_zoom(driver, tmp_path):
+    writer = write_run(tmp_path / "live.h5", n_records=10, close=False)
+    try:
+        with serve(tmp_path) as url:
+            load(driver, url)
+            assert "10 records, live" in driver.find_element(By.ID, ids.RUN_LIST).text
+            wait_for(
+                "flow at step 90",
+                lambda: "step 90" in " ".join((graph(driver, "flow") or {}).get("names", [])),
+            )
+            zoom_in(driver, "flow")
+            zoomed = graph(driver, "flow")["yrange"]
+            row = np.ones((len(writer.stats), len(writer.layers)), dtype=np.float32)
+            for step in (100, 110, 120):
+                writer.append(step, row)
+            wait_for(
+                "flow at step 120",
+                lambda: "step 120" in " ".join((graph(driver, "flow") or {}).get("names", [])),
+            )
+            assert graph(driver, "flow")["yrange"] == pytest.approx(zoomed)
+            wait_for(
+                "13 records listed",
+                lambda: "13 records, live" in driver.find_element(By.ID, ids.RUN_LIST).text,
+            )
+    finally:
+        writer.close()
+
+
+def zoom_in(driver, panel):
+    """Drag a zoom box over the middle of a panel's plot area, as a user would."""
+    before = graph(driver, panel)["yrange"]
+    dom_id = json.dumps(ids.panel_id("graph", panel), sort_keys=True, separators=(",", ":"))
+    area = driver.execute_script(
+        "return document.getElementById(arguments[0]).querySelector('.nsewdrag')", dom_id
+    )
+    ActionChains(driver).move_to_element(area).move_by_offset(
+        -40, -40
+    ).click_and_hold().move_by_offset(80, 80).release().perform()
+    wait_for("the zoom", lambda: graph(driver, panel)["yrange"] != before)

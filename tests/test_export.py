@@ -1,0 +1,105 @@
+"""Tests of PNG export (gradscope.export) and the `gradscope export` command."""
+
+import struct
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from gradscope import export
+from gradscope.cli import main
+from gradscope.errors import UsageError
+from gradscope.store import RunWriter
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    assert data[:8] == export.PNG_SIGNATURE
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def run_path(tmp_path_factory):
+    """A 4-layer, 30-record run with grad_norm and a logged loss."""
+    path = tmp_path_factory.mktemp("runs") / "a.h5"
+    layers = [{"name": f"layer{j}", "type": "Linear", "params": 10} for j in range(4)]
+    with RunWriter(path, layers=layers, stats=["grad_norm"]) as w:
+        for i in range(30):
+            w.append(i * 10, np.full((1, 4), 1.0 + i, dtype=np.float32))
+            w.log(i * 10, {"loss": 1.0 / (1 + i)})
+    return path
+
+
+def test_missing_chrome_names_the_install_command(monkeypatch):
+    monkeypatch.delenv("BROWSER_PATH", raising=False)
+    monkeypatch.setattr(export.shutil, "which", lambda name: None)
+    monkeypatch.setattr(export, "_downloaded_chrome", lambda: None)
+    with pytest.raises(UsageError, match="install one with: ") as error:
+        export.figure_png_bytes(go.Figure())
+    assert export.chrome_install_command() in str(error.value)
+
+
+def test_browser_path_must_be_executable(monkeypatch, tmp_path):
+    not_a_browser = tmp_path / "chrome"
+    not_a_browser.write_text("")
+    monkeypatch.setenv("BROWSER_PATH", str(not_a_browser))
+    with pytest.raises(UsageError, match="BROWSER_PATH"):
+        export.find_chrome()
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, message",
+    [
+        ("a.jpg", {}, "must end in .png"),
+        ("missing/a.png", {}, "does not exist"),
+        ("a.png", {"width": 0}, "width"),
+        ("a.png", {"scale": 0}, "scale"),
+    ],
+)
+def test_write_png_rejects_bad_output(tmp_path, name, kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        export.write_png(go.Figure(), tmp_path / name, **kwargs)
+
+
+def test_write_png_size_is_layout_times_scale(tmp_path):
+    fig = go.Figure(go.Scatter(y=[1, 3, 2]))
+    path = export.write_png(fig, tmp_path / "f.png", width=320, height=200, scale=2)
+    assert png_size(path.read_bytes()) == (640, 400)
+
+
+def test_cli_export_heatmap_png(run_path, tmp_path, capsys):
+    out = tmp_path / "heat.png"
+    code = main(
+        [
+            "export", str(run_path), str(run_path), "--figure", "heatmap", "--stat", "grad_norm",
+            "--out", str(out), "--width", "400", "--height", "300", "--scale", "1.5",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    assert png_size(out.read_bytes()) == (600, 450)
+    assert capsys.readouterr().out.strip() == str(out)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--figure", "flow", "--stat", "act_mean"], "'act_mean' is not in"),
+        (["--figure", "flow", "--step", "100000"], "beyond the runs"),
+        (["--figure", "ratio"], "exactly 2 runs"),
+        (["--figure", "heatmap", "--step", "5"], "--step applies only to --figure flow"),
+        (["--figure", "flow", "--types", "Conv2d"], "no layer matches"),
+    ],
+)
+def test_cli_export_errors_are_one_line_exit_2(run_path, tmp_path, capsys, extra, message):
+    code = main(["export", str(run_path), "--out", str(tmp_path / "x.png"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("gradscope export: error: ") and err.count("\n") == 1
+    assert message in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_export_missing_run_file(tmp_path, capsys):
+    code = main(["export", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x.png")])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("gradscope export: error: ")

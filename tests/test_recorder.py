@@ -1,0 +1,492 @@
+"""Recorder statistics against a brute-force autograd reference, on small models."""
+
+import copy
+import math
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradscope
+from gradscope.stats import ALL_STATS
+from tests.reference import (
+    ReferenceProbe,
+    act_grad_reference,
+    act_reference,
+    grad_reference,
+    weight_copy,
+    weight_reference,
+)
+
+# ----- small models ---------------------------------------------------------------------------
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, inplace=True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=inplace)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+        self.inplace = inplace
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        identity = x
+        out = self.bn2(self.conv2(x))
+        if self.inplace:
+            out += identity  # in-place residual add, as in torchvision's BasicBlock
+        else:
+            out = out + identity
+        out = self.relu(out)
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+class SharedTwice(nn.Module):
+    """One Linear applied twice in a forward (shared weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.shared = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.shared(torch.tanh(self.inp(x))))
+        return self.out(torch.tanh(self.shared(h)))
+
+
+Pair = namedtuple("Pair", "a b")
+
+
+class Splitter(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.lin = nn.Linear(6, 8)
+        self.kind = kind
+
+    def forward(self, x):
+        h = self.lin(x)
+        a, b = h[:, :4], h[:, 4:] * 2
+        if self.kind == "tuple":
+            return (a, (b, torch.ones(1, dtype=torch.long)))
+        if self.kind == "list":
+            return [a, b]
+        if self.kind == "dict":
+            return {"a": a, "b": b}
+        return Pair(a, b)
+
+
+class StructuredOutputs(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.split = Splitter(kind)
+        self.head = nn.Linear(8, 3)
+        self.kind = kind
+
+    def forward(self, x):
+        out = self.split(x)
+        if self.kind == "tuple":
+            a, (b, _) = out
+        elif self.kind == "dict":
+            a, b = out["a"], out["b"]
+        else:
+            a, b = out[0], out[1]
+        return self.head(torch.cat([a, b], dim=1))
+
+
+class WithUnused(nn.Module):
+    """A frozen layer and a layer that gets no gradient (its output is unused)."""
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.Linear(6, 8)
+        self.frozen.requires_grad_(False)
+        self.used = nn.Linear(8, 3)
+        self.unused = nn.Linear(6, 3)
+
+    def forward(self, x):
+        _ = self.unused(x.detach()).detach()
+        return self.used(torch.relu(self.frozen(x)))
+
+
+def vector_batch(step, micro=0, n=12):
+    g = torch.Generator().manual_seed(1000 * step + micro)
+    return torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def image_batch(step, micro=0, n=10):
+    g = torch.Generator().manual_seed(1000 * step + micro)
+    return torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+# ----- driver: recorded model and its brute-force twin, stepped together -----------------------
+
+
+def run_against_reference(
+    tmp_path,
+    make_model,
+    batch_fn,
+    steps=3,
+    every=1,
+    batch_sample=None,
+    accumulate=1,
+    layers=None,
+    twin_model=None,
+):
+    torch.manual_seed(0)
+    model = make_model()
+    twin = twin_model(model) if twin_model else copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    path = tmp_path / "run.h5"
+    rec = gradscope.attach(
+        model, path, optimizer=opt, every=every, batch_sample=batch_sample, layers=layers
+    )
+    twin_modules = {(n or "model"): m for n, m in twin.named_modules()}
+    watched = {name: twin_modules[name] for name in rec.layer_names}
+    probe = ReferenceProbe(watched)
+    expected = {}
+    for step in range(steps):
+        probe.clear()
+        for micro in range(accumulate):
+            x, y = batch_fn(step, micro)
+            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(twin(x), y).backward()
+        ref = {name: grad_reference(m) for name, m in watched.items()}
+        before = {name: weight_copy(m) for name, m in watched.items()}
+        opt.step()
+        opt_twin.step()
+        for name, m in watched.items():
+            ref[name].update(weight_reference(before[name], m))
+            ref[name].update(act_reference(probe.outputs[name], batch_sample))
+            ref[name]["act_grad_norm"] = act_grad_reference(probe.outputs[name])
+        expected[step] = ref
+        opt.zero_grad()
+        opt_twin.zero_grad()
+    rec.close()
+    probe.remove()
+    return gradscope.open_run(path), expected
+
+
+def assert_matches(run, expected, stats=ALL_STATS, rtol=1e-4, atol=1e-6):
+    names = list(run.layers["name"])
+    for i, step in enumerate(run.steps):
+        for stat in stats:
+            got = run.stat(stat)[i]
+            want = np.array([expected[int(step)][name][stat] for name in names])
+            np.testing.assert_allclose(
+                got, want, rtol=rtol, atol=atol, equal_nan=True, err_msg=f"{stat} at step {step}"
+            )
+
+
+# ----- statistics -----------------------------------------------------------------------------
+
+
+def test_mlp_all_statistics_match_reference(tmp_path):
+    run, expected = run_against_reference(tmp_path, mlp, vector_batch)
+    assert list(run.steps) == [0, 1, 2]
+    assert list(run.layers["name"]) == ["0", "2", "4"]
+    assert list(run.layers["params"]) == [6 * 16 + 16, 16 * 8 + 8, 8 * 3 + 3]
+    assert set(run.stats) == set(ALL_STATS)
+    assert_matches(run, expected)
+
+
+def test_cnn_with_inplace_ops_matches_out_of_place_twin(tmp_path):
+    # Reference: the same weights without in-place ops, where retain_grad sees plain outputs.
+    def twin(model):
+        t = SmallCNN(inplace=False)
+        t.load_state_dict(model.state_dict())
+        return t
+
+    run, expected = run_against_reference(
+        tmp_path, SmallCNN, image_batch, layers=["conv*", "bn*", "fc", nn.ReLU], twin_model=twin
+    )
+    names = list(run.layers["name"])
+    assert names == ["conv1", "bn1", "relu", "conv2", "bn2", "fc"]  # depth = first-call order
+    # bn2's output is modified in place by `+= identity`: its stats are of the value it produced.
+    assert_matches(run, expected)
+    assert np.isnan(run.stat("grad_norm")[:, names.index("relu")]).all()  # no parameters
+
+
+def test_batch_sample_uses_first_rows(tmp_path):
+    run, expected = run_against_reference(tmp_path, mlp, vector_batch, batch_sample=5)
+    assert_matches(run, expected)
+
+
+def test_shared_module_gets_one_value_over_all_calls(tmp_path):
+    run, expected = run_against_reference(tmp_path, SharedTwice, vector_batch)
+    assert list(run.layers["name"]) == ["inp", "shared", "out"]
+    assert_matches(run, expected)
+
+
+@pytest.mark.parametrize("kind", ["tuple", "list", "dict", "namedtuple"])
+def test_structured_outputs(tmp_path, kind):
+    run, expected = run_against_reference(tmp_path, lambda: StructuredOutputs(kind), vector_batch)
+    assert_matches(run, expected)
+    assert np.isfinite(run.stat("act_grad_norm")).all()
+
+
+def test_frozen_and_gradientless_layers_give_nan(tmp_path):
+    run, expected = run_against_reference(tmp_path, WithUnused, vector_batch)
+    names = list(run.layers["name"])
+    assert names == ["unused", "frozen", "used"]
+    assert_matches(run, expected)
+    for layer in ("frozen", "unused"):
+        assert np.isnan(run.stat("grad_norm")[:, names.index(layer)]).all()
+    assert np.isfinite(run.stat("weight_norm")).all()
+    assert (run.stat("update_ratio")[:, names.index("frozen")] == 0).all()
+
+
+def test_gradient_accumulation_records_once_per_optimizer_step(tmp_path):
+    run, expected = run_against_reference(tmp_path, mlp, vector_batch, steps=2, accumulate=3)
+    assert list(run.steps) == [0, 1]
+    assert_matches(run, expected)
+
+
+def test_every_int_and_callable(tmp_path):
+    run, expected = run_against_reference(tmp_path, mlp, vector_batch, steps=7, every=3)
+    assert list(run.steps) == [0, 3, 6]
+    assert_matches(run, expected)
+    (tmp_path / "run.h5").unlink()
+    run, _ = run_against_reference(tmp_path, mlp, vector_batch, steps=6, every=lambda s: s in (1, 4))
+    assert list(run.steps) == [1, 4]
+
+
+def test_nonfinite_gradients_are_counted(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gradscope.attach(model, tmp_path / "r.h5", optimizer=opt) as rec:
+        x, y = vector_batch(0)
+        F.cross_entropy(model(x), y).backward()
+        model[2].weight.grad[0, :3] = float("inf")
+        model[2].bias.grad[1] = float("nan")
+        opt.step()
+        assert rec.current_step == 1
+    run = gradscope.open_run(tmp_path / "r.h5")
+    assert list(run.stat("grad_nonfinite")[0]) == [0, 4, 0]
+    assert not np.isfinite(run.stat("grad_norm")[0, 1])
+
+
+# ----- step boundaries: AMP, no optimizer, evaluation, compile --------------------------------
+
+
+def test_amp_gradscaler_records_unscaled_gradients_and_skips_skipped_steps(tmp_path):
+    torch.manual_seed(0)
+    model, twin = mlp(), None
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    rec = gradscope.attach(model, tmp_path / "amp.h5", optimizer=opt, stats=["grad_norm"])
+    expected = []
+    for it in range(3):
+        x, y = vector_batch(it)
+        scaler.scale(F.cross_entropy(model(x), y)).backward()
+        if it == 1:
+            model[0].weight.grad[0, 0] = float("inf")  # the scaler must skip this step
+        F.cross_entropy(twin(x), y).backward()
+        if it != 1:
+            expected.append([grad_reference(m)["grad_norm"] for m in (twin[0], twin[2], twin[4])])
+            opt_twin.step()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        opt_twin.zero_grad()
+    rec.close()
+    run = gradscope.open_run(tmp_path / "amp.h5")
+    assert list(run.steps) == [0, 1]  # 3 iterations, one skipped: 2 optimizer steps
+    np.testing.assert_allclose(run.stat("grad_norm"), np.array(expected), rtol=1e-4)
+
+
+def test_without_optimizer_user_calls_step(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    twin = copy.deepcopy(model)
+    rec = gradscope.attach(model, tmp_path / "manual.h5", every=2)
+    probe = ReferenceProbe({"0": twin[0], "2": twin[2], "4": twin[4]})
+    expected = []
+    for step in range(4):
+        probe.clear()
+        x, y = vector_batch(step)
+        before = [weight_copy(m) for m in (twin[0], twin[2], twin[4])]
+        for net in (model, twin):
+            net.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            with torch.no_grad():
+                for p in net.parameters():
+                    p -= 0.1 * p.grad
+        refs = []
+        for name, m, b in zip(("0", "2", "4"), (twin[0], twin[2], twin[4]), before):
+            r = grad_reference(m) | weight_reference(b, m) | act_reference(probe.outputs[name], 32)
+            r["act_grad_norm"] = act_grad_reference(probe.outputs[name])
+            refs.append(r)
+        expected.append(refs)
+        rec.step()
+    rec.close()
+    run = gradscope.open_run(tmp_path / "manual.h5")
+    assert list(run.steps) == [0, 2]
+    for i, step in enumerate((0, 2)):
+        for stat in ALL_STATS:
+            want = [r[stat] for r in expected[step]]
+            np.testing.assert_allclose(run.stat(stat)[i], want, rtol=1e-4, atol=1e-6, err_msg=stat)
+
+
+def test_rec_step_with_optimizer_is_an_error(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.attach(model, tmp_path / "r.h5", optimizer=opt) as rec:
+        with pytest.raises(gradscope.UsageError, match="optimizer.step"):
+            rec.step()
+
+
+def test_evaluation_under_no_grad_records_nothing(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.attach(model, tmp_path / "a.h5", optimizer=opt) as rec:
+        for step in range(2):
+            x, y = vector_batch(step)
+            F.cross_entropy(model(x), y).backward()
+            with torch.no_grad():  # evaluation in the middle of a step
+                model(torch.randn(50, 6) * 100)
+            opt.step()
+            opt.zero_grad()
+            rec.log(loss=1.0)
+    opt2 = torch.optim.SGD(twin.parameters(), lr=0.1)
+    with gradscope.attach(twin, tmp_path / "b.h5", optimizer=opt2):
+        for step in range(2):
+            x, y = vector_batch(step)
+            F.cross_entropy(twin(x), y).backward()
+            opt2.step()
+            opt2.zero_grad()
+    a, b = gradscope.open_run(tmp_path / "a.h5"), gradscope.open_run(tmp_path / "b.h5")
+    for stat in ALL_STATS:
+        np.testing.assert_allclose(a.stat(stat), b.stat(stat), rtol=1e-6, equal_nan=True)
+
+
+def test_compiled_model_records_parameter_statistics(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="torch.compile"):
+        rec = gradscope.attach(compiled, tmp_path / "c.h5", optimizer=opt)
+    for step in range(2):
+        x, y = vector_batch(step)
+        F.cross_entropy(compiled(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    rec.close()
+    run = gradscope.open_run(tmp_path / "c.h5")
+    assert list(run.steps) == [0, 1]
+    assert np.isfinite(run.stat("grad_norm")).all()
+    assert np.isnan(run.stat("act_mean")).all()
+    assert run.attrs["compiled"] is True
+
+
+# ----- metrics, hooks, resume -----------------------------------------------------------------
+
+
+def test_log_stores_metrics_against_the_current_step(tmp_path):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.attach(model, tmp_path / "m.h5", optimizer=opt, every=5) as rec:
+        for step in range(3):
+            x, y = vector_batch(step)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            rec.log(before_step=float(step))  # during step `step`
+            opt.step()
+            opt.zero_grad()
+            rec.log(loss=loss.item(), lr=0.1)  # just after step `step`
+        rec.log(step=10, test_error=0.25)
+    m = gradscope.open_run(tmp_path / "m.h5").metrics
+    assert list(m["before_step"].dropna()) == [0.0, 1.0, 2.0]
+    assert list(m["before_step"].dropna().index) == [0, 1, 2]
+    assert list(m["loss"].dropna().index) == [0, 1, 2]
+    assert m.loc[10, "test_error"] == 0.25
+
+
+def test_close_removes_every_hook(tmp_path):
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = gradscope.attach(model, tmp_path / "h.h5", optimizer=opt, layers=["*"])
+    assert any(m._forward_hooks for m in model.modules())
+    rec.close()
+    rec.close()  # idempotent
+    assert not any(m._forward_hooks for m in model.modules())
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    assert "zero_grad" not in vars(opt)
+    x, y = image_batch(0)
+    F.cross_entropy(model(x), y).backward()  # still trains, records nothing
+    opt.step()
+
+
+def test_resume_appends_after_the_last_step(tmp_path):
+    path = tmp_path / "r.h5"
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def train(rec, n):
+        for _ in range(n):
+            x, y = vector_batch(rec.current_step)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+
+    with gradscope.attach(model, path, optimizer=opt) as rec:
+        train(rec, 3)
+    with pytest.raises(gradscope.RunFileError, match="exists"):
+        gradscope.attach(model, path, optimizer=opt)
+    with gradscope.attach(model, path, optimizer=opt, resume=True) as rec:
+        assert rec.current_step == 3
+        train(rec, 2)
+    assert list(gradscope.open_run(path).steps) == [0, 1, 2, 3, 4]
+    with gradscope.attach(model, path, optimizer=opt, resume=True, start_step=2) as rec:
+        train(rec, 1)  # resumed from a checkpoint at step 2: steps >= 2 are re-recorded
+    assert list(gradscope.open_run(path).steps) == [0, 1, 2]
+    with gradscope.attach(model, path, optimizer=opt, overwrite=True) as rec:
+        train(rec, 1)
+    assert list(gradscope.open_run(path).steps) == [0]
+
+
+# ----- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(TypeError, match="nn.Module"):
+        gradscope.attach("not a model", tmp_path / "x.h5")
+    with pytest.raises(gradscope.UsageError, match="grad_norm"):
+        gradscope.attach(mlp(), tmp_path / "x.h5", stats=["grad_nrom"])
+    with pytest.raises(gradscope.UsageError, match="module names: .*0, 1, 2"):
+        gradscope.attach(mlp(), tmp_path / "x.h5", layers=["encoder.*"])
+    with pytest.raises(gradscope.UsageError, match="Conv2d"):
+        gradscope.attach(mlp(), tmp_path / "x.h5", layers=[nn.Conv2d])
+    with pytest.raises(gradscope.UsageError, match="every"):
+        gradscope.attach(mlp(), tmp_path / "x.h5", every=0)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_layers_by_type_and_glob(tmp_path):
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.attach(model, tmp_path / "t.h5", optimizer=opt, layers=[nn.ReLU, "fc"]) as rec:
+        x, y = image_batch(0)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    run = gradscope.open_run(tmp_path / "t.h5")
+    assert list(run.layers["name"]) == ["relu", "fc"]
+    assert list(run.layers["type"]) == ["ReLU", "Linear"]
+    zero_frac = run.stat("act_zero_frac")[0, 0]
+    assert 0.2 < zero_frac < 0.8 and not math.isnan(zero_frac)

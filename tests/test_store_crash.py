@@ -1,0 +1,119 @@
+"""Real writer processes: a live reader sees consistent prefixes; SIGKILL keeps all flushed."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+
+from gradscope.store import open_run
+
+N_STATS, N_LAYERS = 4, 40
+
+# A writer process: records whose values are a known function of the step, plus a "loss" metric.
+WRITER_SCRIPT = r"""
+import sys, time
+import numpy as np
+from gradscope.store import RunWriter
+
+path, start, n_steps, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "resume"
+layers = [{"name": f"block{i}.conv", "type": "Conv2d", "params": 9 * i} for i in range(N_LAYERS)]
+stats = [f"stat{s}" for s in range(N_STATS)]
+start_step = None if start == "next" else int(start)
+w = RunWriter(path, layers, stats, resume=resume, start_step=start_step, flush_interval=0.02)
+last = -1 if w.last_step is None else w.last_step
+first = start_step if start_step is not None else last + 1
+print("ready", flush=True)
+grid = np.arange(N_STATS)[:, None] * 10 + np.arange(N_LAYERS)[None, :]
+for step in range(first, first + n_steps):
+    w.append(step, (step * 1000 + grid).astype(np.float32))
+    w.log(step, {"loss": step * 0.5})
+    time.sleep(0.002)
+w.close()
+""".replace("N_STATS", str(N_STATS)).replace("N_LAYERS", str(N_LAYERS))
+
+
+def _expected(steps):
+    grid = np.arange(N_STATS)[:, None] * 10 + np.arange(N_LAYERS)[None, :]
+    return (steps[:, None, None] * 1000 + grid[None]).astype(np.float32)  # [records, stats, layers]
+
+
+def _start_writer(path, start, n_steps, mode):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(path), str(start), str(n_steps), mode],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _check_consistent_prefix(run):
+    """Steps are 0..n-1 and every stat of every record holds its known values."""
+    steps = run.steps
+    np.testing.assert_array_equal(steps, np.arange(len(steps)))
+    expected = _expected(steps)
+    for s, name in enumerate(run.stats):
+        np.testing.assert_array_equal(run.stat(name), expected[:, s, :])
+    metrics = run.metrics
+    if len(metrics):
+        loss = metrics["loss"]
+        np.testing.assert_array_equal(loss.to_numpy(), loss.index.to_numpy() * 0.5)
+        assert loss.index.max() <= len(steps)  # a metric is logged right after its record
+    return len(steps)
+
+
+def test_live_reader_sees_consistent_growing_prefixes(tmp_path):
+    path = tmp_path / "live.h5"
+    n_steps = 300
+    proc = _start_writer(path, "next", n_steps, "new")
+    seen, live_seen = [], False
+    with open_run(path) as run:
+        while proc.poll() is None:
+            run.refresh()
+            live_seen = live_seen or run.is_live
+            seen.append(_check_consistent_prefix(run))
+            time.sleep(0.01)
+        assert proc.wait() == 0
+        run.refresh()
+        assert _check_consistent_prefix(run) == n_steps
+        assert run.closed and not run.is_live
+    assert live_seen
+    assert seen == sorted(seen)  # never goes backwards
+    assert len({n for n in seen if 0 < n < n_steps}) >= 3  # saw several partial prefixes
+
+
+def _kill_at_random_moment(proc, rng):
+    time.sleep(rng.uniform(0.15, 0.6))
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+
+def test_sigkill_keeps_a_consistent_prefix_and_resume_continues(tmp_path):
+    path = tmp_path / "crash.h5"
+    rng = random.Random(os.getpid())
+    _kill_at_random_moment(_start_writer(path, "next", 100_000, "new"), rng)
+    with open_run(path) as run:
+        n_first = _check_consistent_prefix(run)
+        assert n_first > 0 and not run.closed
+
+    # Resume from a "checkpoint" a few steps back, then crash again.
+    restart = max(0, n_first - 5)
+    _kill_at_random_moment(_start_writer(path, restart, 100_000, "resume"), rng)
+    with open_run(path) as run:
+        n_second = _check_consistent_prefix(run)
+        assert n_second >= restart
+
+    # Resume where the file ends and finish cleanly.
+    proc = _start_writer(path, "next", 50, "resume")
+    assert proc.wait() == 0
+    with open_run(path) as run:
+        n_final = _check_consistent_prefix(run)
+        assert n_final == n_second + 50 and run.closed
+    with h5py.File(path, "r") as f:  # raw check: no metric logged twice at one step
+        metric_steps = f["metrics/step"][:]
+        assert len(np.unique(metric_steps)) == len(metric_steps)
