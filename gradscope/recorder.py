@@ -1,9 +1,9 @@
-"""The Recorder: hooks on a model and its optimizer that stream per-layer statistics to a run file."""
+"""The Recorder: model and optimizer hooks that stream per-layer statistics to a run file."""
 
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 from collections.abc import Callable
 
 import torch
@@ -40,20 +40,25 @@ class Recorder:
         start_step: int | None = None,
         attrs: dict | None = None,
         flush_interval: float = 2.0,
+        all_ranks: bool = False,
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"gradscope.attach needs a torch.nn.Module, got {type(model).__name__}"
-            )
+            raise TypeError(f"gradscope.attach needs a torch.nn.Module, got {type(model).__name__}")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
+        self.path = os.fspath(path)
+        self.closed = False
+        # Under torch.distributed only rank 0 records unless asked: the other ranks' recorders
+        # are inert (no hooks, no file); their gradients after the all-reduce are rank 0's anyway.
+        self.active = all_ranks or _distributed_rank() == 0
+        if not self.active:
+            return
         if batch_sample is not None and (not isinstance(batch_sample, int) or batch_sample < 1):
             raise UsageError(f"batch_sample must be a positive int or None, got {batch_sample!r}")
         if overwrite and resume:
             raise UsageError("choose one of overwrite=True and resume=True, not both")
-        self.path = os.fspath(path)
         if os.path.exists(self.path) and not (overwrite or resume):
             raise RunFileError(
                 f"{self.path}: file exists; pass overwrite=True to replace it "
@@ -63,20 +68,13 @@ class Recorder:
         self._schedule = make_schedule(every)
         self._batch_sample = batch_sample
         self._optimizer = optimizer
-        self._compiled = type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod")
-        if self._compiled:
-            warnings.warn(
-                "gradscope: the model is already compiled with torch.compile, whose code does not "
-                "see hooks added later: only parameter statistics are recorded (activation "
-                "statistics are NaN). Attach to the model before torch.compile to record them all.",
-                stacklevel=3,
-            )
-            model = model._orig_mod
+        if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+            model = model._orig_mod  # torch.compile's wrapper: watch the modules it runs
         self.model_class = type(model).__name__
         self._modules = select_modules(model, layers)  # [(qualified name, module)]
 
-        self._want_act = not self._compiled and any(s in S.ACT_STATS for s in self.stats)
-        self._want_act_grad = not self._compiled and "act_grad_norm" in self.stats
+        self._want_act = any(s in S.ACT_STATS for s in self.stats)
+        self._want_act_grad = "act_grad_norm" in self.stats
         self._want_grad = any(s in S.GRAD_STATS for s in self.stats)
         self._want_weight = any(s in S.WEIGHT_STATS for s in self.stats)
 
@@ -102,12 +100,12 @@ class Recorder:
         self._reset_accumulators()
         self._due = self._schedule(self._step)
         self._groups: S.ParamGroups | None = None
+        self._device_lists: dict[tuple, torch.Tensor] = {}
         self._before: list[torch.Tensor] | None = None
         self._grad_stats: dict | None = None
         self._device = _model_device(model)
         self._hooks = []
         self._install_hooks()
-        self.closed = False
         if optimizer is None and self._due and self._want_weight:
             self._before = S.weight_snapshot(self._param_groups())
 
@@ -127,6 +125,8 @@ class Recorder:
     def step(self) -> None:
         """Mark an optimizer step done (only without `optimizer=`: call it after each update)."""
         self._check_open()
+        if not self.active:
+            return
         if self._optimizer is not None:
             raise UsageError(
                 "this recorder follows optimizer.step() itself; do not call rec.step() as well"
@@ -140,6 +140,8 @@ class Recorder:
     def log(self, step: int | None = None, **metrics: float) -> None:
         """Store scalar metrics against `step` (default: the step in progress or just finished)."""
         self._check_open()
+        if not self.active:
+            return
         if step is None:
             step = self._step if self._in_step or self._step == self._start_step else self._step - 1
         values = {}
@@ -157,11 +159,14 @@ class Recorder:
         if self.closed:
             return
         self.closed = True
+        if not self.active:
+            return
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
         if self._optimizer is not None and "zero_grad" in vars(self._optimizer):
             del self._optimizer.zero_grad
+        _forget_compiled_code()
         self._ensure_writer()
         self._writer.close()
 
@@ -175,8 +180,7 @@ class Recorder:
 
     def _install_hooks(self) -> None:
         for position, (_, module) in enumerate(self._modules):
-            if not self._compiled:
-                self._hooks.append(module.register_forward_hook(self._forward_hook(position)))
+            self._hooks.append(module.register_forward_hook(self._forward_hook(position)))
         opt = self._optimizer
         if opt is not None:
             self._hooks.append(opt.register_step_pre_hook(self._before_update))
@@ -190,10 +194,11 @@ class Recorder:
                 return original_zero_grad(*args, **kwargs)
 
             opt.zero_grad = zero_grad
+        _forget_compiled_code()
 
     def _forward_hook(self, position: int):
         def hook(module, inputs, output):
-            if not torch.is_grad_enabled():
+            if self.closed or not torch.is_grad_enabled():
                 return  # evaluation: nothing is recorded
             self._in_step = True
             if self._order is None and position not in self._first_call:
@@ -204,7 +209,9 @@ class Recorder:
             if not tensors:
                 return
             if self._want_act:
-                self._act_partials.append(S.activation_partial(tensors, self._batch_sample))
+                partial, count = S.activation_partial(tensors, self._batch_sample)
+                self._act_partials.append(partial)
+                self._act_counts.append(count)
                 self._act_layers.append(position)
             if self._want_act_grad:
                 for t in tensors:
@@ -245,7 +252,7 @@ class Recorder:
         self._reset_accumulators()
 
     def _pack_record(self) -> torch.Tensor:
-        """One [n_stats, n_layers] float32 tensor, columns in depth order; one device computation."""
+        """One [n_stats, n_layers] float32 tensor, layers in depth order, computed on the device."""
         n = len(self._modules)
         device = self._device
         values: dict[str, torch.Tensor] = {}
@@ -254,16 +261,17 @@ class Recorder:
         if self._want_weight and self._before is not None:
             values.update(S.weight_stats(self._param_groups(), self._before, device))
         if self._want_act and self._act_partials:
-            layer_of = torch.tensor(self._act_layers, dtype=torch.long, device=device)
             partials = torch.stack(self._act_partials).to(device)
-            values.update(S.combine_activation_partials(partials, layer_of, n))
+            counts = self._on_device(self._act_counts, torch.float64)
+            layer_of = self._on_device(self._act_layers, torch.long)
+            values.update(S.combine_activation_partials(partials, counts, layer_of, n))
         if self._want_act_grad and self._grad_norms:
-            layer_of = torch.tensor(self._grad_layers, dtype=torch.long, device=device)
             norms = torch.stack(self._grad_norms).to(device)
+            layer_of = self._on_device(self._grad_layers, torch.long)
             values["act_grad_norm"] = S.combine_output_grad_norms(norms, layer_of, n)
         missing = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
         record = torch.stack([values.get(name, missing) for name in self.stats]).float()
-        order = torch.tensor(self._order, dtype=torch.long, device=device)
+        order = self._on_device(self._order, torch.long)
         self._grad_stats = None
         self._before = None
         return record[:, order]
@@ -310,7 +318,6 @@ class Recorder:
         attrs = {
             "model_class": self.model_class,
             "attach_args": self._attach_args,
-            "compiled": self._compiled,
             **self._attrs,
         }
         self._writer = RunWriter(
@@ -336,8 +343,21 @@ class Recorder:
             )
         return self._groups
 
+    def _on_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """A small index/count list as a device tensor, cached: the same calls recur each step."""
+        key = (tuple(values), dtype)
+        cached = self._device_lists.get(key)
+        if cached is None:
+            if len(self._device_lists) > 64:
+                self._device_lists.clear()
+            cached = self._device_lists[key] = torch.tensor(
+                values, dtype=dtype, device=self._device
+            )
+        return cached
+
     def _reset_accumulators(self) -> None:
         self._act_partials: list[torch.Tensor] = []
+        self._act_counts: list[int] = []
         self._act_layers: list[int] = []
         self._grad_norms: list[torch.Tensor] = []
         self._grad_layers: list[int] = []
@@ -358,6 +378,26 @@ class Recorder:
             raise UsageError(f"the recorder for {self.path} is closed")
 
 
+def _forget_compiled_code() -> None:
+    """Drop torch.compile's cached code, which does not notice hooks added or removed later.
+
+    Dynamo skips guards on module hooks, so code compiled before attach (for this model or any
+    other instance of its classes) would run without the recorder's hooks, and code compiled
+    while attached would keep calling them after close. Compiled models recompile once.
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        dynamo.reset()
+
+
+def _distributed_rank() -> int:
+    """This process's rank under torch.distributed, or 0 when it is not in use."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
@@ -370,7 +410,9 @@ def _describe_layers(layers) -> object:
     if layers is None:
         return None
     items = layers if isinstance(layers, (list, tuple)) else [layers]
-    return [item if isinstance(item, str) else getattr(item, "__name__", repr(item)) for item in items]
+    return [
+        item if isinstance(item, str) else getattr(item, "__name__", repr(item)) for item in items
+    ]
 
 
 def attach(model: nn.Module, path, **kwargs) -> Recorder:
@@ -379,7 +421,7 @@ def attach(model: nn.Module, path, **kwargs) -> Recorder:
     Keyword arguments: optimizer=None, every=1 (int or `step -> bool`), stats=None (all),
     layers=None (every module owning parameters directly; else globs on qualified names and/or
     module types), batch_sample=32 (rows used for activation moments; None = whole batch),
-    overwrite=False, resume=False, start_step=None, attrs=None (extra file attributes).
+    overwrite=False, resume=False, start_step=None, attrs=None (extra file attributes),
+    all_ranks=False (under torch.distributed, ranks other than 0 record nothing unless True).
     """
     return Recorder(model, path, **kwargs)
-

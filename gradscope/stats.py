@@ -13,9 +13,10 @@ ACT_GRAD_STATS = ("act_grad_norm",)
 PARAM_STATS = GRAD_STATS + WEIGHT_STATS
 ALL_STATS = PARAM_STATS + ACT_STATS + ACT_GRAD_STATS
 
-# Partial activation moments of one module call: [count, mean, M2, absmax, zeros], where M2 is
-# the sum of squared deviations from the mean, so calls combine exactly (Chan et al.).
-ACT_PARTIAL_SIZE = 5
+# Partial activation moments of one module call: [mean, M2, absmax, nonzeros] with its element
+# count kept aside; M2 is the sum of squared deviations from the mean, so calls combine exactly
+# (Chan et al.).
+ACT_PARTIAL_SIZE = 4
 
 
 def resolve_stats(stats) -> tuple[str, ...]:
@@ -47,8 +48,10 @@ def floating_tensors(output) -> list[torch.Tensor]:
     return found
 
 
-def activation_partial(tensors: list[torch.Tensor], batch_sample: int | None) -> torch.Tensor:
-    """Moments of one call's outputs, over the first `batch_sample` rows of each: [5] float32."""
+def activation_partial(
+    tensors: list[torch.Tensor], batch_sample: int | None
+) -> tuple[torch.Tensor, int]:
+    """Moments of one call's outputs over the first `batch_sample` rows of each: ([4], count)."""
     parts = []
     for t in tensors:
         t = t.detach()
@@ -60,28 +63,27 @@ def activation_partial(tensors: list[torch.Tensor], batch_sample: int | None) ->
         x = x.float()  # low-precision outputs (AMP): moments in float32
     n = x.numel()
     if n == 0:
-        return x.new_zeros(ACT_PARTIAL_SIZE)
+        return x.new_zeros(ACT_PARTIAL_SIZE), 0
     var, mean = torch.var_mean(x, correction=0)
     lo, hi = torch.aminmax(x)
-    zeros = (x == 0).sum(dtype=torch.float32)
-    # count, mean, M2, absmax, zeros
-    return torch.stack((x.new_tensor(float(n)), mean, var * n, torch.maximum(-lo, hi), zeros))
+    nonzeros = torch.count_nonzero(x).float()
+    return torch.stack((mean, var * n, torch.maximum(-lo, hi), nonzeros)), n
 
 
 def combine_activation_partials(
-    partials: torch.Tensor, layer_of: torch.Tensor, n_layers: int
+    partials: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, n_layers: int
 ) -> dict[str, torch.Tensor]:
-    """Merge per-call partials [C, 5] into per-layer act_mean/std/absmax/zero_frac, each [L]."""
-    p = partials.double()
-    count = p.new_zeros(n_layers).index_add_(0, layer_of, p[:, 0])
-    total = p.new_zeros(n_layers).index_add_(0, layer_of, p[:, 0] * p[:, 1])
+    """Merge per-call partials [C, 4] with their counts [C] into per-layer act_* stats, each [L]."""
+    p, n = partials.double(), counts.double()
+    count = n.new_zeros(n_layers).index_add_(0, layer_of, n)
+    total = n.new_zeros(n_layers).index_add_(0, layer_of, n * p[:, 0])
     mean = total / count  # NaN where a layer was never called
-    spread = p[:, 2] + p[:, 0] * (p[:, 1] - mean[layer_of]) ** 2
-    m2 = p.new_zeros(n_layers).index_add_(0, layer_of, spread)
-    absmax = p.new_full((n_layers,), float("nan")).scatter_reduce_(
-        0, layer_of, p[:, 3], "amax", include_self=False
+    spread = p[:, 1] + n * (p[:, 0] - mean[layer_of]) ** 2
+    m2 = n.new_zeros(n_layers).index_add_(0, layer_of, spread)
+    absmax = n.new_full((n_layers,), float("nan")).scatter_reduce_(
+        0, layer_of, p[:, 2], "amax", include_self=False
     )
-    zeros = p.new_zeros(n_layers).index_add_(0, layer_of, p[:, 4])
+    zeros = count - n.new_zeros(n_layers).index_add_(0, layer_of, p[:, 3])
     return {
         "act_mean": mean,
         "act_std": (m2 / count).sqrt(),
@@ -126,26 +128,31 @@ class ParamGroups:
         self._pairs = pairs
         self._index_cache: dict[tuple, tuple] = {}
 
-    def index(self, present: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(positions into `present`, layer of each) for the parameters listed in `present`."""
+    def index(self, present: tuple[int, ...], device) -> tuple[torch.Tensor, ...]:
+        """(positions into `present`, layer of each, numel of each present parameter).
+
+        Cached per set of present parameters, so steady training makes no host-to-device copy.
+        """
         key = (present, str(device))
         if key not in self._index_cache:
             slot = {p: i for i, p in enumerate(present)}
             rows = [(slot[p], layer) for p, layer in self._pairs if p in slot]
             src = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)
             dst = torch.tensor([r[1] for r in rows], dtype=torch.long, device=device)
-            self._index_cache[key] = (src, dst)
+            numel = [self.params[p].numel() for p in present]
+            numel = torch.tensor(numel, dtype=torch.float64, device=device)
+            self._index_cache[key] = (src, dst, numel)
         return self._index_cache[key]
 
     def per_layer_sum(self, per_param: torch.Tensor, present, device) -> torch.Tensor:
         """Sum a per-parameter vector [P'] into layers [L] (float64); 0 where a layer has none."""
-        src, dst = self.index(present, device)
+        src, dst, _ = self.index(present, device)
         out = torch.zeros(self.n_layers, dtype=torch.float64, device=device)
         return out.index_add_(0, dst, per_param.double()[src])
 
     def per_layer_max(self, per_param: torch.Tensor, present, device) -> torch.Tensor:
-        """Max of a per-parameter vector [P'] per layer [L] (float64); NaN where a layer has none."""
-        src, dst = self.index(present, device)
+        """Max of a per-parameter vector [P'] per layer [L] (float64); NaN for a layer with none."""
+        src, dst, _ = self.index(present, device)
         out = torch.full((self.n_layers,), float("nan"), dtype=torch.float64, device=device)
         return out.scatter_reduce_(0, dst, per_param.double()[src], "amax", include_self=False)
 
@@ -165,7 +172,7 @@ def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
     if not present:
         return {name: nan for name in GRAD_STATS}
     grads = _as_float([groups.params[i].grad.detach() for i in present])
-    numel = torch.tensor([g.numel() for g in grads], dtype=torch.float64, device=device)
+    numel = groups.index(present, device)[2]
     flat = torch.cat([g.reshape(-1) for g in grads])
     sums = torch.segment_reduce(flat, "sum", lengths=numel.long())  # signed sum per parameter
     sumsq = torch.stack(torch._foreach_norm(grads, 2)).double() ** 2
@@ -195,7 +202,9 @@ def weight_snapshot(groups: ParamGroups) -> list[torch.Tensor]:
     return torch._foreach_mul([p.detach() for p in groups.params], 1.0)
 
 
-def weight_stats(groups: ParamGroups, before: list[torch.Tensor], device) -> dict[str, torch.Tensor]:
+def weight_stats(
+    groups: ParamGroups, before: list[torch.Tensor], device
+) -> dict[str, torch.Tensor]:
     """weight_norm (of `before`) and update_ratio = ||after - before|| / ||before|| per layer."""
     present = tuple(range(len(groups.params)))
     nan = torch.full((groups.n_layers,), float("nan"), dtype=torch.float64, device=device)

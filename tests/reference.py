@@ -14,9 +14,7 @@ class ReferenceProbe:
     def __init__(self, modules: dict[str, nn.Module]):
         self.modules = modules
         self.outputs = {name: [] for name in modules}
-        self.handles = [
-            m.register_forward_hook(self._hook(name)) for name, m in modules.items()
-        ]
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
 
     def _hook(self, name):
         def hook(module, inputs, output):
@@ -49,7 +47,9 @@ def act_reference(outputs, batch_sample):
             x = copy if batch_sample is None or copy.dim() == 0 else copy[:batch_sample]
             values.extend(x.double().reshape(-1).tolist())
     if not values:
-        return dict(act_mean=math.nan, act_std=math.nan, act_absmax=math.nan, act_zero_frac=math.nan)
+        return dict(
+            act_mean=math.nan, act_std=math.nan, act_absmax=math.nan, act_zero_frac=math.nan
+        )
     v = torch.tensor(values, dtype=torch.float64)
     return dict(
         act_mean=v.mean().item(),
@@ -72,9 +72,14 @@ def act_grad_reference(outputs):
 
 def grad_reference(module: nn.Module):
     """grad_* statistics over the module's own parameters' gradients, by plain loops."""
-    grads = [p.grad.double().reshape(-1) for p in module.parameters(recurse=False) if p.grad is not None]
+    grads = [
+        p.grad.double().reshape(-1) for p in module.parameters(recurse=False) if p.grad is not None
+    ]
     if not grads:
-        return {k: math.nan for k in ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_nonfinite")}
+        return {
+            k: math.nan
+            for k in ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_nonfinite")
+        }
     g = torch.cat(grads)
     return dict(
         grad_norm=g.norm().item(),

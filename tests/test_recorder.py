@@ -258,7 +258,9 @@ def test_every_int_and_callable(tmp_path):
     assert list(run.steps) == [0, 3, 6]
     assert_matches(run, expected)
     (tmp_path / "run.h5").unlink()
-    run, _ = run_against_reference(tmp_path, mlp, vector_batch, steps=6, every=lambda s: s in (1, 4))
+    run, _ = run_against_reference(
+        tmp_path, mlp, vector_batch, steps=6, every=lambda s: s in (1, 4)
+    )
     assert list(run.steps) == [1, 4]
 
 
@@ -326,7 +328,7 @@ def test_without_optimizer_user_calls_step(tmp_path):
                 for p in net.parameters():
                     p -= 0.1 * p.grad
         refs = []
-        for name, m, b in zip(("0", "2", "4"), (twin[0], twin[2], twin[4]), before):
+        for name, m, b in zip(("0", "2", "4"), (twin[0], twin[2], twin[4]), before, strict=True):
             r = grad_reference(m) | weight_reference(b, m) | act_reference(probe.outputs[name], 32)
             r["act_grad_norm"] = act_grad_reference(probe.outputs[name])
             refs.append(r)
@@ -375,24 +377,30 @@ def test_evaluation_under_no_grad_records_nothing(tmp_path):
         np.testing.assert_allclose(a.stat(stat), b.stat(stat), rtol=1e-6, equal_nan=True)
 
 
-def test_compiled_model_records_parameter_statistics(tmp_path):
+def test_attach_to_compiled_model_records_everything(tmp_path):
     torch.manual_seed(0)
     model = mlp()
+    twin = copy.deepcopy(model)
     compiled = torch.compile(model, backend="eager")
+    x, y = vector_batch(99)
+    F.cross_entropy(compiled(x), y).backward()  # compiled before the hooks exist
+    model.zero_grad()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.warns(UserWarning, match="torch.compile"):
-        rec = gradscope.attach(compiled, tmp_path / "c.h5", optimizer=opt)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1)
+    rec = gradscope.attach(compiled, tmp_path / "c.h5", optimizer=opt)
+    rec_twin = gradscope.attach(twin, tmp_path / "eager.h5", optimizer=opt_twin)
     for step in range(2):
         x, y = vector_batch(step)
-        F.cross_entropy(compiled(x), y).backward()
-        opt.step()
-        opt.zero_grad()
+        for net, o in ((compiled, opt), (twin, opt_twin)):
+            F.cross_entropy(net(x), y).backward()
+            o.step()
+            o.zero_grad()
     rec.close()
-    run = gradscope.open_run(tmp_path / "c.h5")
-    assert list(run.steps) == [0, 1]
-    assert np.isfinite(run.stat("grad_norm")).all()
-    assert np.isnan(run.stat("act_mean")).all()
-    assert run.attrs["compiled"] is True
+    rec_twin.close()
+    got, want = gradscope.open_run(tmp_path / "c.h5"), gradscope.open_run(tmp_path / "eager.h5")
+    assert list(got.layers["name"]) == ["0", "2", "4"]
+    for stat in ALL_STATS:
+        np.testing.assert_allclose(got.stat(stat), want.stat(stat), rtol=1e-5, err_msg=stat)
 
 
 # ----- metrics, hooks, resume -----------------------------------------------------------------
@@ -481,7 +489,7 @@ def test_bad_input(tmp_path):
 def test_layers_by_type_and_glob(tmp_path):
     model = SmallCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradscope.attach(model, tmp_path / "t.h5", optimizer=opt, layers=[nn.ReLU, "fc"]) as rec:
+    with gradscope.attach(model, tmp_path / "t.h5", optimizer=opt, layers=[nn.ReLU, "fc"]):
         x, y = image_batch(0)
         F.cross_entropy(model(x), y).backward()
         opt.step()
@@ -490,3 +498,41 @@ def test_layers_by_type_and_glob(tmp_path):
     assert list(run.layers["type"]) == ["ReLU", "Linear"]
     zero_frac = run.stat("act_zero_frac")[0, 0]
     assert 0.2 < zero_frac < 0.8 and not math.isnan(zero_frac)
+
+
+def test_attach_before_compile_records_everything(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1)
+    rec = gradscope.attach(model, tmp_path / "c.h5", optimizer=opt, every=2)
+    rec_twin = gradscope.attach(twin, tmp_path / "eager.h5", optimizer=opt_twin, every=2)
+    compiled = torch.compile(model, backend="eager")
+    for step in range(4):
+        x, y = vector_batch(step)
+        for net, o in ((compiled, opt), (twin, opt_twin)):
+            F.cross_entropy(net(x), y).backward()
+            o.step()
+            o.zero_grad()
+    rec.close()
+    rec_twin.close()
+    got, want = gradscope.open_run(tmp_path / "c.h5"), gradscope.open_run(tmp_path / "eager.h5")
+    assert list(got.steps) == [0, 2]
+    for stat in ALL_STATS:
+        np.testing.assert_allclose(got.stat(stat), want.stat(stat), rtol=1e-5, err_msg=stat)
+
+
+def test_ranks_other_than_zero_record_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(gradscope.recorder, "_distributed_rank", lambda: 1)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.attach(model, tmp_path / "rank1.h5", optimizer=opt) as rec:
+        assert not rec.active
+        F.cross_entropy(model(vector_batch(0)[0]), vector_batch(0)[1]).backward()
+        opt.step()
+        rec.log(loss=1.0)
+    assert not (tmp_path / "rank1.h5").exists()
+    assert not any(m._forward_hooks for m in model.modules())
+    with gradscope.attach(model, tmp_path / "asked.h5", optimizer=opt, all_ranks=True) as rec:
+        assert rec.active
