@@ -24,7 +24,7 @@ from app.panels import (
 )
 from app.run_index import RunIndex
 from gradscope import figures
-from gradscope.diagnose import diagnose
+from gradscope.diagnosis import diagnose
 from gradscope.errors import GradscopeError
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ from app.controls import DEFAULT_SELECTED_RUNS, MAX_SELECTED_RUNS
 from app.run_index import RunEntry, RunIndex
 
 LIVE_POLL_MS = 2000  # how often the page asks the server for new records
-GRAPH_HEIGHT = 420  # pixels per figure panel
 
 STYLE_PAGE = {"fontFamily": "system-ui, sans-serif", "margin": "0 auto", "maxWidth": "1400px"}
 STYLE_CONTROLS = {
@@ -20,7 +19,8 @@ STYLE_CONTROLS = {
 }
 STYLE_PANELS = {
     "display": "grid",
-    "gridTemplateColumns": "repeat(auto-fit, minmax(600px, 1fr))",
+    "gridTemplateColumns": "repeat(auto-fit, minmax(560px, 1fr))",
+    "overflowX": "hidden",
     "gap": "16px",
 }
 STYLE_MESSAGE = {"color": "#a61b1b", "whiteSpace": "pre-wrap"}
@@ -194,10 +194,9 @@ def figure_panel(panel: str, title: str) -> html.Div:
             ),
             dcc.Graph(
                 id=ids.panel_id("graph", panel),
-                style={"height": f"{GRAPH_HEIGHT}px"},
                 config={"displaylogo": False},
                 # Responsive graphs ignore `uirevision` (plotly/dash#2595); plotly still
-                # fills the panel's width when it draws.
+                # fills the panel's width when it draws, at the figure's own height.
                 responsive=False,
             ),
             dcc.Store(id=ids.panel_id("zoom", panel)),  # the user's zoom, see panels.apply_zoom

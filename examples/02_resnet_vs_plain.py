@@ -16,7 +16,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="resnet20", help="the residual net")
     parser.add_argument("--baseline", default="plain20", help="its plain counterpart")
     parser.add_argument("--data", default="synthetic", help="synthetic, cifar10 or a folder")
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per model")
+    parser.add_argument("--steps", type=int, default=50, help="optimizer steps per model")
+    parser.add_argument("--eval-every", type=int, default=25, help="steps between test evals")
     parser.add_argument("--batch-size", type=int, default=32, help="images per step")
     parser.add_argument("--out", default="runs", help="parent folder of the experiment")
     return parser
@@ -25,7 +26,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args) -> None:
     """Train both models, then print the summary and where the files are."""
     train = TrainConfig(
-        data=args.data, steps=args.steps, batch_size=args.batch_size, record_every=5
+        data=args.data,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        eval_every=args.eval_every,
+        record_every=5,
     )
     config = ExperimentConfig(
         model=args.model, baselines=[args.baseline], out=args.out, train=train

@@ -1,5 +1,6 @@
 """gradscope: gradient-flow diagnostics and visualization for PyTorch."""
 
+from gradscope.diagnosis import diagnose
 from gradscope.errors import GradscopeError, RunFileError, UsageError
 from gradscope.store import open_run
 
@@ -13,4 +14,12 @@ def attach(model, path, **kwargs):
     return _attach(model, path, **kwargs)
 
 
-__all__ = ["GradscopeError", "RunFileError", "UsageError", "attach", "open_run", "__version__"]
+__all__ = [
+    "GradscopeError",
+    "RunFileError",
+    "UsageError",
+    "attach",
+    "diagnose",
+    "open_run",
+    "__version__",
+]

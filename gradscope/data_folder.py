@@ -80,7 +80,11 @@ def load_image_folder(path: Path, image_size: tuple[int, int] | None) -> Dataset
 
 
 def scan_split(split_dir: Path) -> tuple[list[str], list[Path], list[int], tuple[int, int, int]]:
-    """Classes, image files, labels and a (count, bytes, newest mtime ns) fingerprint of a split."""
+    """Classes, image files, labels and a (count, bytes, newest mtime ns) fingerprint of a split.
+
+    The newest mtime covers the class folders too, so moving a file between classes (which
+    keeps its own mtime) still changes the fingerprint.
+    """
     classes = sorted(
         entry.name
         for entry in os.scandir(split_dir)
@@ -94,6 +98,7 @@ def scan_split(split_dir: Path) -> tuple[list[str], list[Path], list[int], tuple
     files, labels = [], []
     total_bytes, newest_mtime = 0, 0
     for label, name in enumerate(classes):
+        newest_mtime = max(newest_mtime, (split_dir / name).stat().st_mtime_ns)
         entries = sorted(
             (
                 entry
@@ -192,7 +197,7 @@ def _size_mismatch(first_file: Path, first_shape, other_file: Path, other_shape)
     other_size = "x".join(map(str, other_shape[-2:]))
     return (
         f"images differ in size ({first_file} is {first_size}, {other_file} is {other_size}); "
-        f"pass --image-size H W (image_size=(H, W)) to resize them all to one size"
+        f"pass --image-size N (in Python, image_size=N or (H, W)) to resize them all to one size"
     )
 
 

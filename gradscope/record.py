@@ -243,14 +243,18 @@ def format_summary(result: ExperimentResult) -> str:
     def percent(value):
         return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
 
-    header = f"{'model':<14} {'steps':>13} {'train loss':>10} {'train err':>9} {'test err':>8}"
+    header = (
+        f"{'model':<14} {'steps':>13} {'train loss':>10} {'train err':>9} {'test err':>8} "
+        f"{'images/s':>8}"
+    )
     lines = [header]
     for r in result.results:
         steps = f"{r.steps_done}/{r.total_steps}"
         loss = "-" if math.isnan(r.train_loss) else f"{r.train_loss:.4f}"
+        speed = "-" if r.images_per_second is None else f"{r.images_per_second:.1f}"
         lines.append(
             f"{r.model:<14} {steps:>13} {loss:>10} {percent(r.train_error):>9} "
-            f"{percent(r.test_error):>8}"
+            f"{percent(r.test_error):>8} {speed:>8}"
         )
     lines.append("")
     for r in result.results:

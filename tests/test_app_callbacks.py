@@ -243,10 +243,10 @@ def test_layer_filter_and_runs_change_the_heatmap(index):
     assert len(pattern.data[0].y) == 3
 
 
-def test_zoom_key_ignores_new_records_but_not_the_statistic(index):
-    a, _ = figure_output(index, "heatmap", values())
-    b, _ = figure_output(index, "heatmap", values(scale="linear"))
-    c, _ = figure_output(index, "heatmap", values(stat="weight_norm"))
+def test_zoom_key_ignores_the_step_but_not_the_statistic(index):
+    a, _ = figure_output(index, "flow", values())
+    b, _ = figure_output(index, "flow", values(step_index=3, window=2))
+    c, _ = figure_output(index, "flow", values(stat="weight_norm"))
     assert a.layout.uirevision == b.layout.uirevision != c.layout.uirevision
 
 
@@ -305,7 +305,7 @@ def test_crafted_http_payload_cannot_read_outside_the_folder(runs_dir):
         "outputs": outputs,
         "inputs": inputs,
         "changedPropIds": [f"{ids.RUNS}.value"],
-        "state": [],
+        "state": [{"id": ids.panel_id("zoom", "flow"), "property": "data", "value": None}],
     }
     response = client.post("/_dash-update-component", json=body)
     assert response.status_code == 200
@@ -383,3 +383,17 @@ def test_wsgi_server_serves_the_folder_named_by_the_environment(runs_dir, monkey
     monkeypatch.setenv("GRADSCOPE_RUNS", os.fspath(runs_dir / "missing"))
     with pytest.raises(UsageError):
         importlib.reload(app.server)
+
+
+def test_zoom_is_remembered_per_view_and_reapplied_on_redraw(index):
+    from app.callbacks import zoom_output
+
+    zoom = zoom_output("flow", values(), None, {"xaxis.range[0]": 1, "xaxis.range[1]": 3})
+    zoom = zoom_output("flow", values(), zoom, {"yaxis.range": [-2, 0]})
+    assert zoom["ranges"] == {"xaxis": [1, 3], "yaxis": [-2, 0]}
+    fig, _ = figure_output(index, "flow", values(), zoom)
+    assert tuple(fig.layout.xaxis.range) == (1, 3) and fig.layout.yaxis.autorange is False
+    other, _ = figure_output(index, "flow", values(stat="weight_norm"), zoom)
+    assert other.layout.xaxis.range is None  # another statistic: a fresh view
+    reset = zoom_output("flow", values(), zoom, {"xaxis.autorange": True})
+    assert reset["ranges"] == {"yaxis": [-2, 0]}

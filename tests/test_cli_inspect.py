@@ -68,3 +68,23 @@ def test_inspect_reports_bad_files_with_exit_code_2(tmp_path, capsys, content):
     assert main(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gradscope inspect: error:") and "nope.h5" in err
+
+
+def test_inspect_shows_diagnosis_and_json(tmp_path, capsys):
+    import json
+
+    from gradscope.diagnosis import diagnose
+    from gradscope.store import open_run
+
+    path = tmp_path / "run.h5"
+    _write_run(path)
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    with open_run(path) as run:
+        expected = diagnose(run)
+    assert expected.to_text() in text
+    assert main(["inspect", str(path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # strict JSON
+    assert doc["records"] == 4 and doc["stats"] == list(open_run(path).stats)
+    assert len(doc["latest_record"]) == 3
+    assert doc["diagnosis"]["findings"] == expected.to_dict()["findings"]

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -188,3 +189,25 @@ def test_ctrl_c_prints_the_resume_command_and_resume_matches_an_uninterrupted_ru
     capsys.readouterr()
     assert record("--resume", str(run_dir), "--quiet") == 0  # finished: nothing to train
     assert "resnet20" in capsys.readouterr().out
+
+
+def test_example_02_runs_the_pair_through_the_python_api(tmp_path):
+    example = Path(__file__).parents[1] / "examples" / "02_resnet_vs_plain.py"
+    command = [
+        sys.executable,
+        str(example),
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--batch-size",
+        "16",
+        "--out",
+        str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = tmp_path.iterdir()
+    assert (run_dir / "resnet20.h5").is_file() and (run_dir / "plain20.h5").is_file()
+    assert f"files: {run_dir / 'resnet20.h5'}" in done.stdout

@@ -1,5 +1,6 @@
 """Tests for gradscope.data: loading, decoding cache, deterministic batches, augmentation."""
 
+import os
 import pickle
 import urllib.error
 import warnings
@@ -200,6 +201,17 @@ def test_second_load_comes_from_cache_outside_the_dataset(tmp_path, monkeypatch,
     (root / "train" / "b" / "new.png").unlink()
     with pytest.raises(AssertionError, match="decoded although"):
         load_dataset(root, image_size=3)
+
+
+def test_moving_a_file_to_another_class_invalidates_the_cache(tmp_path):
+    root = tmp_path / "tree"
+    write_image_folder(root, {"train": {"a": 2, "b": 1}, "test": {"a": 1, "b": 1}})
+    for path in root.rglob("*"):  # everything old: only the move below makes anything new
+        os.utime(path, ns=(10**18, 10**18))
+    assert load_dataset(root).train_labels.tolist() == [0, 0, 1]
+    (root / "train" / "a" / "000.png").rename(root / "train" / "b" / "moved.png")
+    # same count, bytes and file mtimes; only the class folders' mtimes tell
+    assert load_dataset(root).train_labels.tolist() == [0, 1, 1]
 
 
 def test_unreadable_cache_is_reported_and_rebuilt(tmp_path, private_cache):

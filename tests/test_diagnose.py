@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradscope
-from gradscope.diagnose import Thresholds, diagnose
+from gradscope.diagnosis import Thresholds, diagnose
 from gradscope.errors import UsageError
 from gradscope.store import RunWriter
 
@@ -93,7 +93,7 @@ def test_dead_layer(tmp_path):
 
 @pytest.mark.parametrize("chunk", [4096, 7])
 def test_first_nan_step_and_layer(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr("gradscope.diagnose.SCAN_CHUNK_RECORDS", chunk)
+    monkeypatch.setattr("gradscope.diagnosis.SCAN_CHUNK_RECORDS", chunk)
     stats = healthy_stats()
     stats["grad_norm"][23:, 4] = np.nan  # appears at record 23 = step 115 in layer 4
     stats["grad_norm"][:, 7] = np.nan  # layer 7 never had a gradient: not an error

@@ -1,9 +1,11 @@
-"""`gradscope inspect RUN.h5`: print a run's summary, layers, latest record and latest metrics."""
+"""`gradscope inspect RUN.h5 [--json]`: a run's summary, latest record, metrics and diagnosis."""
 
+import json
 import sys
 
 import pandas as pd
 
+from gradscope.diagnosis import diagnose
 from gradscope.store import Run, open_run
 
 
@@ -13,21 +15,67 @@ def register(subparsers) -> None:
         "inspect", help="summarise a run file", description="Summarise a gradscope run file."
     )
     parser.add_argument("run", metavar="RUN.h5", help="path of the run file")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of tables"
+    )
     parser.set_defaults(func=inspect_command)
 
 
 def inspect_command(args) -> int:
     """Open the run named on the command line and print its report."""
     with open_run(args.run) as run:
-        print_report(run, sys.stdout)
+        if args.json:
+            json.dump(report_dict(run), sys.stdout, indent=2)
+            print()
+        else:
+            print_report(run, sys.stdout)
     return 0
 
 
 def print_report(run: Run, out) -> None:
     """Print every section of the report on `out`."""
-    for section in (summary_text(run), latest_record_text(run), latest_metrics_text(run)):
+    sections = (
+        summary_text(run),
+        latest_record_text(run),
+        latest_metrics_text(run),
+        diagnose(run).to_text(),
+    )
+    for section in sections:
         print(section, file=out)
         print(file=out)
+
+
+def report_dict(run: Run) -> dict:
+    """The report as strict-JSON data: summary, latest record, latest metrics, diagnosis."""
+    table = latest_record_table(run)
+    latest = run.latest_metrics()
+    return {
+        "path": str(run.path),
+        "attrs": run.attrs,
+        "state": run_state(run),
+        "layers": run.layers.to_dict(orient="records"),
+        "stats": list(run.stats),
+        "records": len(run.steps),
+        "first_step": int(run.steps[0]) if len(run.steps) else None,
+        "last_step": int(run.steps[-1]) if len(run.steps) else None,
+        "latest_record": None if table is None else _json_table(table.reset_index()),
+        "latest_metrics": _json_table(latest.reset_index()) if not latest.empty else [],
+        "diagnosis": diagnose(run).to_dict(),
+    }
+
+
+def _json_table(frame: pd.DataFrame) -> list[dict]:
+    """Rows as dicts with non-finite floats written as strings, so the output is strict JSON."""
+    rows = json.loads(frame.to_json(orient="records", double_precision=15))
+    for row, (_, original) in zip(rows, frame.iterrows(), strict=True):
+        for key, value in original.items():
+            if (
+                isinstance(value, float)
+                and value != value
+                or value in (float("inf"), -float("inf"))
+            ):
+                row[key] = str(value)
+    return rows
 
 
 def run_state(run: Run) -> str:
