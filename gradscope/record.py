@@ -226,14 +226,12 @@ def flow_summary(run_path) -> str:
     if act is not None and np.isfinite(act).any():
         layers = np.flatnonzero(np.isfinite(act).any(axis=0))
         first, last = layers[0], layers[-1]
-        parts.append(
-            "act_grad_norm first/last layer "
-            f"{act[0, first]:.1e}/{act[0, last]:.1e} at step {steps[0]} -> "
-            f"{act[-1, first]:.1e}/{act[-1, last]:.1e} at step {steps[-1]}"
-        )
+        early = f"{act[0, first]:.1e}/{act[0, last]:.1e} at step {steps[0]}"
+        late = f" -> {act[-1, first]:.1e}/{act[-1, last]:.1e} at step {steps[-1]}"
+        parts.append(f"act_grad_norm first/last layer {early}{late if len(steps) > 1 else ''}")
     if grad is not None and np.isfinite(grad).any():
-        early, late = np.nanmedian(grad[0]), np.nanmedian(grad[-1])
-        parts.append(f"grad_norm median {early:.1e} -> {late:.1e}")
+        early, late = f"{np.nanmedian(grad[0]):.1e}", f" -> {np.nanmedian(grad[-1]):.1e}"
+        parts.append(f"grad_norm median {early}{late if len(steps) > 1 else ''}")
     return "; ".join(parts) or "no finite gradient statistics recorded"
 
 

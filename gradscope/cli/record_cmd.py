@@ -46,8 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cifar10, cifar100, synthetic, or a folder (cifar-10-batches-py, or an ImageFolder "
         "tree with train/ and test/ or val/) (default: %(default)s)",
     )
-    what.add_argument("--data-root", default=None, help="download folder for cifar10/cifar100")
-    what.add_argument("--image-size", type=int, default=None, help="resize images to N x N")
+    what.add_argument(
+        "--data-root", default=None, metavar="DIR", help="download folder for cifar10/cifar100"
+    )
+    what.add_argument(
+        "--image-size", type=int, default=None, metavar="N", help="resize images to N x N"
+    )
     what.add_argument(
         "--shortcut",
         choices=("A", "B"),
@@ -58,9 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     length = parser.add_argument_group("run length and recipe")
     steps_or_epochs = length.add_mutually_exclusive_group()
     steps_or_epochs.add_argument(
-        "--steps", type=int, default=None, help="optimizer steps (default: 64000, the paper's)"
+        "--steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="optimizer steps (default: 64000, the paper's)",
     )
-    steps_or_epochs.add_argument("--epochs", type=int, default=None, help="passes over train set")
+    steps_or_epochs.add_argument(
+        "--epochs", type=int, default=None, metavar="N", help="passes over train set"
+    )
     length.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: 128)")
     length.add_argument("--lr", type=float, default=d.lr, help="initial lr (default: 0.1)")
     length.add_argument("--momentum", type=float, default=d.momentum, help="(default: 0.9)")
@@ -81,7 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     rec = parser.add_argument_group("recording and output")
     rec.add_argument(
-        "--every", type=int, default=d.record_every, help="steps between records (default: 10)"
+        "--every",
+        type=int,
+        default=d.record_every,
+        metavar="N",
+        help="steps between records (default: 10)",
     )
     rec.add_argument("--no-record", action="store_true", help="train without recording")
     rec.add_argument("--out", default="runs", help="parent folder (default: %(default)s)")
