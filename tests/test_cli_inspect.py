@@ -7,12 +7,6 @@ from gradscope import cli
 from gradscope.store import RunWriter
 
 
-@pytest.fixture(autouse=True)
-def _only_inspect(monkeypatch):
-    # The real dispatcher and error handling, without importing the other (torch-heavy) commands.
-    monkeypatch.setattr(cli, "COMMANDS", ("gradscope.cli.inspect_cmd",))
-
-
 def main(argv):
     return cli.main(argv)
 

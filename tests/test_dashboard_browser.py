@@ -1,8 +1,8 @@
 """The dashboard in a real browser: headless Chromium driven by selenium over real run files."""
 
 import contextlib
-import os
 import json
+import os
 import shutil
 import threading
 import time
@@ -35,7 +35,7 @@ CHROME_ARGS = (
 )
 WAIT_SECONDS = 20
 
-# Skipped only on a developer machine without a browser; CI (CI=true) installs one and must run them.
+# Skipped only on a machine without a browser; CI (CI=true) installs one, so there they must run.
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),
     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
