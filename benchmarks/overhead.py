@@ -81,8 +81,9 @@ def run_rounds(variants: list[Variant], x, y, steps: int, warmup: int) -> None:
             v.step(x, y)
     for v in variants:
         v.times.clear()
-    for _ in range(steps):
-        for v in variants:
+    for i in range(steps):
+        # rotate who goes first, so no variant always follows the same neighbour
+        for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
             v.step(x, y)
 
 
@@ -123,6 +124,7 @@ def resnet56_rounds(args, folder: Path) -> None:
     y = torch.randint(0, 10, (args.batch,))
     variants = [
         Variant("bare", copy.deepcopy(base)),
+        Variant("bare again (A/A control)", copy.deepcopy(base)),
         Variant("all stats, every=1", copy.deepcopy(base), recorded(folder, every=1)),
         Variant("all stats, every=10", copy.deepcopy(base), recorded(folder, every=10)),
         Variant(
@@ -139,6 +141,8 @@ def resnet56_rounds(args, folder: Path) -> None:
 
 
 def resnet1202_rounds(args, folder: Path) -> None:
+    folder = folder / "resnet1202"
+    folder.mkdir()
     torch.manual_seed(0)
     base = create_model("resnet1202")
     x = torch.randn(32, 3, 32, 32)

@@ -222,7 +222,7 @@ class Recorder:
 
     def _output_grad_hook(self, position: int):
         def hook(grad):
-            self._grad_norms.append(S.output_grad_norm(grad))
+            self._grad_sumsq.append(S.output_grad_sumsq(grad))
             self._grad_layers.append(position)
 
         return hook
@@ -265,10 +265,10 @@ class Recorder:
             counts = self._on_device(self._act_counts, torch.float64)
             layer_of = self._on_device(self._act_layers, torch.long)
             values.update(S.combine_activation_partials(partials, counts, layer_of, n))
-        if self._want_act_grad and self._grad_norms:
-            norms = torch.stack(self._grad_norms).to(device)
+        if self._want_act_grad and self._grad_sumsq:
+            sumsq = torch.stack(self._grad_sumsq).to(device)
             layer_of = self._on_device(self._grad_layers, torch.long)
-            values["act_grad_norm"] = S.combine_output_grad_norms(norms, layer_of, n)
+            values["act_grad_norm"] = S.combine_output_grad_sumsq(sumsq, layer_of, n)
         missing = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
         record = torch.stack([values.get(name, missing) for name in self.stats]).float()
         order = self._on_device(self._order, torch.long)
@@ -359,7 +359,7 @@ class Recorder:
         self._act_partials: list[torch.Tensor] = []
         self._act_counts: list[int] = []
         self._act_layers: list[int] = []
-        self._grad_norms: list[torch.Tensor] = []
+        self._grad_sumsq: list[torch.Tensor] = []
         self._grad_layers: list[int] = []
 
     def _initial_step(self, resume: bool, start_step: int | None) -> int:
