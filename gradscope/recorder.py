@@ -101,6 +101,7 @@ class Recorder:
         self._due = self._schedule(self._step)
         self._groups: S.ParamGroups | None = None
         self._device_lists: dict[tuple, torch.Tensor] = {}
+        self._scratch: dict = {}  # reusable work buffers of the activation statistics
         self._before: list[torch.Tensor] | None = None
         self._grad_stats: dict | None = None
         self._device = _model_device(model)
@@ -179,6 +180,7 @@ class Recorder:
     # ----- hooks ------------------------------------------------------------------------------
 
     def _install_hooks(self) -> None:
+        self._output_grad_hooks = [self._output_grad_hook(i) for i in range(len(self._modules))]
         for position, (_, module) in enumerate(self._modules):
             self._hooks.append(module.register_forward_hook(self._forward_hook(position)))
         opt = self._optimizer
@@ -209,14 +211,15 @@ class Recorder:
             if not tensors:
                 return
             if self._want_act:
-                partial, count = S.activation_partial(tensors, self._batch_sample)
-                self._act_partials.append(partial)
+                sums, count = S.activation_sums(tensors, self._batch_sample, self._scratch)
+                self._act_sums.extend(sums)
                 self._act_counts.append(count)
                 self._act_layers.append(position)
             if self._want_act_grad:
+                grad_hook = self._output_grad_hooks[position]
                 for t in tensors:
                     if t.requires_grad:
-                        t.register_hook(self._output_grad_hook(position))
+                        t.register_hook(grad_hook)
 
         return hook
 
@@ -260,11 +263,11 @@ class Recorder:
             values.update(self._grad_stats)
         if self._want_weight and self._before is not None:
             values.update(S.weight_stats(self._param_groups(), self._before, device))
-        if self._want_act and self._act_partials:
-            partials = torch.stack(self._act_partials).to(device)
+        if self._want_act and self._act_sums:
+            sums = torch.stack(self._act_sums).to(device).view(-1, S.ACT_SUMS_SIZE)
             counts = self._on_device(self._act_counts, torch.float64)
             layer_of = self._on_device(self._act_layers, torch.long)
-            values.update(S.combine_activation_partials(partials, counts, layer_of, n))
+            values.update(S.combine_activation_sums(sums, counts, layer_of, n))
         if self._want_act_grad and self._grad_sumsq:
             sumsq = torch.stack(self._grad_sumsq).to(device)
             layer_of = self._on_device(self._grad_layers, torch.long)
@@ -356,7 +359,7 @@ class Recorder:
         return cached
 
     def _reset_accumulators(self) -> None:
-        self._act_partials: list[torch.Tensor] = []
+        self._act_sums: list[torch.Tensor] = []  # ACT_SUMS_SIZE 0-d tensors per call
         self._act_counts: list[int] = []
         self._act_layers: list[int] = []
         self._grad_sumsq: list[torch.Tensor] = []

@@ -13,10 +13,9 @@ ACT_GRAD_STATS = ("act_grad_norm",)
 PARAM_STATS = GRAD_STATS + WEIGHT_STATS
 ALL_STATS = PARAM_STATS + ACT_STATS + ACT_GRAD_STATS
 
-# Partial activation moments of one module call: [mean, M2, absmax, nonzeros] with its element
-# count kept aside; M2 is the sum of squared deviations from the mean, so calls combine exactly
-# (Chan et al.).
-ACT_PARTIAL_SIZE = 4
+# Raw sums of one module call's outputs: [total, sum of squares, min, max, nonzeros], with the
+# element count kept aside. Combining into moments happens once per record, batched over calls.
+ACT_SUMS_SIZE = 5
 EXACT_FLOAT32_COUNT = 2**24  # float32 holds every integer count up to here exactly
 
 
@@ -49,13 +48,14 @@ def floating_tensors(output) -> list[torch.Tensor]:
     return found
 
 
-def activation_partial(
-    tensors: list[torch.Tensor], batch_sample: int | None
-) -> tuple[torch.Tensor, int]:
-    """Moments of one call's outputs over the first `batch_sample` rows of each: ([4], count).
+def activation_sums(
+    tensors: list[torch.Tensor], batch_sample: int | None, scratch: dict | None = None
+) -> tuple[list[torch.Tensor], int]:
+    """Raw sums of one call's outputs over the first `batch_sample` rows of each: (5 0-d, count).
 
-    Sums and dot products rather than `var_mean`/`count_nonzero`, which are several times
-    slower on CPU: this runs once per watched module per recorded forward.
+    A sum, two dot products and one min/max pass: `var_mean` and `count_nonzero` are several
+    times slower on CPU, and this runs once per watched module per recorded forward. `scratch`
+    (a dict the caller keeps) holds a reusable buffer, sparing a large allocation per call.
     """
     parts = []
     for t in tensors:
@@ -65,36 +65,51 @@ def activation_partial(
         parts.append(t.reshape(-1))
     x = parts[0] if len(parts) == 1 else torch.cat(parts)
     if x.dtype != torch.float32:
-        x = x.float()  # low-precision outputs (AMP): moments in float32
+        x = x.float()  # low-precision outputs (AMP): sums in float32
     n = x.numel()
     if n == 0:
-        return x.new_zeros(ACT_PARTIAL_SIZE), 0
-    total = x.sum()
-    mean = total / n
-    m2 = (torch.dot(x, x) - total * mean).clamp_min(0)
+        zero = x.new_zeros(())
+        return [zero] * ACT_SUMS_SIZE, 0
     lo, hi = torch.aminmax(x)
     if n < EXACT_FLOAT32_COUNT:
-        signs = torch.sign(x)
+        signs = torch.sign(x, out=_scratch(scratch, x))
         nonzeros = torch.dot(signs, signs)  # sign(x)^2 is 1 exactly where x != 0
     else:
         nonzeros = torch.count_nonzero(x).float()
-    return torch.stack((mean, m2, torch.maximum(-lo, hi), nonzeros)), n
+    return [x.sum(), torch.dot(x, x), lo, hi, nonzeros], n
 
 
-def combine_activation_partials(
-    partials: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, n_layers: int
+def _scratch(scratch: dict | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A float32 buffer shaped like `like`, reused across calls (None: no reuse)."""
+    if scratch is None:
+        return None
+    key = (like.device, like.numel())
+    buffer = scratch.get(key)
+    if buffer is None:
+        buffer = scratch[key] = torch.empty_like(like)
+    return buffer
+
+
+def combine_activation_sums(
+    sums: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, n_layers: int
 ) -> dict[str, torch.Tensor]:
-    """Merge per-call partials [C, 4] with their counts [C] into per-layer act_* stats, each [L]."""
-    p, n = partials.double(), counts.double()
+    """Merge per-call sums [C, 5] with counts [C] into per-layer act_* statistics, each [L].
+
+    Each call's mean and squared deviations are formed first and merged exactly (Chan et al.),
+    which keeps act_std accurate when calls differ in mean.
+    """
+    s, n = sums.double(), counts.double()
+    total, sumsq, lo, hi, nonzeros = s.unbind(1)
+    call_mean = total / n
+    call_m2 = (sumsq - total * call_mean).clamp_min(0)
     count = n.new_zeros(n_layers).index_add_(0, layer_of, n)
-    total = n.new_zeros(n_layers).index_add_(0, layer_of, n * p[:, 0])
-    mean = total / count  # NaN where a layer was never called
-    spread = p[:, 1] + n * (p[:, 0] - mean[layer_of]) ** 2
+    mean = n.new_zeros(n_layers).index_add_(0, layer_of, total) / count  # NaN if never called
+    spread = call_m2 + n * (call_mean - mean[layer_of]) ** 2
     m2 = n.new_zeros(n_layers).index_add_(0, layer_of, spread)
     absmax = n.new_full((n_layers,), float("nan")).scatter_reduce_(
-        0, layer_of, p[:, 2], "amax", include_self=False
+        0, layer_of, torch.maximum(-lo, hi), "amax", include_self=False
     )
-    zeros = count - n.new_zeros(n_layers).index_add_(0, layer_of, p[:, 3])
+    zeros = count - n.new_zeros(n_layers).index_add_(0, layer_of, nonzeros)
     return {
         "act_mean": mean,
         "act_std": (m2 / count).sqrt(),
@@ -141,9 +156,29 @@ class ParamGroups:
                 pairs.append((position[id(p)], layer))
         self._pairs = pairs
         self._index_cache: dict[tuple, tuple] = {}
+        # Reused work buffers: a fresh allocation of a model-sized tensor costs page faults on
+        # every record (large blocks go back to the OS when freed).
+        self._flat: torch.Tensor | None = None
+        self._snapshot: list[torch.Tensor] | None = None
+
+    def flat_buffer(self, numel: int, device) -> torch.Tensor:
+        """A reused float32 vector of `numel` elements on `device`."""
+        flat = self._flat
+        if flat is None or flat.numel() < numel or flat.device != torch.device(device):
+            flat = self._flat = torch.empty(numel, dtype=torch.float32, device=device)
+        return flat[:numel]
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """A float32 copy of every parameter now, in reused buffers (valid until the next call)."""
+        params = [p.detach() for p in self.params]
+        if self._snapshot is None:
+            self._snapshot = [p.float().clone() for p in params]
+        else:
+            torch._foreach_copy_(self._snapshot, params)
+        return self._snapshot
 
     def index(self, present: tuple[int, ...], device) -> tuple[torch.Tensor, ...]:
-        """(positions into `present`, layer of each, numel of each present parameter).
+        """(positions into `present`, layer of each, numel of each present parameter, sizes).
 
         Cached per set of present parameters, so steady training makes no host-to-device copy.
         """
@@ -153,20 +188,20 @@ class ParamGroups:
             rows = [(slot[p], layer) for p, layer in self._pairs if p in slot]
             src = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)
             dst = torch.tensor([r[1] for r in rows], dtype=torch.long, device=device)
-            numel = [self.params[p].numel() for p in present]
-            numel = torch.tensor(numel, dtype=torch.float64, device=device)
-            self._index_cache[key] = (src, dst, numel)
+            sizes = [self.params[p].numel() for p in present]
+            numel = torch.tensor(sizes, dtype=torch.float64, device=device)
+            self._index_cache[key] = (src, dst, numel, sizes)
         return self._index_cache[key]
 
     def per_layer_sum(self, per_param: torch.Tensor, present, device) -> torch.Tensor:
         """Sum a per-parameter vector [P'] into layers [L] (float64); 0 where a layer has none."""
-        src, dst, _ = self.index(present, device)
+        src, dst = self.index(present, device)[:2]
         out = torch.zeros(self.n_layers, dtype=torch.float64, device=device)
         return out.index_add_(0, dst, per_param.double()[src])
 
     def per_layer_max(self, per_param: torch.Tensor, present, device) -> torch.Tensor:
         """Max of a per-parameter vector [P'] per layer [L] (float64); NaN for a layer with none."""
-        src, dst, _ = self.index(present, device)
+        src, dst = self.index(present, device)[:2]
         out = torch.full((self.n_layers,), float("nan"), dtype=torch.float64, device=device)
         return out.scatter_reduce_(0, dst, per_param.double()[src], "amax", include_self=False)
 
@@ -186,13 +221,14 @@ def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
     if not present:
         return {name: nan for name in GRAD_STATS}
     grads = _as_float([groups.params[i].grad.detach() for i in present])
-    numel = groups.index(present, device)[2]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    numel, sizes = groups.index(present, device)[2:]
+    flat = torch.cat([g.reshape(-1) for g in grads], out=groups.flat_buffer(sum(sizes), device))
     sums = torch.segment_reduce(flat, "sum", lengths=numel.long())  # signed sum per parameter
     sumsq = torch.stack(torch._foreach_norm(grads, 2)).double() ** 2
     absmax = torch.stack(torch._foreach_norm(grads, float("inf")))
-    # 0 * x is NaN exactly where x is inf or NaN; the 0-"norm" counts the non-zeros.
-    nonfinite = torch.stack(torch._foreach_norm(torch._foreach_mul(grads, 0.0), 0))
+    # x - x is NaN exactly where x is inf or NaN, else 0; the 0-"norm" counts the non-zeros.
+    flat.sub_(flat)
+    nonfinite = torch.stack(torch._foreach_norm(list(flat.split(sizes)), 0))
 
     count = groups.per_layer_sum(numel, present, device)
     has_grad = count > 0
@@ -212,22 +248,25 @@ def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
 
 
 def weight_snapshot(groups: ParamGroups) -> list[torch.Tensor]:
-    """A copy of every parameter, taken before an update."""
-    return torch._foreach_mul([p.detach() for p in groups.params], 1.0)
+    """A float32 copy of every parameter, taken before an update (reused by the next call)."""
+    return groups.snapshot()
 
 
 def weight_stats(
     groups: ParamGroups, before: list[torch.Tensor], device
 ) -> dict[str, torch.Tensor]:
-    """weight_norm (of `before`) and update_ratio = ||after - before|| / ||before|| per layer."""
+    """weight_norm (of `before`) and update_ratio = ||after - before|| / ||before|| per layer.
+
+    Overwrites `before` (a snapshot) with the difference, to spare an allocation.
+    """
     present = tuple(range(len(groups.params)))
     nan = torch.full((groups.n_layers,), float("nan"), dtype=torch.float64, device=device)
     if not present:
         return {"weight_norm": nan, "update_ratio": nan}
     after = [p.detach() for p in groups.params]
-    before_sq = torch.stack(torch._foreach_norm(_as_float(before), 2)).double() ** 2
-    delta = torch._foreach_sub(_as_float(after), _as_float(before))
-    delta_sq = torch.stack(torch._foreach_norm(delta, 2)).double() ** 2
+    before_sq = torch.stack(torch._foreach_norm(before, 2)).double() ** 2
+    torch._foreach_sub_(before, _as_float(after))
+    delta_sq = torch.stack(torch._foreach_norm(before, 2)).double() ** 2
     owns = groups.per_layer_sum(torch.ones_like(before_sq), present, device) > 0
     norm = groups.per_layer_sum(before_sq, present, device).sqrt()
     change = groups.per_layer_sum(delta_sq, present, device).sqrt()

@@ -109,7 +109,7 @@ class Trainer:
         self._session_steps = 0
         if resume and self.checkpoint_path.is_file():
             self._load(load_checkpoint(self.checkpoint_path))
-        # a compiled forward is recorded through the compiled module (parameter statistics only)
+        # the recorder watches the modules inside a compiled forward too (see README: compile)
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.recorder = None
         if config.record:
