@@ -377,6 +377,19 @@ def test_evaluation_under_no_grad_records_nothing(tmp_path):
         np.testing.assert_allclose(a.stat(stat), b.stat(stat), rtol=1e-6, equal_nan=True)
 
 
+def train_compiled_and_eager(tmp_path, steps, compiled, eager):
+    """Step a compiled and an eager twin on the same batches; return their runs (c.h5, eager.h5)."""
+    for step in range(steps):
+        x, y = vector_batch(step)
+        for net, opt, _ in (compiled, eager):
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    compiled[2].close()
+    eager[2].close()
+    return gradscope.open_run(tmp_path / "c.h5"), gradscope.open_run(tmp_path / "eager.h5")
+
+
 def test_attach_to_compiled_model_records_everything(tmp_path):
     torch.manual_seed(0)
     model = mlp()
@@ -389,15 +402,9 @@ def test_attach_to_compiled_model_records_everything(tmp_path):
     opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1)
     rec = gradscope.attach(compiled, tmp_path / "c.h5", optimizer=opt)
     rec_twin = gradscope.attach(twin, tmp_path / "eager.h5", optimizer=opt_twin)
-    for step in range(2):
-        x, y = vector_batch(step)
-        for net, o in ((compiled, opt), (twin, opt_twin)):
-            F.cross_entropy(net(x), y).backward()
-            o.step()
-            o.zero_grad()
-    rec.close()
-    rec_twin.close()
-    got, want = gradscope.open_run(tmp_path / "c.h5"), gradscope.open_run(tmp_path / "eager.h5")
+    got, want = train_compiled_and_eager(
+        tmp_path, 2, (compiled, opt, rec), (twin, opt_twin, rec_twin)
+    )
     assert list(got.layers["name"]) == ["0", "2", "4"]
     for stat in ALL_STATS:
         np.testing.assert_allclose(got.stat(stat), want.stat(stat), rtol=1e-5, err_msg=stat)
@@ -509,15 +516,9 @@ def test_attach_before_compile_records_everything(tmp_path):
     rec = gradscope.attach(model, tmp_path / "c.h5", optimizer=opt, every=2)
     rec_twin = gradscope.attach(twin, tmp_path / "eager.h5", optimizer=opt_twin, every=2)
     compiled = torch.compile(model, backend="eager")
-    for step in range(4):
-        x, y = vector_batch(step)
-        for net, o in ((compiled, opt), (twin, opt_twin)):
-            F.cross_entropy(net(x), y).backward()
-            o.step()
-            o.zero_grad()
-    rec.close()
-    rec_twin.close()
-    got, want = gradscope.open_run(tmp_path / "c.h5"), gradscope.open_run(tmp_path / "eager.h5")
+    got, want = train_compiled_and_eager(
+        tmp_path, 4, (compiled, opt, rec), (twin, opt_twin, rec_twin)
+    )
     assert list(got.steps) == [0, 2]
     for stat in ALL_STATS:
         np.testing.assert_allclose(got.stat(stat), want.stat(stat), rtol=1e-5, err_msg=stat)
