@@ -13,6 +13,7 @@ import numpy as np
 
 from gradscope import store_schema as schema
 from gradscope.errors import RunFileError, UsageError
+from gradscope.store_rows import read_rows
 
 LIVE_HEARTBEAT_SECONDS = 30.0  # a writer whose heartbeat is older than this is presumed gone
 COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied at once when rebuilding a crashed file
@@ -25,6 +26,8 @@ class WritableRun:
     file: h5py.File
     n_records: int  # committed records in the file
     n_metrics: int  # committed metric rows in the file
+    n_sealed: int  # records in the compressed stats datasets (a multiple of the chunk rows)
+    open_rows: np.ndarray  # [stats, n_records - n_sealed, layers]: the records in stats_tail
     last_record_step: int | None
     last_metric_step: int | None
 
@@ -66,13 +69,14 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
         }
         schema.write_attrs(f, plain, json_attrs)
         schema.create_datasets(f, layers, stats)
-        f[schema.STATUS][0] = (0, time.time(), 0, 0)
+        f[schema.STATUS][0] = (0, time.time(), 0, 0, 0)
         f.swmr_mode = True
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise RunFileError(f"{path}: cannot create run file: {e}") from e
-    return WritableRun(f, 0, 0, None, None)
+    no_rows = np.empty((len(stats), 0, len(layers)), np.float32)
+    return WritableRun(f, 0, 0, 0, no_rows, None, None)
 
 
 def _package_version(name: str) -> str:
@@ -86,9 +90,12 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
     _check_not_being_written(path)
     try:
         f = h5py.File(path, "r+", libver="latest")
+        if f.attrs.get("format_version") != schema.FORMAT_VERSION:
+            f.close()
+            raise OSError("an older run-file format")
     except OSError:
-        # The writer died: the file still carries its "open for write" flags. Copy the committed
-        # prefix into a fresh file, which h5py can then open for writing.
+        # The writer died (the file still carries its "open for write" flags), or an older
+        # gradscope wrote it. Copy the committed prefix into a fresh file of the current format.
         _rebuild_committed_prefix(path)
         try:
             f = h5py.File(path, "r+", libver="latest")
@@ -97,8 +104,9 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
     try:
         _check_same_layout(path, f, layers, stats)
         n_records, n_metrics = _truncate(f, start_step)
+        n_sealed, open_rows = _reopen_last_chunk(f, stats, n_records)
         schema.write_attrs(f, _writer_attrs(), json_attrs)
-        f[schema.STATUS][0] = (0, time.time(), n_records, n_metrics)
+        f[schema.STATUS][0] = (0, time.time(), n_records, n_metrics, n_sealed)
         f.flush()
         f.swmr_mode = True
     except BaseException:
@@ -110,6 +118,8 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
         f,
         n_records,
         n_metrics,
+        n_sealed,
+        open_rows,
         int(steps[n_records - 1]) if n_records else None,
         int(metric_steps[:n_metrics].max()) if n_metrics else None,
     )
@@ -180,8 +190,6 @@ def _truncate(f: h5py.File, start_step) -> tuple[int, int]:
         n_records = int(np.searchsorted(steps, start_step, side="left"))
     for name in (schema.STEPS, schema.TIME):
         f[name].resize(n_records, axis=0)
-    for ds in f[schema.STATS_GROUP].values():
-        ds.resize(n_records, axis=0)
     columns = [schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE]
     rows = [f[name][:n_metrics] for name in columns]
     keep = np.ones(n_metrics, bool) if start_step is None else rows[0] < start_step
@@ -191,6 +199,21 @@ def _truncate(f: h5py.File, start_step) -> tuple[int, int]:
         if n_kept:
             f[name][:] = values[keep]
     return n_records, n_kept
+
+
+def _reopen_last_chunk(f: h5py.File, stats, n_records: int) -> tuple[int, np.ndarray]:
+    """Move the records after the last full chunk back to stats_tail, for the writer to extend.
+
+    Returns the new sealed count and those records, [stats, records, layers]. The compressed
+    datasets are cut to the sealed records: the partial chunk is written again once full.
+    """
+    chunk_rows = f[schema.STATS_GROUP][stats[0]].chunks[0]
+    n_sealed = n_records // chunk_rows * chunk_rows
+    open_rows = np.stack([read_rows(f, name, n_sealed, n_records) for name in stats])
+    for name, rows in zip(stats, open_rows, strict=True):
+        f[schema.TAIL_GROUP][name][: len(rows)] = rows
+        f[schema.STATS_GROUP][name].resize(n_sealed, axis=0)
+    return n_sealed, open_rows
 
 
 def _rebuild_committed_prefix(path: Path) -> None:
@@ -203,23 +226,30 @@ def _rebuild_committed_prefix(path: Path) -> None:
         ):
             for key, value in src.attrs.items():
                 dst.attrs[key] = value
+            dst.attrs["format_version"] = schema.FORMAT_VERSION
             layers = schema.read_layers(src)
             stats = schema.read_stat_names(src)
             schema.create_datasets(dst, layers, stats)
             status = src[schema.STATUS][0]
             n, m = int(status["records"]), int(status["metrics"])
-            rows_per_block = max(1, COPY_BLOCK_BYTES // (4 * len(layers)))
-            record_sets = [schema.STEPS, schema.TIME]
-            record_sets += [f"{schema.STATS_GROUP}/{s}" for s in stats]
-            for name in record_sets:
+            for name in (schema.STEPS, schema.TIME):
                 dst[name].resize(n, axis=0)
+                dst[name][:] = src[name][:n]
+            # Whole chunks at a time, so each compressed chunk is written once.
+            chunk_rows = dst[schema.STATS_GROUP][stats[0]].chunks[0]
+            rows_per_block = max(1, COPY_BLOCK_BYTES // (4 * len(layers) * chunk_rows))
+            rows_per_block *= chunk_rows
+            for name in stats:
+                body = dst[schema.STATS_GROUP][name]
+                body.resize(n, axis=0)
                 for i in range(0, n, rows_per_block):
-                    dst[name][i : i + rows_per_block] = src[name][i : min(n, i + rows_per_block)]
+                    stop = min(n, i + rows_per_block)
+                    body[i:stop] = read_rows(src, name, i, stop)
             for name in (schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE):
                 dst[name].resize(m, axis=0)
                 if m:
                     dst[name][:] = src[name][:m]
-            dst[schema.STATUS][0] = (1, float(status["heartbeat"]), n, m)
+            dst[schema.STATUS][0] = (1, float(status["heartbeat"]), n, m, n)
         os.replace(tmp, path)
     except (OSError, KeyError) as e:
         tmp.unlink(missing_ok=True)

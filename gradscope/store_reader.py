@@ -1,6 +1,7 @@
 """open_run and Run: read a run file, finished or still being written, into numpy and pandas."""
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pandas as pd
 
 from gradscope import store_schema as schema
 from gradscope.errors import RunFileError, UsageError
+from gradscope.store_header import check_not_truncated
 from gradscope.store_prepare import LIVE_HEARTBEAT_SECONDS
+from gradscope.store_rows import read_rows, read_status
 
 READ_PIECE_BYTES = 16 * 1024 * 1024  # rows read at once when reducing a stat to max_records
 
@@ -33,6 +36,7 @@ class Run:
             raise RunFileError(f"{self.path}: no such file")
         if not h5py.is_hdf5(file_path):
             raise RunFileError(f"{self.path}: not an HDF5 file, so not a gradscope run file")
+        check_not_truncated(file_path)
         try:
             self._file = h5py.File(file_path, "r", libver="latest", swmr=True)
         except (OSError, RuntimeError) as e:
@@ -44,7 +48,12 @@ class Run:
                         f"{self.path}: an HDF5 file but not a gradscope run file "
                         f"(no format={schema.FORMAT_NAME!r} attribute)"
                     )
-                self._check_not_truncated(file_path)
+                version = int(self._file.attrs.get("format_version", 0))
+                if version > schema.FORMAT_VERSION:
+                    raise RunFileError(
+                        f"{self.path}: run-file format {version} is newer than this gradscope "
+                        f"reads ({schema.FORMAT_VERSION}); upgrade gradscope"
+                    )
                 self.attrs = schema.read_attrs(self._file)
                 self._layer_dicts = schema.read_layers(self._file)
                 self.stats = schema.read_stat_names(self._file)
@@ -123,7 +132,7 @@ class Run:
         With more than `max_records` records, consecutive blocks are averaged (ignoring NaN) so
         at most `max_records` rows come back; a block's step is its first step.
         """
-        ds = self._stat_dataset(stat)
+        self._check_stat(stat)
         steps = self._steps
         first = 0 if start_step is None else int(np.searchsorted(steps, start_step, "left"))
         stop = len(steps) if stop_step is None else int(np.searchsorted(steps, stop_step, "left"))
@@ -135,10 +144,12 @@ class Run:
         with self._reading(f"stat {stat!r}"):
             if count == 0:
                 return steps[first:stop].copy(), np.empty((0, n_layers), np.float32)
+            rows = functools.partial(read_rows, self._open_file(), stat)
             if max_records is None or count <= max_records:
-                return steps[first:stop].copy(), ds[first:stop]
+                return steps[first:stop].copy(), rows(first, stop)
             block = -(-count // max_records)  # ceil division
-            return steps[first:stop:block].copy(), _block_means(ds, first, stop, block)
+            means = _block_means(rows, n_layers, first, stop, block)
+            return steps[first:stop:block].copy(), means
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -177,7 +188,7 @@ class Run:
         columns = {}
         with self._reading(f"the record at step {step}"):
             for name in self.stats:
-                columns[name] = self._stat_dataset(name)[index]
+                columns[name] = read_rows(self._open_file(), name, index, index + 1)[0]
         frame = pd.DataFrame(columns, index=pd.Index([d["name"] for d in self._layer_dicts]))
         frame.index.name = "layer"
         return frame
@@ -208,28 +219,12 @@ class Run:
             raise UsageError(f"{self.path}: this run was closed; open it again with open_run")
         return self._file
 
-    def _check_not_truncated(self, file_path: Path) -> None:
-        # HDF5 does not notice a cut-off file by itself. A file its writer closed must be as long
-        # as its header says; a live or crashed one may legitimately be shorter.
-        if self._read_status()["closed"]:
-            expected, actual = self._file.id.get_filesize(), file_path.stat().st_size
-            if actual < expected:
-                raise RunFileError(
-                    f"{self.path}: truncated: {actual} bytes on disk, the file header says "
-                    f"{expected}; copy the complete file again"
-                )
-
     def _read_status(self) -> np.void:
-        status = self._open_file()[schema.STATUS]
-        status.refresh()
-        return status[0]
+        return read_status(self._open_file())
 
-    def _stat_dataset(self, name) -> h5py.Dataset:
+    def _check_stat(self, name) -> None:
         if name not in self.stats:
             raise UsageError(f"unknown stat {name!r}; this run has: {', '.join(self.stats)}")
-        ds = self._open_file()[schema.STATS_GROUP][name]
-        ds.refresh()
-        return ds
 
     def _metric_rows(self) -> pd.DataFrame:
         f = self._open_file()
@@ -253,19 +248,18 @@ class Run:
             ) from e
 
 
-def _block_means(ds: h5py.Dataset, first: int, stop: int, block: int) -> np.ndarray:
-    """NaN-aware means of consecutive `block`-row blocks of ds[first:stop], read piece by piece."""
-    n_layers = ds.shape[1]
+def _block_means(rows, n_layers: int, first: int, stop: int, block: int) -> np.ndarray:
+    """NaN-aware means of consecutive `block`-row blocks of rows(first, stop), read in pieces."""
     n_blocks = -(-(stop - first) // block)
     out = np.empty((n_blocks, n_layers), np.float32)
     blocks_per_piece = max(1, READ_PIECE_BYTES // (block * n_layers * 4))
     for b0 in range(0, n_blocks, blocks_per_piece):
         b1 = min(n_blocks, b0 + blocks_per_piece)
-        rows = ds[first + b0 * block : min(stop, first + b1 * block)]
-        n_full = len(rows) // block
-        out[b0 : b0 + n_full] = _nanmean_rows(rows[: n_full * block].reshape(n_full, block, -1))
+        piece = rows(first + b0 * block, min(stop, first + b1 * block))
+        n_full = len(piece) // block
+        out[b0 : b0 + n_full] = _nanmean_rows(piece[: n_full * block].reshape(n_full, block, -1))
         if n_full < b1 - b0:  # the last block of the window is short
-            out[b1 - 1] = _nanmean_rows(rows[n_full * block :][None])[0]
+            out[b1 - 1] = _nanmean_rows(piece[n_full * block :][None])[0]
     return out
 
 

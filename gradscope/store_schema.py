@@ -9,7 +9,7 @@ import numpy as np
 from gradscope.errors import UsageError
 
 FORMAT_NAME = "gradscope-run"  # value of the `format` file attribute
-FORMAT_VERSION = 1  # bumped on incompatible schema changes
+FORMAT_VERSION = 2  # bumped on incompatible schema changes (2: compressed stats + stats_tail)
 
 # File attributes written by the store itself; user attrs may not reuse these names.
 RESERVED_ATTRS = ("format", "format_version", "gradscope_version", "torch_version", "created")
@@ -19,6 +19,7 @@ LAYERS = "layers"
 STEPS = "steps"
 TIME = "time"
 STATS_GROUP = "stats"
+TAIL_GROUP = "stats_tail"
 METRIC_STEP = "metrics/step"
 METRIC_NAME = "metrics/name"
 METRIC_VALUE = "metrics/value"
@@ -28,20 +29,28 @@ METRIC_NAME_BYTES = 64  # metric names are fixed-length UTF-8 (SWMR-friendly, no
 LAYER_DTYPE = np.dtype(
     [("name", h5py.string_dtype()), ("type", h5py.string_dtype()), ("params", "<i8")]
 )
-# `records` / `metrics` are the committed row counts: readers never look past them.
+# `records` / `metrics` are the committed row counts: readers never look past them. Records
+# below `sealed` are in the compressed `stats/*` datasets, the rest in `stats_tail/*`.
 STATUS_DTYPE = np.dtype(
-    [("closed", "u1"), ("heartbeat", "<f8"), ("records", "<i8"), ("metrics", "<i8")]
+    [
+        ("closed", "u1"),
+        ("heartbeat", "<f8"),
+        ("records", "<i8"),
+        ("metrics", "<i8"),
+        ("sealed", "<i8"),
+    ]
 )
 
-STAT_CHUNK_BYTES = 64 * 1024  # raw bytes per stats chunk: small, since one is allocated whole
+STAT_CHUNK_BYTES = 64 * 1024  # raw bytes per stats chunk
+TAIL_CHUNK_BYTES = 4 * 1024  # raw bytes per stats_tail chunk: allocated as the tail fills
 MAX_LAYERS_PER_CHUNK = 32768
 VECTOR_CHUNK_ROWS = 4096  # steps, time and metrics columns
-# No compression filter, on purpose. Under SWMR, HDF5 never reuses freed file space, and every
-# flush rewrites the partly filled last chunk: compressed (its size changes) that is a new
-# allocation each time, leaking the old one (measured: 332 bytes per value with lzf and a flush
-# per record, against 5.5 uncompressed). Uncompressed chunks are rewritten in place; recorded
-# statistics are float noise that lzf shrinks by under 5% anyway, and reads are fastest raw.
-STAT_FILTERS: dict = {}
+# Compression: byte shuffle + deflate (in every HDF5 build, unlike lzf), which halves recorded
+# statistics. Under SWMR, HDF5 never reuses freed file space, and a compressed chunk rewritten
+# with a new size is a new allocation that leaks the old one. So a compressed chunk is written
+# exactly once, when all its rows are known ("sealed"); until then its rows live uncompressed in
+# `stats_tail/<name>`, whose fixed-size chunks are rewritten in place.
+STAT_FILTERS = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
 
 
 def stat_chunk_shape(n_layers: int) -> tuple[int, int]:
@@ -50,6 +59,12 @@ def stat_chunk_shape(n_layers: int) -> tuple[int, int]:
     rows = STAT_CHUNK_BYTES // (4 * layers)
     rows = 2 ** int(math.log2(max(rows, 1)))
     return (max(8, min(rows, 4096)), layers)
+
+
+def tail_chunk_shape(n_layers: int) -> tuple[int, int]:
+    """Chunk shape of a stats_tail dataset: whole rows, about TAIL_CHUNK_BYTES of float32."""
+    chunk_rows, layers = stat_chunk_shape(n_layers)
+    return (max(1, min(chunk_rows, TAIL_CHUNK_BYTES // (4 * layers))), layers)
 
 
 def validate_layers(layers) -> list[dict]:
@@ -157,23 +172,32 @@ def create_datasets(f: h5py.File, layers: list[dict], stats: list[str]) -> None:
     f.create_dataset(STEPS, dtype="<i8", **vector)
     f.create_dataset(TIME, dtype="<f8", **vector)
     group = f.create_group(STATS_GROUP, track_order=True)
+    tail = f.create_group(TAIL_GROUP, track_order=True)
     n_layers = len(layers)
+    chunks = stat_chunk_shape(n_layers)
     for name in stats:
         group.create_dataset(
             name,
             shape=(0, n_layers),
             maxshape=(None, n_layers),
             dtype="<f4",
-            chunks=stat_chunk_shape(n_layers),
+            chunks=chunks,
             fillvalue=np.nan,
             **STAT_FILTERS,
+        )
+        tail.create_dataset(
+            name,
+            shape=(chunks[0], n_layers),
+            dtype="<f4",
+            chunks=tail_chunk_shape(n_layers),
+            fillvalue=np.nan,
         )
     f.create_dataset(METRIC_STEP, dtype="<i8", **vector)
     f.create_dataset(METRIC_NAME, dtype=f"S{METRIC_NAME_BYTES}", **vector)
     f.create_dataset(METRIC_VALUE, dtype="<f8", **vector)
     status = f.create_dataset(STATUS, shape=(1,), dtype=STATUS_DTYPE)
     # Written now so the dataset has storage before SWMR starts (readers fail otherwise).
-    status[0] = (0, 0.0, 0, 0)
+    status[0] = (0, 0.0, 0, 0, 0)
 
 
 def _text(value) -> str:

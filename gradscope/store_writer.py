@@ -51,6 +51,12 @@ class RunWriter:
         self._file = opened.file
         self._n_records = opened.n_records
         self._n_metrics = opened.n_metrics
+        self._sealed = opened.n_sealed
+        self._chunk_rows = schema.stat_chunk_shape(len(self.layers))[0]
+        # The records of the chunk being filled, [stats, chunk rows, layers]: sealed from memory.
+        shape = (len(self.stats), self._chunk_rows, len(self.layers))
+        self._open_rows = np.full(shape, np.nan, dtype=np.float32)
+        self._open_rows[:, : opened.n_records - opened.n_sealed] = opened.open_rows
         self._last_record_step = opened.last_record_step
         self._last_metric_step = opened.last_metric_step
         self._shape = (len(self.stats), len(self.layers))
@@ -193,43 +199,82 @@ class RunWriter:
                 next_flush = time.monotonic() + self._flush_interval
 
     def _flush(self, closed: bool) -> None:
-        """Write pending rows, flush them, then commit the new counts in `status`."""
-        f = self._file
-        touched = []
+        """Write pending rows and flush them, then commit the new counts in `status`.
+
+        Counts are committed only after the data they cover is on disk, so readers and a crash
+        both see a consistent prefix. Record values go to the uncompressed tail; each chunk of
+        records that fills up is written once to the compressed `stats/*` datasets and committed
+        as sealed before the tail is reused. At close, the last partial chunk is sealed too.
+        """
+        block = None
         if self._pending_records:
             records = self._pending_records
-            n0, n1 = self._n_records, self._n_records + len(records)
             block = np.stack([values for _, _, values in records])  # [records, stats, layers]
-            columns = [
-                (f[schema.STEPS], np.array([r[0] for r in records], np.int64)),
-                (f[schema.TIME], np.array([r[1] for r in records], np.float64)),
-            ]
-            group = f[schema.STATS_GROUP]
-            columns += [(group[name], block[:, i, :]) for i, name in enumerate(self.stats)]
-            for ds, rows in columns:
-                ds.resize(n1, axis=0)
-                ds[n0:n1] = rows
-                touched.append(ds)
-            self._n_records = n1
+            n0, n1 = self._n_records, self._n_records + len(records)
+            self._write_column(schema.STEPS, n0, n1, [r[0] for r in records], np.int64)
+            self._write_column(schema.TIME, n0, n1, [r[1] for r in records], np.float64)
             self._pending_records = []
+        n_metrics = self._n_metrics
         if self._pending_metrics:
             rows = self._pending_metrics
-            m0, m1 = self._n_metrics, self._n_metrics + len(rows)
+            n_metrics += len(rows)
             dtypes = (np.int64, f"S{schema.METRIC_NAME_BYTES}", np.float64)
             names = (schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE)
             for j, (name, dtype) in enumerate(zip(names, dtypes, strict=True)):
-                ds = f[name]
-                ds.resize(m1, axis=0)
-                ds[m0:m1] = np.array([row[j] for row in rows], dtype=dtype)
-                touched.append(ds)
-            self._n_metrics = m1
+                self._write_column(name, self._n_metrics, n_metrics, [r[j] for r in rows], dtype)
             self._pending_metrics = []
-        for ds in touched:
-            ds.flush()
-        # The counts are committed only after the data they cover is on disk: readers and a
-        # crash both see a consistent prefix.
-        status = f[schema.STATUS]
-        status[0] = (int(closed), time.time(), self._n_records, self._n_metrics)
+        if block is not None:
+            self._append_stat_rows(block)  # commits at each sealed chunk keep the old metrics
+        self._n_metrics = n_metrics
+        if closed and self._sealed < self._n_records:
+            self._seal(closed=True)
+        else:
+            self._commit(closed)
+
+    def _write_column(self, name, start, stop, values, dtype) -> None:
+        ds = self._file[name]
+        ds.resize(stop, axis=0)
+        ds[start:stop] = np.array(values, dtype=dtype)
+        ds.flush()
+
+    def _append_stat_rows(self, block: np.ndarray) -> None:
+        """Put [records, stats, layers] rows after the committed ones: tail or sealed chunks."""
+        tails = [self._file[schema.TAIL_GROUP][name] for name in self.stats]
+        touched = False
+        done = 0
+        while done < len(block):
+            start = self._n_records - self._sealed  # tail row of the next record
+            take = min(len(block) - done, self._chunk_rows - start)
+            rows = block[done : done + take].transpose(1, 0, 2)  # [stats, take, layers]
+            self._open_rows[:, start : start + take] = rows
+            self._n_records += take
+            done += take
+            if start + take == self._chunk_rows:
+                self._seal(closed=False)  # the chunk is full: its rows never touch the tail
+            else:
+                for tail, stat_rows in zip(tails, rows, strict=True):
+                    tail[start : start + take] = stat_rows
+                touched = True
+        if touched:
+            for tail in tails:
+                tail.flush()
+
+    def _seal(self, closed: bool) -> None:
+        """Write the open chunk's records to the compressed datasets, flush, commit them sealed."""
+        lo, hi = self._sealed, self._n_records
+        group = self._file[schema.STATS_GROUP]
+        bodies = [group[name] for name in self.stats]
+        for body, rows in zip(bodies, self._open_rows, strict=True):
+            body.resize(hi, axis=0)
+            body[lo:hi] = rows[: hi - lo]
+        for body in bodies:
+            body.flush()
+        self._sealed = hi
+        self._commit(closed)
+
+    def _commit(self, closed: bool) -> None:
+        status = self._file[schema.STATUS]
+        status[0] = (int(closed), time.time(), self._n_records, self._n_metrics, self._sealed)
         status.flush()
 
 

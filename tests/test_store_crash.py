@@ -12,7 +12,7 @@ import numpy as np
 
 from gradscope.store import open_run
 
-N_STATS, N_LAYERS = 4, 40
+N_STATS, N_LAYERS = 4, 1500  # 1,500 layers: a compressed chunk is sealed every 8 records
 
 # A writer process: records whose values are a known function of the step, plus a "loss" metric.
 WRITER_SCRIPT = r"""
