@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py                 # ResNet-56 (batch 128) and ResNet-1202 (batch 32)
     python benchmarks/overhead.py --steps 10 --skip-1202   # a quick look
+    python benchmarks/overhead.py --skip-56 --steps-1202 20  # ResNet-1202 only, 20 rounds
 
 Every variant trains its own copy of the model on the same preloaded batch; one round steps the
 bare twin, then each variant, so drifts in machine speed hit all of them alike. The ratio is
@@ -163,10 +164,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="ResNet-56 batch size")
     parser.add_argument("--steps-1202", type=int, default=10, help="timed rounds for ResNet-1202")
     parser.add_argument("--skip-1202", action="store_true", help="only ResNet-56")
+    parser.add_argument("--skip-56", action="store_true", help="only ResNet-1202")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, gradscope {gradscope.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
-        resnet56_rounds(args, Path(tmp))
+        if not args.skip_56:
+            resnet56_rounds(args, Path(tmp))
         if not args.skip_1202:
             resnet1202_rounds(args, Path(tmp))
 
