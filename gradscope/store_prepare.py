@@ -88,12 +88,8 @@ def _package_version(name: str) -> str:
 
 def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
     _check_not_being_written(path)
-    try:
-        f = h5py.File(path, "r+", libver="latest")
-        if f.attrs.get("format_version") != schema.FORMAT_VERSION:
-            f.close()
-            raise OSError("an older run-file format")
-    except OSError:
+    f = _open_current_format(path)
+    if f is None:
         # The writer died (the file still carries its "open for write" flags), or an older
         # gradscope wrote it. Copy the committed prefix into a fresh file of the current format.
         _rebuild_committed_prefix(path)
@@ -123,6 +119,18 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
         int(steps[n_records - 1]) if n_records else None,
         int(metric_steps[:n_metrics].max()) if n_metrics else None,
     )
+
+
+def _open_current_format(path: Path) -> h5py.File | None:
+    """The file opened for appending, or None if HDF5 refuses or its format is not the current."""
+    try:
+        f = h5py.File(path, "r+", libver="latest")
+    except OSError:
+        return None
+    if f.attrs.get("format_version") != schema.FORMAT_VERSION:
+        f.close()
+        return None
+    return f
 
 
 def _check_not_being_written(path: Path) -> None:
