@@ -150,8 +150,14 @@ def resnet1202_rounds(args, folder: Path) -> None:
     y = torch.randint(0, 10, (32,))
     variants = [
         Variant("bare", copy.deepcopy(base)),
+        Variant("bare again (A/A control)", copy.deepcopy(base)),
         Variant("all stats, every=1", copy.deepcopy(base), recorded(folder, every=1)),
     ]
+    for rows in args.batch_sample_1202:
+        setup = recorded(folder, every=1, batch_sample=rows)
+        variants.append(
+            Variant(f"all stats, every=1, batch_sample={rows}", copy.deepcopy(base), setup)
+        )
     run_rounds(variants, x, y, args.steps_1202, 1)
     report(variants, "ResNet-1202, batch 32, CPU")
     bytes_per_value(variants)
@@ -163,6 +169,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
     parser.add_argument("--batch", type=int, default=128, help="ResNet-56 batch size")
     parser.add_argument("--steps-1202", type=int, default=10, help="timed rounds for ResNet-1202")
+    parser.add_argument(
+        "--batch-sample-1202",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="ROWS",
+        help="also time ResNet-1202 recorded with these batch_sample values",
+    )
     parser.add_argument("--skip-1202", action="store_true", help="only ResNet-56")
     parser.add_argument("--skip-56", action="store_true", help="only ResNet-1202")
     args = parser.parse_args()

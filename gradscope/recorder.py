@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from gradscope import param_stats as P
 from gradscope import stats as S
 from gradscope.errors import RunFileError, UsageError
 from gradscope.layer_selection import select_modules
@@ -99,16 +100,16 @@ class Recorder:
         self._in_step = False  # a grad-enabled forward ran since the last step boundary
         self._reset_accumulators()
         self._due = self._schedule(self._step)
-        self._groups: S.ParamGroups | None = None
+        self._groups: P.ParamGroups | None = None
         self._device_lists: dict[tuple, torch.Tensor] = {}
         self._scratch: dict = {}  # reusable work buffers of the activation statistics
-        self._before: list[torch.Tensor] | None = None
+        self._before: P.WeightSnapshot | None = None
         self._grad_stats: dict | None = None
         self._device = _model_device(model)
         self._hooks = []
         self._install_hooks()
         if optimizer is None and self._due and self._want_weight:
-            self._before = S.weight_snapshot(self._param_groups())
+            self._before = P.weight_snapshot(self._param_groups(), self._device)
 
     # ----- public API -------------------------------------------------------------------------
 
@@ -133,10 +134,10 @@ class Recorder:
                 "this recorder follows optimizer.step() itself; do not call rec.step() as well"
             )
         if self._due and self._want_grad:
-            self._grad_stats = S.gradient_stats(self._param_groups(), self._device)
+            self._grad_stats = P.gradient_stats(self._param_groups(), self._device)
         self._finish_step()
         if self._due and self._want_weight:
-            self._before = S.weight_snapshot(self._param_groups())
+            self._before = P.weight_snapshot(self._param_groups(), self._device)
 
     def log(self, step: int | None = None, **metrics: float) -> None:
         """Store scalar metrics against `step` (default: the step in progress or just finished)."""
@@ -235,9 +236,9 @@ class Recorder:
             return
         groups = self._param_groups()
         if self._want_grad:
-            self._grad_stats = S.gradient_stats(groups, self._device)
+            self._grad_stats = P.gradient_stats(groups, self._device)
         if self._want_weight:
-            self._before = S.weight_snapshot(groups)
+            self._before = P.weight_snapshot(groups, self._device)
 
     def _after_update(self, optimizer, args, kwargs) -> None:
         self._finish_step()
@@ -262,7 +263,7 @@ class Recorder:
         if self._want_grad:
             values.update(self._grad_stats)
         if self._want_weight and self._before is not None:
-            values.update(S.weight_stats(self._param_groups(), self._before, device))
+            values.update(P.weight_stats(self._param_groups(), self._before, device))
         if self._want_act and self._act_sums:
             sums = torch.stack(self._act_sums).to(device).view(-1, S.ACT_SUMS_SIZE)
             counts = self._on_device(self._act_counts, torch.float64)
@@ -339,9 +340,9 @@ class Recorder:
 
     # ----- helpers ----------------------------------------------------------------------------
 
-    def _param_groups(self) -> S.ParamGroups:
+    def _param_groups(self) -> P.ParamGroups:
         if self._groups is None:
-            self._groups = S.ParamGroups(
+            self._groups = P.ParamGroups(
                 [list(m.parameters(recurse=False)) for _, m in self._modules]
             )
         return self._groups

@@ -119,6 +119,37 @@ class WithUnused(nn.Module):
         return self.used(torch.relu(self.frozen(x)))
 
 
+class ScaleWithEmpty(nn.Module):
+    """A per-feature scale that also owns a zero-element parameter."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, width))
+        self.empty = nn.Parameter(torch.zeros(0))
+
+    def forward(self, x):
+        return x * self.scale + self.empty.sum()
+
+
+class ManySizes(nn.Module):
+    """Equal-sized parameters in several layers among odd sizes, tied weights, an empty one."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 5), nn.Linear(5, 8), nn.Linear(8, 8)]
+        )
+        self.tied = nn.Linear(8, 8)
+        self.tied.weight = self.layers[1].weight  # one parameter owned by two layers
+        self.scale = ScaleWithEmpty(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return self.head(self.scale(torch.tanh(self.tied(x))))
+
+
 def vector_batch(step, micro=0, n=12):
     g = torch.Generator().manual_seed(1000 * step + micro)
     return torch.randn(n, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
@@ -245,6 +276,15 @@ def test_frozen_and_gradientless_layers_give_nan(tmp_path):
         assert np.isnan(run.stat("grad_norm")[:, names.index(layer)]).all()
     assert np.isfinite(run.stat("weight_norm")).all()
     assert (run.stat("update_ratio")[:, names.index("frozen")] == 0).all()
+
+
+def test_parameters_of_equal_and_odd_sizes_tied_and_empty(tmp_path):
+    # Parameters are reduced in blocks of equal size: each layer must still get its own values.
+    run, expected = run_against_reference(tmp_path, ManySizes, vector_batch)
+    names = list(run.layers["name"])
+    assert names == [f"layers.{i}" for i in range(5)] + ["tied", "scale", "head"]
+    assert_matches(run, expected)
+    assert np.isfinite(run.stat("grad_norm")).all()
 
 
 def test_gradient_accumulation_records_once_per_optimizer_step(tmp_path):

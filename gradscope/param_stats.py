@@ -1,0 +1,227 @@
+"""Per-layer gradient and weight statistics, batched over a flat buffer of all parameters."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from gradscope.stats import GRAD_STATS
+
+
+class FlatLayout:
+    """Where each of a set of parameters sits in one flat float32 buffer, equal sizes adjacent.
+
+    Parameters with the same element count form a block, a [count, numel] view of the buffer, so
+    a per-parameter reduction is one kernel per distinct size (a handful in a ResNet-1202 with
+    3,600 parameters) instead of one per parameter. Per-parameter results come out in flat order
+    and are summed into layers with index tensors kept on the device.
+    """
+
+    def __init__(self, params, pairs, n_layers: int, device):
+        """`params`: (position, parameter) pairs to lay out; `pairs`: (position, layer) rows."""
+        params = sorted(params, key=lambda item: item[1].numel())  # stable: ties keep order
+        self.positions = tuple(position for position, _ in params)
+        self.shapes = [p.shape for _, p in params]
+        sizes = [p.numel() for _, p in params]
+        self.size = sum(sizes)
+        self.n_layers = n_layers
+        self.blocks = []  # (offset, count, numel)
+        offset = 0
+        for numel, group in itertools.groupby(sizes):
+            count = len(list(group))
+            self.blocks.append((offset, count, numel))
+            offset += count * numel
+        slot = {position: i for i, position in enumerate(self.positions)}
+        rows = [(slot[p], layer) for p, layer in pairs if p in slot]
+        self.src = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)
+        self.dst = torch.tensor([r[1] for r in rows], dtype=torch.long, device=device)
+        self.numel = torch.tensor(sizes, dtype=torch.float64, device=device)
+        self._views: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+
+    def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
+        """Views of `buffer` shaped like each parameter, in flat order (cached per buffer)."""
+        cached = self._views.get(id(buffer))
+        if cached is None or cached[0] is not buffer:
+            if len(self._views) > 4:
+                self._views.clear()
+            views, offset = [], 0
+            for shape in self.shapes:
+                numel = shape.numel()
+                views.append(buffer[offset : offset + numel].view(shape))
+                offset += numel
+            cached = self._views[id(buffer)] = (buffer, views)
+        return cached[1]
+
+    def per_param(self, flat: torch.Tensor, reduce) -> torch.Tensor:
+        """`reduce` ([count, numel] -> [count]) applied block by block: one value per parameter."""
+        parts = [
+            reduce(flat[offset : offset + count * numel].view(count, numel))
+            for offset, count, numel in self.blocks
+        ]
+        return torch.cat(parts)
+
+    def per_layer_sum(self, per_param: torch.Tensor) -> torch.Tensor:
+        """Sum a per-parameter vector into layers [L] (float64); 0 where a layer has none."""
+        out = torch.zeros(self.n_layers, dtype=torch.float64, device=self.src.device)
+        return out.index_add_(0, self.dst, per_param.double()[self.src])
+
+    def per_layer_max(self, per_param: torch.Tensor) -> torch.Tensor:
+        """Max of a per-parameter vector per layer [L] (float64); NaN for a layer with none."""
+        values = per_param.double()[self.src]
+        out = torch.full((self.n_layers,), float("nan"), dtype=torch.float64, device=values.device)
+        return out.scatter_reduce_(0, self.dst, values, "amax", include_self=False)
+
+
+class ParamGroups:
+    """Which parameters belong to which layer, with reusable flat buffers for batched reductions.
+
+    A parameter owned directly by several watched modules (tied weights) counts in each of them.
+    """
+
+    def __init__(self, layer_params: list[list[torch.nn.Parameter]]):
+        self.n_layers = len(layer_params)
+        self.params: list[torch.nn.Parameter] = []
+        position: dict[int, int] = {}
+        pairs = []  # (parameter position, layer position)
+        for layer, params in enumerate(layer_params):
+            for p in params:
+                if id(p) not in position:
+                    position[id(p)] = len(self.params)
+                    self.params.append(p)
+                pairs.append((position[id(p)], layer))
+        self._pairs = pairs
+        self._owners = sorted({layer for _, layer in pairs})
+        self._owner_masks: dict[str, torch.Tensor] = {}
+        self._layouts: dict[tuple, FlatLayout] = {}
+        # Reused buffers: a fresh allocation of a model-sized tensor costs page faults on every
+        # record (large blocks go back to the OS when freed).
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def layout(self, present: tuple[int, ...], device) -> FlatLayout:
+        """The flat layout of the parameters at `present` positions, cached per set."""
+        key = (present, str(device))
+        if key not in self._layouts:
+            if len(self._layouts) > 16:
+                self._layouts.clear()
+            chosen = [(i, self.params[i]) for i in present]
+            self._layouts[key] = FlatLayout(chosen, self._pairs, self.n_layers, device)
+        return self._layouts[key]
+
+    def owner_mask(self, device) -> torch.Tensor:
+        """[L] bool: the layers that own any parameter (cached per device)."""
+        key = str(device)
+        if key not in self._owner_masks:
+            mask = torch.zeros(self.n_layers, dtype=torch.bool)
+            mask[self._owners] = True
+            self._owner_masks[key] = mask.to(device)
+        return self._owner_masks[key]
+
+    def buffer(self, purpose: str) -> torch.Tensor:
+        """The whole reused buffer behind the last `gather` for `purpose`."""
+        return self._buffers[purpose]
+
+    def gather(self, purpose: str, layout: FlatLayout, tensors: list[torch.Tensor], device):
+        """Copy `tensors` (in `layout.positions` order) into the reused `purpose` float32 buffer.
+
+        Returns the flat buffer, valid until the next gather for the same purpose.
+        """
+        buffer = self._buffers.get(purpose)
+        if buffer is None or buffer.numel() < layout.size or buffer.device != torch.device(device):
+            buffer = self._buffers[purpose] = torch.empty(
+                layout.size, dtype=torch.float32, device=device
+            )
+        with torch.no_grad():
+            torch._foreach_copy_(layout.views(buffer), tensors)
+        return buffer[: layout.size]
+
+
+def _layer_nan(groups: ParamGroups, device) -> torch.Tensor:
+    return torch.full((groups.n_layers,), float("nan"), dtype=torch.float64, device=device)
+
+
+def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
+    """grad_norm/mean/std/absmax/nonfinite per layer [L] from the parameters' current `.grad`.
+
+    A few kernels per distinct parameter size, whatever the number of layers; layers with no
+    gradient get NaN. The gathered gradients are then overwritten in place: |g| for the maxima,
+    then 1.0 at each non-finite element for the count.
+    """
+    present = tuple(
+        i for i, p in enumerate(groups.params) if p.grad is not None and p.grad.numel() > 0
+    )
+    nan = _layer_nan(groups, device)
+    if not present:
+        return {name: nan for name in GRAD_STATS}
+    layout = groups.layout(present, device)
+    grads = [groups.params[i].grad for i in layout.positions]
+    flat = groups.gather("grad", layout, grads, device)
+    sums = layout.per_param(flat, lambda block: block.sum(1))
+    norms = layout.per_param(flat, lambda block: torch.linalg.vector_norm(block, 2, dim=1))
+    flat.abs_()
+    absmax = layout.per_param(flat, lambda block: block.amax(1))
+    # |g| - |g| is NaN exactly where g is inf or NaN, else 0; "!= 0" turns those into 1.0
+    flat.sub_(flat)
+    torch.ne(flat, 0, out=flat)
+    nonfinite = layout.per_param(flat, lambda block: block.sum(1))  # exact below 2**24
+
+    count = layout.per_layer_sum(layout.numel)
+    has_grad = count > 0
+    total = layout.per_layer_sum(sums)
+    total_sq = layout.per_layer_sum(norms.double() ** 2)
+    mean = total / count
+    variance = (total_sq / count - mean**2).clamp_min(0)
+    return {
+        "grad_norm": torch.where(has_grad, total_sq.sqrt(), nan),
+        "grad_mean": torch.where(has_grad, mean, nan),
+        "grad_std": torch.where(has_grad, variance.sqrt(), nan),
+        "grad_absmax": layout.per_layer_max(absmax),
+        "grad_nonfinite": torch.where(has_grad, layout.per_layer_sum(nonfinite), nan),
+    }
+
+
+class WeightSnapshot:
+    """A float32 copy of the parameters taken before an update, in a reused flat buffer."""
+
+    def __init__(self, groups: ParamGroups, device):
+        present = tuple(i for i, p in enumerate(groups.params) if p.numel() > 0)
+        self.layout = groups.layout(present, device) if present else None
+        self.flat = self.buffer = None
+        if self.layout is not None:
+            params = [groups.params[i].detach() for i in self.layout.positions]
+            self.flat = groups.gather("weight", self.layout, params, device)
+            self.buffer = groups.buffer("weight")
+
+
+def weight_snapshot(groups: ParamGroups, device) -> WeightSnapshot:
+    """Copy every parameter now (valid until the next snapshot of the same groups)."""
+    return WeightSnapshot(groups, device)
+
+
+def weight_stats(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str, torch.Tensor]:
+    """weight_norm (of `before`) and update_ratio = ||after - before|| / ||before|| per layer.
+
+    Overwrites the snapshot with the difference, to spare an allocation. A layer whose
+    parameters are all empty has weight_norm 0 and update_ratio NaN; one with none, NaN for both.
+    """
+    nan = _layer_nan(groups, device)
+    owns = groups.owner_mask(device)
+    layout, flat = before.layout, before.flat
+    if layout is None:
+        zero = torch.where(owns, 0.0, nan)
+        return {"weight_norm": zero, "update_ratio": nan}
+
+    def norms() -> torch.Tensor:
+        return layout.per_param(flat, lambda block: torch.linalg.vector_norm(block, 2, dim=1))
+
+    before_sq = norms().double() ** 2
+    after = [groups.params[i].detach() for i in layout.positions]
+    with torch.no_grad():
+        torch._foreach_sub_(layout.views(before.buffer), after)
+    delta_sq = norms().double() ** 2
+    norm = layout.per_layer_sum(before_sq).sqrt()
+    change = layout.per_layer_sum(delta_sq).sqrt()
+    return {
+        "weight_norm": torch.where(owns, norm, nan),
+        "update_ratio": torch.where(owns, change / norm, nan),
+    }
