@@ -60,7 +60,7 @@ def activation_sums(
     parts = []
     for t in tensors:
         t = t.detach()
-        if batch_sample is not None and t.dim() > 0:
+        if batch_sample is not None and t.dim() > 0 and t.shape[0] > batch_sample:
             t = t[:batch_sample]
         parts.append(t.reshape(-1))
     x = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -80,14 +80,17 @@ def activation_sums(
 
 
 def _scratch(scratch: dict | None, like: torch.Tensor) -> torch.Tensor | None:
-    """A float32 buffer shaped like `like`, reused across calls (None: no reuse)."""
+    """A float32 buffer shaped like the 1-D `like`: one per device, grown as needed, reused.
+
+    One buffer rather than one per size, so inputs of varying shape (sequence lengths) do not
+    pile up buffers. None: no reuse.
+    """
     if scratch is None:
         return None
-    key = (like.device, like.numel())
-    buffer = scratch.get(key)
-    if buffer is None:
-        buffer = scratch[key] = torch.empty_like(like)
-    return buffer
+    buffer = scratch.get(like.device)
+    if buffer is None or buffer.numel() < like.numel():
+        buffer = scratch[like.device] = torch.empty_like(like)
+    return buffer[: like.numel()]
 
 
 def combine_activation_sums(

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
+from gradscope import stats as S
 from gradscope.stats import ALL_STATS
 from tests.reference import (
     ReferenceProbe,
@@ -252,6 +253,18 @@ def test_cnn_with_inplace_ops_matches_out_of_place_twin(tmp_path):
 def test_batch_sample_uses_first_rows(tmp_path):
     run, expected = run_against_reference(tmp_path, mlp, vector_batch, batch_sample=5)
     assert_matches(run, expected)
+
+
+def test_activation_sums_reuse_one_scratch_buffer_across_sizes():
+    # Inputs of varying shape (sequence lengths) must not leave one work buffer per size.
+    scratch = {}
+    for length in (7, 30, 12, 30, 3):
+        x = torch.relu(torch.randn(4, length, 5))
+        sums, count = S.activation_sums([x], None, scratch)
+        want = [x.sum(), (x * x).sum(), x.min(), x.max(), (x != 0).sum()]
+        np.testing.assert_allclose([float(v) for v in sums], [float(v) for v in want], rtol=1e-5)
+        assert count == x.numel()
+    assert len(scratch) == 1 and next(iter(scratch.values())).numel() == 4 * 30 * 5
 
 
 def test_shared_module_gets_one_value_over_all_calls(tmp_path):
