@@ -11,6 +11,7 @@ from torch import nn
 
 from gradscope import param_stats as P
 from gradscope import stats as S
+from gradscope.act_sums import ActivationSums
 from gradscope.errors import RunFileError, UsageError
 from gradscope.layer_selection import select_modules
 from gradscope.schedule import make_schedule
@@ -98,11 +99,11 @@ class Recorder:
         self._writer: RunWriter | None = None
         self._pending_metrics: list[tuple[int, dict]] = []
         self._in_step = False  # a grad-enabled forward ran since the last step boundary
+        self._act = ActivationSums(batch_sample)  # per-call sums of this record's outputs
         self._reset_accumulators()
         self._due = self._schedule(self._step)
         self._groups: P.ParamGroups | None = None
         self._device_lists: dict[tuple, torch.Tensor] = {}
-        self._scratch: dict = {}  # reusable work buffers of the activation statistics
         self._before: P.WeightSnapshot | None = None
         self._grad_stats: dict | None = None
         self._device = _model_device(model)
@@ -212,10 +213,7 @@ class Recorder:
             if not tensors:
                 return
             if self._want_act:
-                sums, count = S.activation_sums(tensors, self._batch_sample, self._scratch)
-                self._act_sums.extend(sums)
-                self._act_counts.append(count)
-                self._act_layers.append(position)
+                self._act.add(tensors, position)
             if self._want_act_grad:
                 grad_hook = self._output_grad_hooks[position]
                 for t in tensors:
@@ -264,10 +262,10 @@ class Recorder:
             values.update(self._grad_stats)
         if self._want_weight and self._before is not None:
             values.update(P.weight_stats(self._param_groups(), self._before, device))
-        if self._want_act and self._act_sums:
-            sums = torch.stack(self._act_sums).to(device).view(-1, S.ACT_SUMS_SIZE)
-            counts = self._on_device(self._act_counts, torch.float64)
-            layer_of = self._on_device(self._act_layers, torch.long)
+        if self._want_act and len(self._act):
+            sums = self._act.per_call(device)
+            counts = self._on_device(self._act.counts, torch.float64)
+            layer_of = self._on_device(self._act.layers, torch.long)
             values.update(S.combine_activation_sums(sums, counts, layer_of, n))
         if self._want_act_grad and self._grad_sumsq:
             sumsq = torch.stack(self._grad_sumsq).to(device)
@@ -360,9 +358,7 @@ class Recorder:
         return cached
 
     def _reset_accumulators(self) -> None:
-        self._act_sums: list[torch.Tensor] = []  # ACT_SUMS_SIZE 0-d tensors per call
-        self._act_counts: list[int] = []
-        self._act_layers: list[int] = []
+        self._act.clear()
         self._grad_sumsq: list[torch.Tensor] = []
         self._grad_layers: list[int] = []
 

@@ -48,15 +48,9 @@ def floating_tensors(output) -> list[torch.Tensor]:
     return found
 
 
-def activation_sums(
-    tensors: list[torch.Tensor], batch_sample: int | None, scratch: dict | None = None
-) -> tuple[list[torch.Tensor], int]:
-    """Raw sums of one call's outputs over the first `batch_sample` rows of each: (5 0-d, count).
-
-    A sum, two dot products and one min/max pass: `var_mean` and `count_nonzero` are several
-    times slower on CPU, and this runs once per watched module per recorded forward. `scratch`
-    (a dict the caller keeps) holds a reusable buffer, sparing a large allocation per call.
-    """
+def flat_sample(tensors: list[torch.Tensor], batch_sample: int | None) -> torch.Tensor:
+    """One call's outputs as one detached 1-D float32 tensor: the first `batch_sample` rows of
+    each (all rows if None), low-precision outputs (AMP) converted so sums run in float32."""
     parts = []
     for t in tensors:
         t = t.detach()
@@ -64,19 +58,25 @@ def activation_sums(
             t = t[:batch_sample]
         parts.append(t.reshape(-1))
     x = parts[0] if len(parts) == 1 else torch.cat(parts)
-    if x.dtype != torch.float32:
-        x = x.float()  # low-precision outputs (AMP): sums in float32
-    n = x.numel()
-    if n == 0:
-        zero = x.new_zeros(())
-        return [zero] * ACT_SUMS_SIZE, 0
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def tensor_sums(x: torch.Tensor, scratch: dict | None = None) -> list[torch.Tensor]:
+    """[total, sum of squares, min, max, nonzeros] of the 1-D float32 `x`, as 0-d tensors.
+
+    The device-agnostic path (CUDA, or CPU beyond the fused kernel): a sum, two dot products
+    and one min/max pass; `var_mean` and `count_nonzero` are several times slower on CPU.
+    `scratch` (a dict the caller keeps) holds a reusable buffer, sparing an allocation per call.
+    """
+    if x.numel() == 0:
+        return [x.new_zeros(())] * ACT_SUMS_SIZE
     lo, hi = torch.aminmax(x)
-    if n < EXACT_FLOAT32_COUNT:
+    if x.numel() < EXACT_FLOAT32_COUNT:
         signs = torch.sign(x, out=_scratch(scratch, x))
         nonzeros = torch.dot(signs, signs)  # sign(x)^2 is 1 exactly where x != 0
     else:
         nonzeros = torch.count_nonzero(x).float()
-    return [x.sum(), torch.dot(x, x), lo, hi, nonzeros], n
+    return [x.sum(), torch.dot(x, x), lo, hi, nonzeros]
 
 
 def _scratch(scratch: dict | None, like: torch.Tensor) -> torch.Tensor | None:

@@ -1,0 +1,88 @@
+"""The per-call activation sums: the fused CPU kernel and the torch path, against brute force."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gradscope import stats as S
+from gradscope.act_sums import ActivationSums
+from gradscope.cpu_moments import sums_into
+from tests.test_recorder import SmallCNN, assert_matches, image_batch, run_against_reference
+
+
+def brute_force(x: torch.Tensor):
+    v = x.double().reshape(-1).tolist()
+    return [math.fsum(v), math.fsum(a * a for a in v), min(v), max(v), sum(a != 0 for a in v)]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        torch.relu(torch.randn(100_003, generator=torch.Generator().manual_seed(0))),
+        torch.tensor([0.0, -0.0, 3.0, -2.5, 0.0]),
+        torch.full((7,), 1e-3),
+    ],
+)
+def test_fused_kernel_matches_brute_force(values):
+    out = np.zeros(3, dtype=np.float32)
+    sums_into(values.numpy(), out)
+    total, sumsq, _, _, nonzeros = brute_force(values)
+    np.testing.assert_allclose(out[:2], [total, sumsq], rtol=1e-5)
+    assert out[2] == nonzeros  # exact: -0.0 is a zero
+
+
+def test_fused_kernel_propagates_nan_and_inf():
+    out = np.zeros(3, dtype=np.float32)
+    sums_into(np.array([1.0, np.nan, 0.0], dtype=np.float32), out)
+    assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 2  # NaN is not a zero
+    sums_into(np.array([1.0, np.inf, 0.0], dtype=np.float32), out)
+    assert out[0] == np.inf and out[1] == np.inf and out[2] == 2
+
+
+def test_cpu_and_torch_paths_give_the_same_rows(monkeypatch):
+    generator = torch.Generator().manual_seed(1)
+    outputs = [torch.relu(torch.randn(6, n, generator=generator)) for n in (3, 40, 5, 90)]
+    want = [brute_force(o[:4]) for o in outputs]  # batch_sample=4: the first 4 rows
+
+    fused = ActivationSums(batch_sample=4)
+    for position, o in enumerate(outputs):
+        fused.add([o], position)
+    # Past the fused kernel's exact count (lowered here), calls take the torch path: a record
+    # then mixes both kinds of rows, which must come out in call order.
+    monkeypatch.setattr(S, "EXACT_FLOAT32_COUNT", 50)
+    mixed = ActivationSums(batch_sample=4)
+    for position, o in enumerate(outputs):
+        mixed.add([o], position)
+
+    for sums in (fused, mixed):
+        rows = sums.per_call("cpu")
+        assert rows.shape == (4, S.ACT_SUMS_SIZE) and sums.counts == [12, 160, 20, 360]
+        np.testing.assert_allclose(rows.double().numpy(), np.array(want), rtol=1e-5)
+        sums.clear()
+        assert len(sums) == 0
+
+
+def test_recorder_with_mixed_paths_matches_reference(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "EXACT_FLOAT32_COUNT", 300)  # the bigger outputs take the torch path
+
+    def out_of_place_twin(model):  # the reference needs plain outputs for retain_grad
+        twin = SmallCNN(inplace=False)
+        twin.load_state_dict(model.state_dict())
+        return twin
+
+    run, expected = run_against_reference(
+        tmp_path, SmallCNN, image_batch, batch_sample=4, twin_model=out_of_place_twin
+    )
+    assert_matches(run, expected)
+
+
+def test_host_rows_grow_past_the_initial_buffer():
+    sums = ActivationSums(batch_sample=None)
+    values = [torch.full((3,), float(i)) for i in range(600)]
+    for i, v in enumerate(values):
+        sums.add([v], i % 7)
+    rows = sums.per_call("cpu")
+    np.testing.assert_array_equal(rows[:, 0].numpy(), [3.0 * i for i in range(600)])
+    np.testing.assert_array_equal(rows[:, 4].numpy(), [0] + [3] * 599)
