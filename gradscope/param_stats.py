@@ -37,21 +37,25 @@ class FlatLayout:
         self.src = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)
         self.dst = torch.tensor([r[1] for r in rows], dtype=torch.long, device=device)
         self.numel = torch.tensor(sizes, dtype=torch.float64, device=device)
-        self._views: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._views: dict[int, list[torch.Tensor]] = {}
 
-    def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
-        """Views of `buffer` shaped like each parameter, in flat order (cached per buffer)."""
-        cached = self._views.get(id(buffer))
-        if cached is None or cached[0] is not buffer:
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views of `flat` shaped like each parameter, in flat order.
+
+        Cached per memory address: the cached views keep their storage alive, so no other
+        buffer can be at that address while they are cached.
+        """
+        key = flat.data_ptr()
+        if key not in self._views:
             if len(self._views) > 4:
                 self._views.clear()
             views, offset = [], 0
             for shape in self.shapes:
                 numel = shape.numel()
-                views.append(buffer[offset : offset + numel].view(shape))
+                views.append(flat[offset : offset + numel].view(shape))
                 offset += numel
-            cached = self._views[id(buffer)] = (buffer, views)
-        return cached[1]
+            self._views[key] = views
+        return self._views[key]
 
     def per_param(self, flat: torch.Tensor, reduce) -> torch.Tensor:
         """`reduce` ([count, numel] -> [count]) applied block by block: one value per parameter."""
@@ -117,10 +121,6 @@ class ParamGroups:
             self._owner_masks[key] = mask.to(device)
         return self._owner_masks[key]
 
-    def buffer(self, purpose: str) -> torch.Tensor:
-        """The whole reused buffer behind the last `gather` for `purpose`."""
-        return self._buffers[purpose]
-
     def gather(self, purpose: str, layout: FlatLayout, tensors: list[torch.Tensor], device):
         """Copy `tensors` (in `layout.positions` order) into the reused `purpose` float32 buffer.
 
@@ -131,9 +131,10 @@ class ParamGroups:
             buffer = self._buffers[purpose] = torch.empty(
                 layout.size, dtype=torch.float32, device=device
             )
+        flat = buffer[: layout.size]
         with torch.no_grad():
-            torch._foreach_copy_(layout.views(buffer), tensors)
-        return buffer[: layout.size]
+            torch._foreach_copy_(layout.views(flat), tensors)
+        return flat
 
 
 def _layer_nan(groups: ParamGroups, device) -> torch.Tensor:
@@ -186,11 +187,10 @@ class WeightSnapshot:
     def __init__(self, groups: ParamGroups, device):
         present = tuple(i for i, p in enumerate(groups.params) if p.numel() > 0)
         self.layout = groups.layout(present, device) if present else None
-        self.flat = self.buffer = None
+        self.flat = None
         if self.layout is not None:
             params = [groups.params[i].detach() for i in self.layout.positions]
             self.flat = groups.gather("weight", self.layout, params, device)
-            self.buffer = groups.buffer("weight")
 
 
 def weight_snapshot(groups: ParamGroups, device) -> WeightSnapshot:
@@ -217,7 +217,7 @@ def weight_stats(groups: ParamGroups, before: WeightSnapshot, device) -> dict[st
     before_sq = norms().double() ** 2
     after = [groups.params[i].detach() for i in layout.positions]
     with torch.no_grad():
-        torch._foreach_sub_(layout.views(before.buffer), after)
+        torch._foreach_sub_(layout.views(flat), after)
     delta_sq = norms().double() ** 2
     norm = layout.per_layer_sum(before_sq).sqrt()
     change = layout.per_layer_sum(delta_sq).sqrt()
