@@ -1,4 +1,4 @@
-"""Raw sums of each watched module call's outputs in one record, for the act_* statistics."""
+"""Raw per-call sums of watched outputs (act_*) and of their gradients (act_grad_norm)."""
 
 from __future__ import annotations
 
@@ -10,74 +10,121 @@ from gradscope import stats as S
 INITIAL_HOST_ROWS = 256
 
 
-class ActivationSums:
-    """Per call: [total, sum of squares, min, max, nonzeros], the element count and the layer.
+class HostRows:
+    """A float32 host table [rows, width] that grows by doubling and is reused record after record."""
 
-    On CPU, min/max take one torch kernel and the other three one fused numba pass written
-    straight into a reused host buffer: two passes over the output instead of five, and no
-    tensor made per call. Other devices (and outputs past the fused kernel's exact count) use
-    `stats.tensor_sums`. Rows are merged into per-layer statistics once per record.
+    def __init__(self, width: int):
+        self.table = np.zeros((INITIAL_HOST_ROWS, width), dtype=np.float32)
+        self.used = 0
+
+    def next_row(self) -> int:
+        row = self.used
+        if row == len(self.table):
+            grown = np.zeros((2 * len(self.table), self.table.shape[1]), dtype=np.float32)
+            grown[:row] = self.table
+            self.table = grown
+        self.used += 1
+        return row
+
+    def values(self, rows=slice(None)) -> torch.Tensor:
+        """A copy of the used rows (or the given ones) as a tensor: the table itself is reused."""
+        return torch.from_numpy(self.table[: self.used][rows].copy())
+
+
+def _fused_kernels():
+    """The numba kernels, imported on first use (they compile or load from cache once)."""
+    from gradscope import cpu_moments
+
+    return cpu_moments
+
+
+def _fused(x: torch.Tensor) -> bool:
+    """Whether the one-pass CPU kernels take `x`: a CPU tensor with an exact float32 count."""
+    return x.device.type == "cpu" and 0 < x.numel() < S.EXACT_FLOAT32_COUNT
+
+
+class ActivationSums:
+    """Per call: [total, sum of squares, max |x|, nonzeros], the element count and the layer.
+
+    On CPU, one fused numba pass over the output computes the four and writes them straight into
+    a reused host table, so no tensor is made per call. Other devices (and outputs past the
+    kernel's exact count) use `stats.tensor_sums`. Rows are merged per layer once per record.
     """
 
     def __init__(self, batch_sample: int | None):
         self.batch_sample = batch_sample
         self.counts: list[int] = []
         self.layers: list[int] = []
-        self._rows: list = []  # per call: a row index of _host, or five 0-d tensors
-        self._extremes: list[torch.Tensor] = []  # min, max of host row r at 2r, 2r+1
-        self._host = np.zeros((INITIAL_HOST_ROWS, 3), dtype=np.float32)  # total, sumsq, nonzeros
-        self._host_rows = 0
+        self._rows: list = []  # per call: a row of _host, or four 0-d tensors
+        self._host = HostRows(S.ACT_SUMS_SIZE)
         self._scratch: dict = {}
-        self._fused = None  # the numba kernel, imported on first use (it compiles once)
+        self._kernels = None
 
     def __len__(self) -> int:
         return len(self.counts)
 
     def add(self, tensors: list[torch.Tensor], position: int) -> None:
         x = S.flat_sample(tensors, self.batch_sample)
-        n = x.numel()
-        if x.device.type == "cpu" and 0 < n < S.EXACT_FLOAT32_COUNT:
-            self._extremes.extend(torch.aminmax(x))
-            row = self._next_host_row()
-            self._fused_kernel()(x.numpy(), self._host[row])
+        if _fused(x):
+            if self._kernels is None:
+                self._kernels = _fused_kernels()
+            row = self._host.next_row()
+            self._kernels.sums_into(x.numpy(), self._host.table[row])
             self._rows.append(row)
         else:
             self._rows.append(S.tensor_sums(x, self._scratch))
-        self.counts.append(n)
+        self.counts.append(x.numel())
         self.layers.append(position)
 
     def per_call(self, device) -> torch.Tensor:
-        """All calls' sums as one float32 tensor [calls, 5] on `device`."""
-        n_host = self._host_rows
-        if n_host == len(self._rows):  # all calls on CPU: no per-call tensors to stack
-            host = torch.from_numpy(self._host[:n_host]).to(device)
-            extremes = torch.stack(self._extremes).view(-1, 2).to(device)
-            return torch.cat([host[:, :2], extremes, host[:, 2:]], dim=1)
-        rows = []
-        for row in self._rows:
-            if isinstance(row, int):
-                total, sumsq, nonzeros = torch.from_numpy(self._host[row].copy())
-                lo, hi = self._extremes[2 * row : 2 * row + 2]
-                row = [total, sumsq, lo, hi, nonzeros]
-            rows.append(torch.stack([v.to(device) for v in row]))
-        return torch.stack(rows)
+        """All calls' sums as one float32 tensor [calls, 4] on `device`."""
+        if self._host.used == len(self._rows):  # all calls on CPU: no per-call tensors to stack
+            return self._host.values().to(device)
+        host = self._host.values()
+        rows = [host[row] if isinstance(row, int) else torch.stack(row) for row in self._rows]
+        return torch.stack([row.to(device) for row in rows])
 
     def clear(self) -> None:
-        self.counts, self.layers, self._rows, self._extremes = [], [], [], []
-        self._host_rows = 0
+        self.counts, self.layers, self._rows = [], [], []
+        self._host.used = 0
 
-    def _next_host_row(self) -> int:
-        row = self._host_rows
-        if row == len(self._host):
-            grown = np.zeros((2 * len(self._host), 3), dtype=np.float32)
-            grown[:row] = self._host
-            self._host = grown
-        self._host_rows += 1
-        return row
 
-    def _fused_kernel(self):
-        if self._fused is None:
-            from gradscope.cpu_moments import sums_into
+class OutputGradSums:
+    """Per output gradient: its sum of squares and the layer, for act_grad_norm.
 
-            self._fused = sums_into
-        return self._fused
+    On CPU a numba pass writes each into a reused host table; elsewhere one dot product each.
+    """
+
+    def __init__(self):
+        self.layers: list[int] = []
+        self._rows: list = []  # per gradient: a row of _host, or a 0-d tensor
+        self._host = HostRows(1)
+        self._kernels = None
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def add(self, grad: torch.Tensor, position: int) -> None:
+        g = grad.detach().reshape(-1)
+        if g.dtype != torch.float32:
+            g = g.float()
+        if _fused(g):
+            if self._kernels is None:
+                self._kernels = _fused_kernels()
+            row = self._host.next_row()
+            self._kernels.sumsq_into(g.numpy(), self._host.table[row])
+            self._rows.append(row)
+        else:
+            self._rows.append(torch.dot(g, g))
+        self.layers.append(position)
+
+    def per_grad(self, device) -> torch.Tensor:
+        """All gradients' sums of squares as one float32 tensor [grads] on `device`."""
+        host = self._host.values()[:, 0]
+        if self._host.used == len(self._rows):
+            return host.to(device)
+        return torch.stack([(host[r] if isinstance(r, int) else r).to(device) for r in self._rows])
+
+    def clear(self) -> None:
+        self.layers, self._rows = [], []
+        self._host.used = 0

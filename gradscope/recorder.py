@@ -11,7 +11,7 @@ from torch import nn
 
 from gradscope import param_stats as P
 from gradscope import stats as S
-from gradscope.act_sums import ActivationSums
+from gradscope.act_sums import ActivationSums, OutputGradSums
 from gradscope.errors import RunFileError, UsageError
 from gradscope.layer_selection import select_modules
 from gradscope.schedule import make_schedule
@@ -100,6 +100,7 @@ class Recorder:
         self._pending_metrics: list[tuple[int, dict]] = []
         self._in_step = False  # a grad-enabled forward ran since the last step boundary
         self._act = ActivationSums(batch_sample)  # per-call sums of this record's outputs
+        self._act_grad = OutputGradSums()  # and of their gradients
         self._reset_accumulators()
         self._due = self._schedule(self._step)
         self._groups: P.ParamGroups | None = None
@@ -224,8 +225,7 @@ class Recorder:
 
     def _output_grad_hook(self, position: int):
         def hook(grad):
-            self._grad_sumsq.append(S.output_grad_sumsq(grad))
-            self._grad_layers.append(position)
+            self._act_grad.add(grad, position)
 
         return hook
 
@@ -267,9 +267,9 @@ class Recorder:
             counts = self._on_device(self._act.counts, torch.float64)
             layer_of = self._on_device(self._act.layers, torch.long)
             values.update(S.combine_activation_sums(sums, counts, layer_of, n))
-        if self._want_act_grad and self._grad_sumsq:
-            sumsq = torch.stack(self._grad_sumsq).to(device)
-            layer_of = self._on_device(self._grad_layers, torch.long)
+        if self._want_act_grad and len(self._act_grad):
+            sumsq = self._act_grad.per_grad(device)
+            layer_of = self._on_device(self._act_grad.layers, torch.long)
             values["act_grad_norm"] = S.combine_output_grad_sumsq(sumsq, layer_of, n)
         missing = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
         record = torch.stack([values.get(name, missing) for name in self.stats]).float()
@@ -359,8 +359,7 @@ class Recorder:
 
     def _reset_accumulators(self) -> None:
         self._act.clear()
-        self._grad_sumsq: list[torch.Tensor] = []
-        self._grad_layers: list[int] = []
+        self._act_grad.clear()
 
     def _initial_step(self, resume: bool, start_step: int | None) -> int:
         if start_step is not None:

@@ -13,9 +13,9 @@ ACT_GRAD_STATS = ("act_grad_norm",)
 PARAM_STATS = GRAD_STATS + WEIGHT_STATS
 ALL_STATS = PARAM_STATS + ACT_STATS + ACT_GRAD_STATS
 
-# Raw sums of one module call's outputs: [total, sum of squares, min, max, nonzeros], with the
+# Raw sums of one module call's outputs: [total, sum of squares, max |x|, nonzeros], with the
 # element count kept aside. Combining into moments happens once per record, batched over calls.
-ACT_SUMS_SIZE = 5
+ACT_SUMS_SIZE = 4
 EXACT_FLOAT32_COUNT = 2**24  # float32 holds every integer count up to here exactly
 
 
@@ -62,7 +62,7 @@ def flat_sample(tensors: list[torch.Tensor], batch_sample: int | None) -> torch.
 
 
 def tensor_sums(x: torch.Tensor, scratch: dict | None = None) -> list[torch.Tensor]:
-    """[total, sum of squares, min, max, nonzeros] of the 1-D float32 `x`, as 0-d tensors.
+    """[total, sum of squares, max |x|, nonzeros] of the 1-D float32 `x`, as 0-d tensors.
 
     The device-agnostic path (CUDA, or CPU beyond the fused kernel): a sum, two dot products
     and one min/max pass; `var_mean` and `count_nonzero` are several times slower on CPU.
@@ -76,7 +76,7 @@ def tensor_sums(x: torch.Tensor, scratch: dict | None = None) -> list[torch.Tens
         nonzeros = torch.dot(signs, signs)  # sign(x)^2 is 1 exactly where x != 0
     else:
         nonzeros = torch.count_nonzero(x).float()
-    return [x.sum(), torch.dot(x, x), lo, hi, nonzeros]
+    return [x.sum(), torch.dot(x, x), torch.maximum(-lo, hi), nonzeros]
 
 
 def _scratch(scratch: dict | None, like: torch.Tensor) -> torch.Tensor | None:
@@ -96,13 +96,13 @@ def _scratch(scratch: dict | None, like: torch.Tensor) -> torch.Tensor | None:
 def combine_activation_sums(
     sums: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, n_layers: int
 ) -> dict[str, torch.Tensor]:
-    """Merge per-call sums [C, 5] with counts [C] into per-layer act_* statistics, each [L].
+    """Merge per-call sums [C, 4] with counts [C] into per-layer act_* statistics, each [L].
 
     Each call's mean and squared deviations are formed first and merged exactly (Chan et al.),
     which keeps act_std accurate when calls differ in mean.
     """
     s, n = sums.double(), counts.double()
-    total, sumsq, lo, hi, nonzeros = s.unbind(1)
+    total, sumsq, call_absmax, nonzeros = s.unbind(1)
     call_mean = total / n
     call_m2 = (sumsq - total * call_mean).clamp_min(0)
     count = n.new_zeros(n_layers).index_add_(0, layer_of, n)
@@ -110,7 +110,7 @@ def combine_activation_sums(
     spread = call_m2 + n * (call_mean - mean[layer_of]) ** 2
     m2 = n.new_zeros(n_layers).index_add_(0, layer_of, spread)
     absmax = n.new_full((n_layers,), float("nan")).scatter_reduce_(
-        0, layer_of, torch.maximum(-lo, hi), "amax", include_self=False
+        0, layer_of, call_absmax, "amax", include_self=False
     )
     zeros = count - n.new_zeros(n_layers).index_add_(0, layer_of, nonzeros)
     return {
@@ -119,14 +119,6 @@ def combine_activation_sums(
         "act_absmax": absmax,
         "act_zero_frac": zeros / count,
     }
-
-
-def output_grad_sumsq(grad: torch.Tensor) -> torch.Tensor:
-    """Squared L2 norm of one output gradient, in float32: a 0-d tensor (a dot product: fast)."""
-    g = grad.detach().reshape(-1)
-    if g.dtype != torch.float32:
-        g = g.float()
-    return torch.dot(g, g)
 
 
 def combine_output_grad_sumsq(

@@ -1,4 +1,4 @@
-"""The per-call activation sums: the fused CPU kernel and the torch path, against brute force."""
+"""The per-call sums of outputs and output gradients: fused CPU kernels and torch path, against brute force."""
 
 import math
 
@@ -7,43 +7,66 @@ import pytest
 import torch
 
 from gradscope import stats as S
-from gradscope.act_sums import ActivationSums
-from gradscope.cpu_moments import sums_into
+from gradscope.act_sums import ActivationSums, OutputGradSums
+from gradscope.cpu_moments import sums_into, sumsq_into
 from tests.test_recorder import SmallCNN, assert_matches, image_batch, run_against_reference
+
+SAMPLES = [
+    torch.relu(torch.randn(100_003, generator=torch.Generator().manual_seed(0))),
+    torch.randn(4_099, generator=torch.Generator().manual_seed(2)) * 1e-3,
+    torch.tensor([0.0, -0.0, 3.0, -4.5, 0.0]),  # the largest magnitude is negative
+    torch.tensor([-0.0]),
+    torch.tensor([1e-42, -3e-40]),  # subnormals
+    torch.full((7,), 1e-3),
+]
 
 
 def brute_force(x: torch.Tensor):
     v = x.double().reshape(-1).tolist()
-    return [math.fsum(v), math.fsum(a * a for a in v), min(v), max(v), sum(a != 0 for a in v)]
+    absmax = max(abs(a) for a in v)
+    return [math.fsum(v), math.fsum(a * a for a in v), absmax, sum(a != 0 for a in v)]
 
 
-@pytest.mark.parametrize(
-    "values",
-    [
-        torch.relu(torch.randn(100_003, generator=torch.Generator().manual_seed(0))),
-        torch.tensor([0.0, -0.0, 3.0, -2.5, 0.0]),
-        torch.full((7,), 1e-3),
-    ],
-)
+@pytest.mark.parametrize("values", SAMPLES)
 def test_fused_kernel_matches_brute_force(values):
-    out = np.zeros(3, dtype=np.float32)
+    out = np.zeros(4, dtype=np.float32)
     sums_into(values.numpy(), out)
-    total, sumsq, _, _, nonzeros = brute_force(values)
-    np.testing.assert_allclose(out[:2], [total, sumsq], rtol=1e-5)
-    assert out[2] == nonzeros  # exact: -0.0 is a zero
+    total, sumsq, absmax, nonzeros = brute_force(values)
+    np.testing.assert_allclose(out[:2], [total, sumsq], rtol=1e-5, atol=1e-30)
+    assert out[2] == np.float32(absmax)  # exact: a max of the values themselves
+    assert out[3] == nonzeros  # exact: -0.0 is a zero
+
+
+@pytest.mark.parametrize("values", SAMPLES)
+def test_sumsq_kernel_matches_brute_force(values):
+    out = np.zeros(1, dtype=np.float32)
+    sumsq_into(values.numpy(), out)
+    np.testing.assert_allclose(out[0], brute_force(values)[1], rtol=1e-5, atol=1e-30)
 
 
 def test_fused_kernel_propagates_nan_and_inf():
-    out = np.zeros(3, dtype=np.float32)
+    out = np.zeros(4, dtype=np.float32)
     sums_into(np.array([1.0, np.nan, 0.0], dtype=np.float32), out)
-    assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 2  # NaN is not a zero
-    sums_into(np.array([1.0, np.inf, 0.0], dtype=np.float32), out)
-    assert out[0] == np.inf and out[1] == np.inf and out[2] == 2
+    assert np.isnan(out[:3]).all() and out[3] == 2  # NaN is not a zero
+    sums_into(np.array([1.0, -np.inf, 0.0], dtype=np.float32), out)
+    assert out[0] == -np.inf and out[1] == np.inf and out[2] == np.inf and out[3] == 2
+    sums_into(np.array([-np.inf, np.nan], dtype=np.float32), out)
+    assert np.isnan(out[2])  # NaN wins over inf, as in torch's max
+    sumsq_into(np.array([np.nan, 1.0], dtype=np.float32), out)
+    assert np.isnan(out[0])
+
+
+def test_kernels_refuse_a_short_output_row():
+    with pytest.raises(ValueError, match="row of 4"):
+        sums_into(np.ones(3, dtype=np.float32), np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="row of 1"):
+        sumsq_into(np.ones(3, dtype=np.float32), np.zeros(0, dtype=np.float32))
 
 
 def test_cpu_and_torch_paths_give_the_same_rows(monkeypatch):
     generator = torch.Generator().manual_seed(1)
-    outputs = [torch.relu(torch.randn(6, n, generator=generator)) for n in (3, 40, 5, 90)]
+    outputs = [torch.randn(6, n, generator=generator) for n in (3, 40, 5, 90)]
+    outputs[1] = torch.relu(outputs[1])
     want = [brute_force(o[:4]) for o in outputs]  # batch_sample=4: the first 4 rows
 
     fused = ActivationSums(batch_sample=4)
@@ -62,6 +85,27 @@ def test_cpu_and_torch_paths_give_the_same_rows(monkeypatch):
         np.testing.assert_allclose(rows.double().numpy(), np.array(want), rtol=1e-5)
         sums.clear()
         assert len(sums) == 0
+
+
+def test_output_grad_sums_cpu_and_torch_paths(monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    grads = [torch.randn(5, n, generator=generator) for n in (2, 30, 7, 80)]
+    grads[2] = grads[2].half()  # low-precision gradients (AMP) are summed in float32
+    want = [brute_force(g.float())[1] for g in grads]
+
+    fused = OutputGradSums()
+    for position, g in enumerate(grads):
+        fused.add(g, position)
+    monkeypatch.setattr(S, "EXACT_FLOAT32_COUNT", 100)  # the two bigger ones take torch.dot
+    mixed = OutputGradSums()
+    for position, g in enumerate(grads):
+        mixed.add(g, position)
+
+    for sums in (fused, mixed):
+        assert sums.layers == [0, 1, 2, 3]
+        np.testing.assert_allclose(sums.per_grad("cpu").double().numpy(), want, rtol=1e-5)
+        sums.clear()
+        assert len(sums) == 0 and len(sums.per_grad("cpu")) == 0
 
 
 def test_recorder_with_mixed_paths_matches_reference(tmp_path, monkeypatch):
@@ -85,4 +129,8 @@ def test_host_rows_grow_past_the_initial_buffer():
         sums.add([v], i % 7)
     rows = sums.per_call("cpu")
     np.testing.assert_array_equal(rows[:, 0].numpy(), [3.0 * i for i in range(600)])
-    np.testing.assert_array_equal(rows[:, 4].numpy(), [0] + [3] * 599)
+    np.testing.assert_array_equal(rows[:, 3].numpy(), [0] + [3] * 599)
+    grads = OutputGradSums()
+    for i, v in enumerate(values):
+        grads.add(v, i % 7)
+    np.testing.assert_array_equal(grads.per_grad("cpu").numpy(), [3.0 * i * i for i in range(600)])
