@@ -11,7 +11,7 @@ INITIAL_HOST_ROWS = 256
 
 
 class HostRows:
-    """A float32 host table [rows, width] that grows by doubling and is reused record after record."""
+    """A float32 host table [rows, width], grown by doubling and reused from record to record."""
 
     def __init__(self, width: int):
         self.table = np.zeros((INITIAL_HOST_ROWS, width), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The per-call sums of outputs and output gradients: fused CPU kernels and torch path, against brute force."""
+"""Per-call sums of outputs and output gradients: numba kernels and torch path vs brute force."""
 
 import math
 
