@@ -49,3 +49,56 @@ def sumsq_into(x: np.ndarray, out: np.ndarray) -> None:
     for i in range(x.shape[0]):
         sumsq += x[i] * x[i]
     out[0] = sumsq
+
+
+_INF_BITS = np.uint32(0x7F800000)  # the sign-less bits of inf; above them, NaN
+_CHUNK = 4096  # float32 partial sums over this many elements, then added up in float64
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _chunk_sums(x: np.ndarray, bits: np.ndarray):
+    """Sum, sum of squares, max magnitude bits and inf/NaN count of a short float32 run."""
+    total = np.float32(0.0)
+    sumsq = np.float32(0.0)
+    nonfinite = np.float32(0.0)
+    top = np.uint32(0)
+    for i in range(x.shape[0]):
+        v = x[i]
+        total += v
+        sumsq += v * v
+        magnitude = bits[i] & _MAGNITUDE_BITS
+        top = max(top, magnitude)
+        nonfinite += np.float32(1.0) if magnitude >= _INF_BITS else np.float32(0.0)
+    return total, sumsq, top, nonfinite
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def param_sums_into(flat: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> None:
+    """Per parameter p, the float32 values flat[bounds[p]:bounds[p + 1]], in one pass:
+    out[p] = sum, sum of squares, max |x|, count of inf/NaN (float64 totals).
+
+    Partial sums run in float32 lanes over chunks of 4,096 elements and are added in float64,
+    so the totals stay accurate (and the count exact) whatever the parameter's size.
+    """
+    if out.shape[0] < bounds.shape[0] - 1 or out.shape[1] < 4:
+        raise ValueError("param_sums_into needs an output of [parameters, 4]")
+    bits = flat.view(np.uint32)
+    top_bits = np.zeros(1, dtype=np.uint32)
+    for p in range(bounds.shape[0] - 1):
+        stop = bounds[p + 1]
+        total = 0.0
+        sumsq = 0.0
+        nonfinite = 0.0
+        top = np.uint32(0)
+        for start in range(bounds[p], stop, _CHUNK):
+            end = min(start + _CHUNK, stop)
+            part = _chunk_sums(flat[start:end], bits[start:end])
+            total += part[0]
+            sumsq += part[1]
+            top = max(top, part[2])
+            nonfinite += part[3]
+        top_bits[0] = top
+        out[p, 0] = total
+        out[p, 1] = sumsq
+        out[p, 2] = top_bits.view(np.float32)[0]
+        out[p, 3] = nonfinite

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 
 from gradscope.stats import GRAD_STATS
@@ -25,6 +26,7 @@ class FlatLayout:
         self.shapes = [p.shape for _, p in params]
         sizes = [p.numel() for _, p in params]
         self.size = sum(sizes)
+        self.bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])  # each in flat
         self.n_layers = n_layers
         self.blocks = []  # (offset, count, numel)
         offset = 0
@@ -141,12 +143,51 @@ def _layer_nan(groups: ParamGroups, device) -> torch.Tensor:
     return torch.full((groups.n_layers,), float("nan"), dtype=torch.float64, device=device)
 
 
+def _fused(flat: torch.Tensor) -> bool:
+    """Whether the one-pass CPU kernel takes `flat` (elsewhere: torch reductions per size)."""
+    return flat.device.type == "cpu"
+
+
+def per_param_sums(layout: FlatLayout, flat: torch.Tensor) -> torch.Tensor:
+    """[parameters, 4] float64 in flat order: sum, sum of squares, max |x|, inf/NaN count.
+
+    On CPU one numba pass over `flat`, which it leaves as it was. Elsewhere a few reductions
+    per distinct size, overwriting `flat` in place: |x| for the maxima, then 1.0 at each
+    non-finite element for the count.
+    """
+    if _fused(flat):
+        from gradscope.cpu_moments import param_sums_into
+
+        out = np.empty((len(layout.shapes), 4))
+        param_sums_into(flat.numpy(), layout.bounds, out)
+        return torch.from_numpy(out)
+    sums = layout.per_param(flat, lambda block: block.sum(1))
+    norms = layout.per_param(flat, lambda block: torch.linalg.vector_norm(block, 2, dim=1))
+    flat.abs_()
+    absmax = layout.per_param(flat, lambda block: block.amax(1))
+    # |x| - |x| is NaN exactly where x is inf or NaN, else 0; "!= 0" turns those into 1.0
+    flat.sub_(flat)
+    torch.ne(flat, 0, out=flat)
+    nonfinite = layout.per_param(flat, lambda block: block.sum(1))  # exact below 2**24
+    columns = [sums, norms.double().square(), absmax, nonfinite]
+    return torch.stack([c.double() for c in columns], dim=1)
+
+
+def per_param_sumsq(layout: FlatLayout, flat: torch.Tensor) -> torch.Tensor:
+    """[parameters] float64 in flat order: each parameter's sum of squares; `flat` is kept.
+
+    One torch norm per distinct size on every device: on CPU it runs on all threads, which
+    beats the single-threaded kernel when only this one sum is wanted.
+    """
+    norms = layout.per_param(flat, lambda block: torch.linalg.vector_norm(block, 2, dim=1))
+    return norms.double().square()
+
+
 def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
     """grad_norm/mean/std/absmax/nonfinite per layer [L] from the parameters' current `.grad`.
 
-    A few kernels per distinct parameter size, whatever the number of layers; layers with no
-    gradient get NaN. The gathered gradients are then overwritten in place: |g| for the maxima,
-    then 1.0 at each non-finite element for the count.
+    One pass (CPU) or a few kernels per distinct parameter size over a flat copy of the
+    gradients, whatever the number of layers; layers with no gradient get NaN.
     """
     present = tuple(
         i for i, p in enumerate(groups.params) if p.grad is not None and p.grad.numel() > 0
@@ -157,19 +198,12 @@ def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
     layout = groups.layout(present, device)
     grads = [groups.params[i].grad for i in layout.positions]
     flat = groups.gather("grad", layout, grads, device)
-    sums = layout.per_param(flat, lambda block: block.sum(1))
-    norms = layout.per_param(flat, lambda block: torch.linalg.vector_norm(block, 2, dim=1))
-    flat.abs_()
-    absmax = layout.per_param(flat, lambda block: block.amax(1))
-    # |g| - |g| is NaN exactly where g is inf or NaN, else 0; "!= 0" turns those into 1.0
-    flat.sub_(flat)
-    torch.ne(flat, 0, out=flat)
-    nonfinite = layout.per_param(flat, lambda block: block.sum(1))  # exact below 2**24
+    sums, sumsq, absmax, nonfinite = per_param_sums(layout, flat).to(device).unbind(1)
 
     count = layout.per_layer_sum(layout.numel)
     has_grad = count > 0
     total = layout.per_layer_sum(sums)
-    total_sq = layout.per_layer_sum(norms.double() ** 2)
+    total_sq = layout.per_layer_sum(sumsq)
     mean = total / count
     variance = (total_sq / count - mean**2).clamp_min(0)
     return {
@@ -211,14 +245,11 @@ def weight_stats(groups: ParamGroups, before: WeightSnapshot, device) -> dict[st
         zero = torch.where(owns, 0.0, nan)
         return {"weight_norm": zero, "update_ratio": nan}
 
-    def norms() -> torch.Tensor:
-        return layout.per_param(flat, lambda block: torch.linalg.vector_norm(block, 2, dim=1))
-
-    before_sq = norms().double() ** 2
+    before_sq = per_param_sumsq(layout, flat).to(device)
     after = [groups.params[i].detach() for i in layout.positions]
     with torch.no_grad():
         torch._foreach_sub_(layout.views(flat), after)
-    delta_sq = norms().double() ** 2
+    delta_sq = per_param_sumsq(layout, flat).to(device)
     norm = layout.per_layer_sum(before_sq).sqrt()
     change = layout.per_layer_sum(delta_sq).sqrt()
     return {
