@@ -6,8 +6,9 @@
 
 Every variant trains its own copy of the model on the same preloaded batch; one round steps the
 bare twin, then each variant, so drifts in machine speed hit all of them alike. The ratio is
-median(variant step time) / median(bare step time); for `every=10` the mean over whole periods of
-10 steps is given too, since the median hides the one recorded step in ten.
+median over rounds of (variant step time / bare step time in that round); the ratio of the median
+step times and that of the means are given too (for `every=10` the mean counts the one recorded
+step in ten, which the medians hide).
 """
 
 from __future__ import annotations
@@ -89,16 +90,20 @@ def run_rounds(variants: list[Variant], x, y, steps: int, warmup: int) -> None:
 
 
 def report(variants: list[Variant], title: str) -> None:
+    """Per variant: the median over rounds of its step time / the bare step time of the same
+    round (paired: a drift in machine speed that lasts a few steps hits both sides), the ratio
+    of the median step times, and the ratio of the mean step times."""
     bare = variants[0]
     base_median = statistics.median(bare.times)
     base_mean = statistics.fmean(bare.times)
     print(f"\n{title}: bare step median {base_median * 1e3:.0f} ms over {len(bare.times)} steps")
-    print(f"{'variant':<36} {'median ms':>10} {'ratio':>7} {'mean ratio':>11}")
+    print(f"{'variant':<36} {'median ms':>10} {'paired':>7} {'medians':>8} {'means':>6}")
     for v in variants[1:]:
         med = statistics.median(v.times)
+        paired = statistics.median(t / b for t, b in zip(v.times, bare.times, strict=True))
         print(
-            f"{v.name:<36} {med * 1e3:>10.0f} {med / base_median:>7.3f} "
-            f"{statistics.fmean(v.times) / base_mean:>11.3f}"
+            f"{v.name:<36} {med * 1e3:>10.0f} {paired:>7.3f} {med / base_median:>8.3f} "
+            f"{statistics.fmean(v.times) / base_mean:>6.3f}"
         )
 
 
