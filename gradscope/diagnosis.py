@@ -248,45 +248,51 @@ def _exploding_steps(grad, steps, names, thresholds: Thresholds) -> list[Finding
     return found
 
 
+def _layers_past_limit(values, crosses, steps, names, thresholds, kind, describe):
+    """One finding per layer whose recent median of `values` [records, L] `crosses` the limit
+    (a function of an array, giving a bool mask), dated at its first record that crossed it."""
+    recent = _nanmedian(values[_recent(len(values), thresholds.recent_fraction)], axis=0)
+    found = []
+    for j in np.flatnonzero(crosses(recent)):
+        step = _first_step(crosses(values[:, j]), steps)
+        value = float(recent[j])
+        found.append(Finding(kind, str(names[j]), step, value, describe(names[j], value, step)))
+    return found
+
+
 def _vanishing(grad, steps, names, thresholds: Thresholds) -> list[Finding]:
     median = _nanmedian(grad, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         relative = grad / median[:, None]
     limit = thresholds.vanishing_ratio
-    recent = _nanmedian(relative[_recent(len(relative), thresholds.recent_fraction)], axis=0)
-    found = []
-    for j in np.flatnonzero(recent < limit):
-        step = _first_step(relative[:, j] < limit, steps)
-        found.append(
-            Finding(
-                "vanishing",
-                str(names[j]),
-                step,
-                float(recent[j]),
-                f"{names[j]}: grad_norm is {recent[j]:.2g} of the median layer's "
-                f"(< {limit:g}, first at step {step})",
-            )
-        )
-    return found
+    return _layers_past_limit(
+        relative,
+        lambda v: v < limit,
+        steps,
+        names,
+        thresholds,
+        "vanishing",
+        lambda name, value, step: (
+            f"{name}: grad_norm is {value:.2g} of the median layer's "
+            f"(< {limit:g}, first at step {step})"
+        ),
+    )
 
 
 def _dead(zero, steps, names, thresholds: Thresholds) -> list[Finding]:
     limit = thresholds.dead_zero_frac
-    recent = _nanmedian(zero[_recent(len(zero), thresholds.recent_fraction)], axis=0)
-    found = []
-    for j in np.flatnonzero(recent >= limit):
-        step = _first_step(zero[:, j] >= limit, steps)
-        found.append(
-            Finding(
-                "dead",
-                str(names[j]),
-                step,
-                float(recent[j]),
-                f"{names[j]}: {recent[j]:.1%} of activations are zero (>= {limit:.0%}, "
-                f"first at step {step}): dead units",
-            )
-        )
-    return found
+    return _layers_past_limit(
+        zero,
+        lambda v: v >= limit,
+        steps,
+        names,
+        thresholds,
+        "dead",
+        lambda name, value, step: (
+            f"{name}: {value:.1%} of activations are zero "
+            f"(>= {limit:.0%}, first at step {step}): dead units"
+        ),
+    )
 
 
 def _no_gradient(grad, names) -> list[Finding]:
