@@ -223,7 +223,7 @@ class WeightSnapshot:
         self.layout = groups.layout(present, device) if present else None
         self.flat = None
         if self.layout is not None:
-            params = [groups.params[i].detach() for i in self.layout.positions]
+            params = [groups.params[i] for i in self.layout.positions]
             self.flat = groups.gather("weight", self.layout, params, device)
 
 
@@ -246,7 +246,7 @@ def weight_stats(groups: ParamGroups, before: WeightSnapshot, device) -> dict[st
         return {"weight_norm": zero, "update_ratio": nan}
 
     before_sq = per_param_sumsq(layout, flat).to(device)
-    after = [groups.params[i].detach() for i in layout.positions]
+    after = [groups.params[i] for i in layout.positions]
     with torch.no_grad():
         torch._foreach_sub_(layout.views(flat), after)
     delta_sq = per_param_sumsq(layout, flat).to(device)

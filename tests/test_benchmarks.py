@@ -1,0 +1,32 @@
+"""The benchmark scripts still run end to end (tiny sizes: a smoke test, not a measurement)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_overhead_benchmark_runs_and_reports_every_variant(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "overhead.py"),
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batch",
+            "4",
+            "--skip-1202",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "paired" in out and "A/A control" in out
+    for variant in ("all stats, every=1", "all stats, every=10", "parameter stats, every=1"):
+        assert out.count(variant) == 2  # a timing row and an on-disk row
