@@ -1,5 +1,6 @@
 """The benchmark scripts still run end to end (tiny sizes: a smoke test, not a measurement)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,4 +30,5 @@ def test_overhead_benchmark_runs_and_reports_every_variant(tmp_path):
     out = result.stdout
     assert "paired" in out and "A/A control" in out
     for variant in ("all stats, every=1", "all stats, every=10", "parameter stats, every=1"):
-        assert out.count(variant) == 2  # a timing row and an on-disk row
+        rows = re.findall(rf"^{re.escape(variant)}\s", out, flags=re.MULTILINE)
+        assert len(rows) == 2  # a timing row and an on-disk row
