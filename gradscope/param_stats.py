@@ -23,6 +23,7 @@ class FlatLayout:
         """`params`: (position, parameter) pairs to lay out; `pairs`: (position, layer) rows."""
         params = sorted(params, key=lambda item: item[1].numel())  # stable: ties keep order
         self.positions = tuple(position for position, _ in params)
+        self.params = [p for _, p in params]  # in flat order
         self.shapes = [p.shape for _, p in params]
         sizes = [p.numel() for _, p in params]
         self.size = sum(sizes)
@@ -97,6 +98,7 @@ class ParamGroups:
                     self.params.append(p)
                 pairs.append((position[id(p)], layer))
         self._pairs = pairs
+        self.nonempty = tuple(i for i, p in enumerate(self.params) if p.numel() > 0)
         self._owners = sorted({layer for _, layer in pairs})
         self._owner_masks: dict[str, torch.Tensor] = {}
         self._layouts: dict[tuple, FlatLayout] = {}
@@ -196,7 +198,7 @@ def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
     if not present:
         return {name: nan for name in GRAD_STATS}
     layout = groups.layout(present, device)
-    grads = [groups.params[i].grad for i in layout.positions]
+    grads = [p.grad for p in layout.params]
     flat = groups.gather("grad", layout, grads, device)
     sums, sumsq, absmax, nonfinite = per_param_sums(layout, flat).to(device).unbind(1)
 
@@ -219,12 +221,11 @@ class WeightSnapshot:
     """A float32 copy of the parameters taken before an update, in a reused flat buffer."""
 
     def __init__(self, groups: ParamGroups, device):
-        present = tuple(i for i, p in enumerate(groups.params) if p.numel() > 0)
+        present = groups.nonempty
         self.layout = groups.layout(present, device) if present else None
         self.flat = None
         if self.layout is not None:
-            params = [groups.params[i] for i in self.layout.positions]
-            self.flat = groups.gather("weight", self.layout, params, device)
+            self.flat = groups.gather("weight", self.layout, self.layout.params, device)
 
 
 def weight_snapshot(groups: ParamGroups, device) -> WeightSnapshot:
@@ -246,9 +247,8 @@ def weight_stats(groups: ParamGroups, before: WeightSnapshot, device) -> dict[st
         return {"weight_norm": zero, "update_ratio": nan}
 
     before_sq = per_param_sumsq(layout, flat).to(device)
-    after = [groups.params[i] for i in layout.positions]
     with torch.no_grad():
-        torch._foreach_sub_(layout.views(flat), after)
+        torch._foreach_sub_(layout.views(flat), layout.params)
     delta_sq = per_param_sumsq(layout, flat).to(device)
     norm = layout.per_layer_sum(before_sq).sqrt()
     change = layout.per_layer_sum(delta_sq).sqrt()
