@@ -1,4 +1,4 @@
-"""One-pass CPU kernels (numba): an output's sums for act_*, an output gradient's sum of squares."""
+"""One-pass CPU kernels (numba): an output's sums for act_*, each parameter's sums for grad_*."""
 
 from __future__ import annotations
 
@@ -38,17 +38,6 @@ def sums_into(x: np.ndarray, out: np.ndarray) -> None:
     out[1] = sumsq
     out.view(np.uint32)[2] = top
     out[3] = nonzeros
-
-
-@numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def sumsq_into(x: np.ndarray, out: np.ndarray) -> None:
-    """out[0] = sum(x*x) of the 1-D float32 array `x` (float32 lanes, as torch.dot)."""
-    if out.shape[0] < 1:
-        raise ValueError("sumsq_into needs an output row of 1")
-    sumsq = np.float32(0.0)
-    for i in range(x.shape[0]):
-        sumsq += x[i] * x[i]
-    out[0] = sumsq
 
 
 _INF_BITS = np.uint32(0x7F800000)  # the sign-less bits of inf; above them, NaN
