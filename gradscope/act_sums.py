@@ -26,9 +26,9 @@ class HostRows:
         self.used += 1
         return row
 
-    def values(self, rows=slice(None)) -> torch.Tensor:
-        """A copy of the used rows (or the given ones) as a tensor: the table itself is reused."""
-        return torch.from_numpy(self.table[: self.used][rows].copy())
+    def values(self) -> torch.Tensor:
+        """A copy of the used rows as a tensor: the table itself is reused."""
+        return torch.from_numpy(self.table[: self.used].copy())
 
 
 def _fused_kernels():

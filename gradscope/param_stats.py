@@ -27,7 +27,8 @@ class FlatLayout:
         self.shapes = [p.shape for _, p in params]
         sizes = [p.numel() for _, p in params]
         self.size = sum(sizes)
-        self.bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])  # each in flat
+        # parameter p (in flat order) is flat[bounds[p]:bounds[p + 1]]
+        self.bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self.n_layers = n_layers
         self.blocks = []  # (offset, count, numel)
         offset = 0
