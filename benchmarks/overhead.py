@@ -9,13 +9,23 @@ bare twin, then each variant, so drifts in machine speed hit all of them alike. 
 median over rounds of (variant step time / bare step time in that round); the ratio of the median
 step times and that of the means are given too (for `every=10` the mean counts the one recorded
 step in ten, which the medians hide).
+
+On CPU, glibc gives freed activation memory back to the OS and faults it in again on the next
+step, tens of thousands of page faults per ResNet-56 step, in amounts that depend on the heap's
+layout and so differ from variant to variant at random (bare steps included). The "faults"
+column shows the median per step. `--steady-heap` sets glibc's trim and mmap thresholds for this
+process (as MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_ would), so no variant pays those
+faults and the ratios show the recorder's own cost.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import ctypes.util
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -37,15 +47,38 @@ class Variant:
         self.model = model
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         self.times: list[float] = []
+        self.faults: list[int] = []  # minor page faults of the process during each step
         self.recorder = setup(self) if setup else None
 
     def step(self, x, y) -> None:
+        faults = _minor_faults()
         start = time.perf_counter()
         loss = F.cross_entropy(self.model(x), y)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.times.append(time.perf_counter() - start)
+        self.faults.append(_minor_faults() - faults)
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_MAX_MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's ceiling on 64-bit
+
+
+def steady_heap() -> None:
+    """Keep freed memory in glibc's heap: no trimming, and blocks below 32 MB from the heap."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None or not (
+        mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD)
+    ):
+        raise SystemExit(
+            "--steady-heap needs glibc's mallopt; this C library has none: run without it"
+        )
 
 
 def naive_probe(variant: Variant):
@@ -83,6 +116,7 @@ def run_rounds(variants: list[Variant], x, y, steps: int, warmup: int) -> None:
             v.step(x, y)
     for v in variants:
         v.times.clear()
+        v.faults.clear()
     for i in range(steps):
         # rotate who goes first, so no variant always follows the same neighbour
         for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
@@ -96,14 +130,19 @@ def report(variants: list[Variant], title: str) -> None:
     bare = variants[0]
     base_median = statistics.median(bare.times)
     base_mean = statistics.fmean(bare.times)
-    print(f"\n{title}: bare step median {base_median * 1e3:.0f} ms over {len(bare.times)} steps")
-    print(f"{'variant':<36} {'median ms':>10} {'paired':>7} {'medians':>8} {'means':>6}")
+    print(
+        f"\n{title}: bare step median {base_median * 1e3:.0f} ms over {len(bare.times)} steps, "
+        f"{statistics.median(bare.faults):.0f} page faults"
+    )
+    print(
+        f"{'variant':<36} {'median ms':>10} {'paired':>7} {'medians':>8} {'means':>6} {'faults':>7}"
+    )
     for v in variants[1:]:
         med = statistics.median(v.times)
         paired = statistics.median(t / b for t, b in zip(v.times, bare.times, strict=True))
         print(
             f"{v.name:<36} {med * 1e3:>10.0f} {paired:>7.3f} {med / base_median:>8.3f} "
-            f"{statistics.fmean(v.times) / base_mean:>6.3f}"
+            f"{statistics.fmean(v.times) / base_mean:>6.3f} {statistics.median(v.faults):>7.0f}"
         )
 
 
@@ -184,8 +223,19 @@ def main() -> None:
     )
     parser.add_argument("--skip-1202", action="store_true", help="only ResNet-56")
     parser.add_argument("--skip-56", action="store_true", help="only ResNet-1202")
+    parser.add_argument(
+        "--steady-heap",
+        action="store_true",
+        help="keep freed memory in glibc's heap, so no variant pays page faults for it",
+    )
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, gradscope {gradscope.__version__}")
+    if args.steady_heap:
+        steady_heap()
+    heap = "steady heap (no trimming, mmap above 32 MB)" if args.steady_heap else "default heap"
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, gradscope {gradscope.__version__}, "
+        f"{heap}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_56:
             resnet56_rounds(args, Path(tmp))

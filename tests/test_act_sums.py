@@ -90,6 +90,19 @@ def test_output_grad_sums_match_brute_force():
     assert len(sums) == 0 and len(sums.per_grad("cpu")) == 0
 
 
+def test_output_grad_sums_keep_rows_when_the_buffer_grows():
+    generator = torch.Generator().manual_seed(4)
+    grads = [torch.randn(3, 1 + n % 5, generator=generator) for n in range(700)]
+    sums = OutputGradSums()
+    for record in range(2):  # the buffer grown in the first record is reused by the second
+        for position, g in enumerate(grads):
+            sums.add(g * (record + 1), position % 9)
+        want = [float((g.double() * (record + 1)).square().sum()) for g in grads]
+        assert sums.layers == [position % 9 for position in range(700)]
+        np.testing.assert_allclose(sums.per_grad("cpu").double().numpy(), want, rtol=1e-5)
+        sums.clear()
+
+
 def test_recorder_with_mixed_paths_matches_reference(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "EXACT_FLOAT32_COUNT", 300)  # the bigger outputs take the torch path
 
