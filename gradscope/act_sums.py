@@ -11,20 +11,29 @@ INITIAL_HOST_ROWS = 256
 
 
 class HostRows:
-    """A float32 host table [rows, width], grown by doubling and reused from record to record."""
+    """A host table [rows, width], grown by doubling and reused from record to record.
 
-    def __init__(self, width: int):
-        self.table = np.zeros((INITIAL_HOST_ROWS, width), dtype=np.float32)
+    Hooks fill it row by row, so a record allocates nothing per call that lives until the step
+    ends: on CPU, small allocations kept from the forward to the step split glibc's heap, and
+    freed activation memory then went back to the OS to be faulted in again.
+    """
+
+    def __init__(self, width: int, dtype=np.float32):
+        self.table = np.zeros((INITIAL_HOST_ROWS, width), dtype=dtype)
         self.used = 0
 
     def next_row(self) -> int:
         row = self.used
         if row == len(self.table):
-            grown = np.zeros((2 * len(self.table), self.table.shape[1]), dtype=np.float32)
+            grown = np.zeros((2 * len(self.table), self.table.shape[1]), dtype=self.table.dtype)
             grown[:row] = self.table
             self.table = grown
         self.used += 1
         return row
+
+    def column(self, j: int) -> np.ndarray:
+        """Column `j` of the used rows: a view, valid until the table is next written."""
+        return self.table[: self.used, j]
 
     def values(self) -> torch.Tensor:
         """A copy of the used rows as a tensor: the table itself is reused."""
@@ -53,96 +62,109 @@ class ActivationSums:
 
     def __init__(self, batch_sample: int | None):
         self.batch_sample = batch_sample
-        self.counts: list[int] = []
-        self.layers: list[int] = []
-        self._rows: list = []  # per call: a row of _host, or four 0-d tensors
-        self._host = HostRows(S.ACT_SUMS_SIZE)
+        self._host = HostRows(S.ACT_SUMS_SIZE)  # row i: call i's sums (CPU kernel calls)
+        self._calls = HostRows(2, np.int64)  # row i: call i's element count and layer
+        self._torch_rows: list = []  # (call, four 0-d tensors) for calls on the torch path
         self._scratch: dict = {}
         self._kernels = None
 
     def __len__(self) -> int:
-        return len(self.counts)
+        return self._calls.used
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Each call's element count (a view of a reused table)."""
+        return self._calls.column(0)
+
+    @property
+    def layers(self) -> np.ndarray:
+        """Each call's layer position (a view of a reused table)."""
+        return self._calls.column(1)
 
     def add(self, tensors: list[torch.Tensor], position: int) -> None:
         x = S.flat_sample(tensors, self.batch_sample)
+        call = self._calls.next_row()
+        self._calls.table[call] = (x.numel(), position)
+        row = self._host.next_row()
         if _fused(x):
             if self._kernels is None:
                 self._kernels = _fused_kernels()
-            row = self._host.next_row()
             self._kernels.sums_into(x.numpy(), self._host.table[row])
-            self._rows.append(row)
         else:
-            self._rows.append(S.tensor_sums(x, self._scratch))
-        self.counts.append(x.numel())
-        self.layers.append(position)
+            self._torch_rows.append((call, S.tensor_sums(x, self._scratch)))
 
     def per_call(self, device) -> torch.Tensor:
-        """All calls' sums as one float32 tensor [calls, 4] on `device`."""
-        if self._host.used == len(self._rows):  # all calls on CPU: no per-call tensors to stack
+        """All calls' sums as one float32 tensor [calls, 4] on `device`, in call order."""
+        if not self._torch_rows:  # all calls on CPU: the host table holds every row
             return self._host.values().to(device)
-        host = self._host.values()
-        rows = [host[row] if isinstance(row, int) else torch.stack(row) for row in self._rows]
-        return torch.stack([row.to(device) for row in rows])
+        rows = torch.stack([torch.stack(sums).to(device) for _, sums in self._torch_rows])
+        if len(self._torch_rows) == len(self):
+            return rows
+        table = self._host.values().to(device)
+        table[[call for call, _ in self._torch_rows]] = rows
+        return table
 
     def clear(self) -> None:
-        self.counts, self.layers, self._rows = [], [], []
-        self._host.used = 0
+        self._host.used = self._calls.used = 0
+        self._torch_rows = []
 
 
 class OutputGradSums:
     """Per output gradient: its sum of squares, in a reused float32 buffer, and the layer.
 
     One torch.dot each, on every device, written with `out=` into a buffer on the gradient's
-    device that lives from record to record. Nothing made in the backward pass outlives its
-    hook: on CPU, small tensors kept from hook to step end (a 0-d result per gradient) split
-    glibc's heap so that freed activation memory went back to the OS and was faulted in again,
-    which made a recorded ResNet-56 step about 3% slower. (A numba pass took as long in the
-    hook as torch.dot but made the rest of a ResNet-1202 backward slower.)
+    device that lives from record to record, and the layer into a reused host table: nothing
+    made in the backward pass outlives its hook (see `HostRows`). A numba pass took as long in
+    the hook as torch.dot but made the rest of a ResNet-1202 backward slower.
     """
 
     def __init__(self):
-        self._layers: dict[torch.device, list[int]] = {}  # per device: the layer of each row
+        self._layers: dict[torch.device, HostRows] = {}  # per device: the layer of each row
         self._buffers: dict[torch.device, torch.Tensor] = {}  # per device: rows of sums
 
     def __len__(self) -> int:
-        return sum(len(layers) for layers in self._layers.values())
+        return sum(rows.used for rows in self._layers.values())
 
     @property
-    def layers(self) -> list[int]:
+    def layers(self) -> np.ndarray:
         """The layer of each gradient, in the order of `per_grad`."""
-        return [layer for layers in self._layers.values() for layer in layers]
+        columns = [rows.column(0) for rows in self._layers.values()]
+        if len(columns) == 1:
+            return columns[0]
+        return np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
 
     def add(self, grad: torch.Tensor, position: int) -> None:
         g = grad.detach().reshape(-1)
         if g.dtype != torch.float32:
             g = g.float()
-        layers = self._layers.setdefault(g.device, [])
-        row = len(layers)
+        layers = self._layers.get(g.device)
+        if layers is None:
+            layers = self._layers[g.device] = HostRows(1, np.int64)
+        row = layers.next_row()
+        layers.table[row, 0] = position
         torch.dot(g, g, out=self._buffer(g.device, row + 1)[row])
-        layers.append(position)
 
     def per_grad(self, device) -> torch.Tensor:
         """All gradients' sums of squares as one float32 tensor [grads] on `device`."""
         parts = [
-            self._buffers[where][: len(layers)].to(device)
-            for where, layers in self._layers.items()
-            if layers
+            self._buffers[where][: rows.used].to(device)
+            for where, rows in self._layers.items()
+            if rows.used
         ]
         if not parts:
             return torch.zeros(0, device=device)
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def clear(self) -> None:
-        for layers in self._layers.values():
-            layers.clear()
+        for rows in self._layers.values():
+            rows.used = 0
 
     def _buffer(self, device: torch.device, rows: int) -> torch.Tensor:
         """The device's buffer with at least `rows` rows, grown by doubling (rows kept)."""
         buffer = self._buffers.get(device)
         if buffer is None or len(buffer) < rows:
-            grown = torch.zeros(
-                max(rows, 2 * (0 if buffer is None else len(buffer)), 256), device=device
-            )
+            size = max(rows, INITIAL_HOST_ROWS, 0 if buffer is None else 2 * len(buffer))
+            grown = torch.zeros(size, device=device)
             if buffer is not None:
                 grown[: len(buffer)] = buffer
             buffer = self._buffers[device] = grown

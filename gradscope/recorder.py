@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -345,9 +346,11 @@ class Recorder:
             )
         return self._groups
 
-    def _on_device(self, values: list, dtype: torch.dtype) -> torch.Tensor:
-        """A small index/count list as a device tensor, cached: the same calls recur each step."""
-        key = (tuple(values), dtype)
+    def _on_device(self, values, dtype: torch.dtype) -> torch.Tensor:
+        """Small integers (a list or an array) as a device tensor, cached: the same calls recur
+        each step. The tensor is a copy: arrays may be views of reused tables."""
+        values = np.asarray(values, dtype=np.int64)
+        key = (values.tobytes(), dtype)
         cached = self._device_lists.get(key)
         if cached is None:
             if len(self._device_lists) > 64:
