@@ -13,9 +13,8 @@ INITIAL_HOST_ROWS = 256
 class HostRows:
     """A host table [rows, width], grown by doubling and reused from record to record.
 
-    Hooks fill it row by row, so a record allocates nothing per call that lives until the step
-    ends: on CPU, small allocations kept from the forward to the step split glibc's heap, and
-    freed activation memory then went back to the OS to be faulted in again.
+    Hooks fill it row by row, so no per-call object lives from a hook to the step's end, in
+    between the activations on the heap.
     """
 
     def __init__(self, width: int, dtype=np.float32):
