@@ -38,6 +38,12 @@ class HostRows:
         """A copy of the used rows as a tensor: the table itself is reused."""
         return torch.from_numpy(self.table[: self.used].copy())
 
+    def drop_first(self, count: int) -> None:
+        """Forget the first `count` used rows; the rest move up, in order."""
+        kept = self.used - count
+        self.table[:kept] = self.table[count : self.used]
+        self.used = kept
+
 
 def _fused_kernels():
     """The numba kernels, imported on first use (they compile or load from cache once)."""
@@ -57,6 +63,10 @@ class ActivationSums:
     On CPU, one fused numba pass over the output computes the four and writes them straight into
     a reused host table, so no tensor is made per call. Other devices (and outputs past the
     kernel's exact count) use `stats.tensor_sums`. Rows are merged per layer once per record.
+
+    `backpropagated` counts the leading calls that a backward pass has since reached: when the
+    gradients are zeroed, those calls' gradients are gone, so their rows go too (`drop_backpropagated`),
+    while calls whose backward is still to come stay.
     """
 
     def __init__(self, batch_sample: int | None):
@@ -66,6 +76,7 @@ class ActivationSums:
         self._torch_rows: list = []  # (call, four 0-d tensors) for calls on the torch path
         self._scratch: dict = {}
         self._kernels = None
+        self.backpropagated = 0  # leading calls whose forward pass a backward has reached
 
     def __len__(self) -> int:
         return self._calls.used
@@ -103,9 +114,23 @@ class ActivationSums:
         table[[call for call, _ in self._torch_rows]] = rows
         return table
 
+    def mark_backpropagated(self) -> None:
+        """A backward pass is running: every call so far has had (or is having) its backward."""
+        self.backpropagated = self._calls.used
+
+    def drop_backpropagated(self) -> None:
+        """Forget the calls a backward pass has reached (their gradients are being zeroed)."""
+        count = self.backpropagated
+        if count:
+            self._host.drop_first(count)
+            self._calls.drop_first(count)
+            self._torch_rows = [(call - count, sums) for call, sums in self._torch_rows if call >= count]
+        self.backpropagated = 0
+
     def clear(self) -> None:
         self._host.used = self._calls.used = 0
         self._torch_rows = []
+        self.backpropagated = 0
 
 
 class OutputGradSums:

@@ -26,7 +26,11 @@ class Recorder:
 
     Use `gradscope.attach(...)` to make one. A record for step s holds the gradients read just
     before the update of step s, the weights before it, the update it made, and the activations
-    and output gradients of every forward/backward pass (with grad enabled) that led to it.
+    and output gradients of the forward/backward passes (with grad enabled) whose gradients that
+    update used: those since the previous step, less the passes whose backward had run when
+    `optimizer.zero_grad()` wiped their gradients (a step the AMP GradScaler skipped). A forward
+    whose backward is still to come when `zero_grad` runs counts, so the order of zero_grad,
+    forward and backward within a step does not matter.
     """
 
     def __init__(
@@ -193,10 +197,11 @@ class Recorder:
             self._hooks.append(opt.register_step_post_hook(self._after_update))
             original_zero_grad = opt.zero_grad
 
-            # zero_grad starts a new accumulation cycle: drop what a step the AMP GradScaler
-            # skipped (no optimizer.step(), so no boundary) left in the accumulators.
+            # zero_grad wipes the gradients of the backward passes that ran since the last step
+            # (one the AMP GradScaler skipped never reached optimizer.step()): drop their
+            # forward and backward sums too, keeping forwards whose backward is still to come.
             def zero_grad(*args, **kwargs):
-                self._reset_accumulators()
+                self._drop_backpropagated()
                 return original_zero_grad(*args, **kwargs)
 
             opt.zero_grad = zero_grad
@@ -221,14 +226,29 @@ class Recorder:
                 for t in tensors:
                     if t.requires_grad:
                         t.register_hook(grad_hook)
+            elif self._want_act:
+                # Only to learn when the backward reaches this call (see _drop_backpropagated).
+                for t in tensors:
+                    if t.requires_grad:
+                        t.register_hook(self._mark_backpropagated)
+                        break
 
         return hook
 
     def _output_grad_hook(self, position: int):
         def hook(grad):
+            self._act.mark_backpropagated()
             self._act_grad.add(grad, position)
 
         return hook
+
+    def _mark_backpropagated(self, grad) -> None:
+        self._act.mark_backpropagated()
+
+    def _drop_backpropagated(self) -> None:
+        """The gradients are being zeroed: forget the passes whose backward already ran."""
+        self._act.drop_backpropagated()
+        self._act_grad.clear()
 
     def _before_update(self, optimizer, args, kwargs) -> None:
         if not self._due:

@@ -38,6 +38,18 @@ def read_run(path):
         return run.steps.copy(), run.metrics.copy(), run.stat("grad_norm"), dict(run.attrs)
 
 
+ACT_STATS = ("act_mean", "act_std", "act_absmax", "act_zero_frac", "act_grad_norm")
+
+
+def assert_activation_stats_finite(path):
+    """Every watched layer of the bundled nets has floating outputs: no NaN at any record."""
+    with gradscope.open_run(path) as run:
+        for stat in ACT_STATS:
+            values = run.stat(stat)
+            bad = sorted(set(run.layers["name"][~np.isfinite(values).all(axis=0)]))
+            assert not bad, f"{path.name}: {stat} not finite in {bad}"
+
+
 def test_pair_writes_run_files_config_checkpoints_and_summary(tmp_path, capsys):
     code = record(
         "--model",
@@ -70,6 +82,7 @@ def test_pair_writes_run_files_config_checkpoints_and_summary(tmp_path, capsys):
         assert list(metrics.index) == list(range(6))
         assert attrs["model"] == name and bool(attrs["synthetic"])
         assert load_checkpoint(run_dir / f"{name}.ckpt.pt")["done"]
+        assert_activation_stats_finite(run_dir / f"{name}.h5")
     out = capsys.readouterr().out
     assert "train loss" in out and "test err" in out
     assert "resnet20: act_grad_norm first/last layer" in out

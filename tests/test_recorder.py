@@ -589,3 +589,112 @@ def test_ranks_other_than_zero_record_nothing(tmp_path, monkeypatch):
     assert not any(m._forward_hooks for m in model.modules())
     with gradscope.attach(model, tmp_path / "asked.h5", optimizer=opt, all_ranks=True) as rec:
         assert rec.active
+
+
+# ----- which forward passes a record covers: zero_grad order, accumulation, skipped steps ------
+
+ORDERS = ("zero-forward-backward", "forward-zero-backward", "accumulate")
+ACT_AND_FLOW_STATS = ("act_mean", "act_std", "act_absmax", "act_zero_frac", "act_grad_norm")
+
+
+def iterate(model, opt, scaler, order, step, micro_batches, poison=False):
+    """One training iteration of `model` in `order`; `poison` makes the GradScaler skip it."""
+
+    def forward(micro):
+        x, y = vector_batch(step, micro)
+        return F.cross_entropy(model(x), y)
+
+    if order == "zero-forward-backward":
+        opt.zero_grad()
+        scaler.scale(forward(0)).backward()
+    elif order == "forward-zero-backward":
+        loss = forward(0)
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+    else:  # accumulation over micro-batches, zero_grad only at the start
+        opt.zero_grad()
+        for micro in range(micro_batches):
+            scaler.scale(forward(micro) / micro_batches).backward()
+    if poison:
+        model[0].weight.grad[0, 0] = float("inf")  # the scaler must skip this step
+    scaler.step(opt)
+    scaler.update()
+
+
+def reference_iteration(twin, opt, watched, probe, order, step, micro_batches, scale):
+    """The twin's step on the same batches, without the recorder or a scaler: the expected
+    record holds exactly the forward passes of this (successful) iteration."""
+    probe.clear()
+    opt.zero_grad()
+    count = micro_batches if order == "accumulate" else 1
+    for micro in range(count):
+        x, y = vector_batch(step, micro)
+        loss = F.cross_entropy(twin(x), y) / count
+        (loss * scale).backward()  # output gradients of the scaled loss, as the scaler makes them
+    ref = {}
+    for name, m in watched.items():
+        ref[name] = act_reference(probe.outputs[name], None)
+        ref[name]["act_grad_norm"] = act_grad_reference(probe.outputs[name])
+        ref[name]["grad_norm"] = grad_reference(m)["grad_norm"] / scale  # unscaled
+    for p in twin.parameters():
+        p.grad /= scale
+    opt.step()
+    return ref
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("skip", [None, 1])
+def test_record_covers_the_forward_passes_of_its_update(tmp_path, order, skip):
+    # Activation statistics must not depend on where zero_grad sits, and a step the GradScaler
+    # skips must not leak its forward passes into the next record.
+    torch.manual_seed(0)
+    model = mlp()
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=1000)
+    stats = ["grad_norm", *ACT_AND_FLOW_STATS]
+    rec = gradscope.attach(model, tmp_path / "r.h5", optimizer=opt, stats=stats, batch_sample=None)
+    watched = {name: twin[int(name)] for name in rec.layer_names}
+    probe = ReferenceProbe(watched)
+    expected = {}
+    for it in range(4):
+        step = rec.current_step
+        scale = scaler.get_scale()
+        iterate(model, opt, scaler, order, it, micro_batches=3, poison=it == skip)
+        if it != skip:
+            ref = reference_iteration(twin, opt_twin, watched, probe, order, it, 3, scale)
+            expected[step] = ref
+    rec.close()
+    probe.remove()
+    run = gradscope.open_run(tmp_path / "r.h5")
+    assert list(run.steps) == [0, 1, 2] if skip is not None else [0, 1, 2, 3]
+    assert_matches(run, expected, stats=stats, rtol=2e-4)
+    for stat in ACT_AND_FLOW_STATS:
+        assert np.isfinite(run.stat(stat)).all(), stat
+
+
+def test_only_act_stats_still_drop_a_skipped_step(tmp_path):
+    # Without act_grad_norm the recorder still learns when a backward reached each forward.
+    torch.manual_seed(0)
+    model = mlp()
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    stats = ["act_mean", "act_std", "act_absmax"]
+    rec = gradscope.attach(model, tmp_path / "r.h5", optimizer=opt, stats=stats, batch_sample=None)
+    watched = {name: twin[int(name)] for name in rec.layer_names}
+    probe = ReferenceProbe(watched)
+    expected = {}
+    for it in range(3):
+        step, scale = rec.current_step, scaler.get_scale()
+        iterate(model, opt, scaler, "forward-zero-backward", it, 1, poison=it == 1)
+        if it != 1:
+            expected[step] = reference_iteration(
+                twin, opt_twin, watched, probe, "forward-zero-backward", it, 1, scale
+            )
+    rec.close()
+    run = gradscope.open_run(tmp_path / "r.h5")
+    assert list(run.steps) == [0, 1]
+    assert_matches(run, expected, stats=stats, rtol=2e-4)
