@@ -65,8 +65,8 @@ class ActivationSums:
     kernel's exact count) use `stats.tensor_sums`. Rows are merged per layer once per record.
 
     `backpropagated` counts the leading calls that a backward pass has since reached: when the
-    gradients are zeroed, those calls' gradients are gone, so their rows go too (`drop_backpropagated`),
-    while calls whose backward is still to come stay.
+    gradients are zeroed, those calls' gradients are gone, so their rows go too
+    (`drop_backpropagated`), while calls whose backward is still to come stay.
     """
 
     def __init__(self, batch_sample: int | None):
@@ -124,7 +124,9 @@ class ActivationSums:
         if count:
             self._host.drop_first(count)
             self._calls.drop_first(count)
-            self._torch_rows = [(call - count, sums) for call, sums in self._torch_rows if call >= count]
+            self._torch_rows = [
+                (call - count, sums) for call, sums in self._torch_rows if call >= count
+            ]
         self.backpropagated = 0
 
     def clear(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import operator
 import os
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ __all__ = [
     "augment_batch",
     "data_root",
     "eval_batches",
+    "eval_subset_stride",
     "load_dataset",
     "normalize",
     "sample_augmentation",
@@ -168,20 +170,43 @@ class TrainBatches:
         return torch.Generator(device=self.dataset.device).manual_seed(seed)
 
 
+def eval_subset_stride(test_count: int, limit: int | None) -> int:
+    """The stride of the test subset of at most `limit` images: every k-th image, k >= 1.
+
+    A stride rather than the first `limit` images, because folder copies list the test set
+    class by class; the same images for every model and every evaluation.
+    """
+    if limit is None or limit >= test_count:
+        return 1
+    return math.ceil(test_count / limit)
+
+
 def eval_batches(
-    dataset: Dataset, batch_size: int = 500
+    dataset: Dataset, batch_size: int = 500, limit: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The test set in order, normalized and not augmented, as (float32 [B,3,H,W], int64 [B])."""
+    """The test set in order, normalized and not augmented, as (float32 [B,3,H,W], int64 [B]).
+
+    With `limit`, only every k-th test image (`eval_subset_stride`), at most `limit` of them.
+    """
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise UsageError(f"batch size must be a positive int, got {batch_size!r}")
-    return _test_batches(dataset, batch_size)
+    if limit is not None and (not isinstance(limit, int) or limit <= 0):
+        raise UsageError(
+            f"the evaluation subset must be a positive number of images, got {limit!r}"
+        )
+    return _test_batches(dataset, batch_size, eval_subset_stride(len(dataset.test_labels), limit))
 
 
-def _test_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield the normalized test set in order, `batch_size` images at a time."""
+def _test_batches(
+    dataset: Dataset, batch_size: int, stride: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield every `stride`-th normalized test image in order, `batch_size` images at a time."""
     mean = torch.tensor(dataset.mean, dtype=torch.float32, device=dataset.device)
     std = torch.tensor(dataset.std, dtype=torch.float32, device=dataset.device)
-    for start in range(0, len(dataset.test_labels), batch_size):
-        images = dataset.test_images[start : start + batch_size]
-        labels = dataset.test_labels[start : start + batch_size]
+    images_all, labels_all = dataset.test_images, dataset.test_labels
+    if stride > 1:
+        images_all, labels_all = images_all[::stride], labels_all[::stride]
+    for start in range(0, len(labels_all), batch_size):
+        images = images_all[start : start + batch_size]
+        labels = labels_all[start : start + batch_size]
         yield normalize(images, mean, std), labels

@@ -158,7 +158,7 @@ def _train_models(config, run_dir, dataset, progress, stop_at_step, resume=False
     }
     results = []
     for name in config.models:
-        done = finished_result(name, config.train, run_dir) if resume else None
+        done = finished_result(name, config.train, run_dir, dataset) if resume else None
         if done is not None:
             results.append(done)
             continue
@@ -243,7 +243,7 @@ def format_summary(result: ExperimentResult) -> str:
 
     header = (
         f"{'model':<14} {'steps':>13} {'train loss':>10} {'train err':>9} {'test err':>8} "
-        f"{'images/s':>8}"
+        f"{'test images':>16} {'train img/s':>11}"
     )
     lines = [header]
     for r in result.results:
@@ -252,8 +252,12 @@ def format_summary(result: ExperimentResult) -> str:
         speed = "-" if r.images_per_second is None else f"{r.images_per_second:.1f}"
         lines.append(
             f"{r.model:<14} {steps:>13} {loss:>10} {percent(r.train_error):>9} "
-            f"{percent(r.test_error):>8} {speed:>8}"
+            f"{percent(r.test_error):>8} {_test_images(r):>16} {speed:>11}"
         )
+    lines.append(
+        "train err: mean of the last 100 steps; test err: the latest evaluation; "
+        "train img/s: training steps only, evaluation excluded"
+    )
     lines.append("")
     for r in result.results:
         if r.run_path is not None and r.run_path.is_file():
@@ -261,6 +265,15 @@ def format_summary(result: ExperimentResult) -> str:
     lines.append("")
     lines.extend(next_commands(result))
     return "\n".join(lines)
+
+
+def _test_images(result: TrainResult) -> str:
+    """How much of the test set the latest evaluation used: "all 10,000" or "subset 2,000"."""
+    if result.test_images is None:
+        return "-"
+    if result.test_images == result.test_set_size:
+        return f"all {result.test_images:,}"
+    return f"subset {result.test_images:,}"
 
 
 def next_commands(result: ExperimentResult) -> list[str]:

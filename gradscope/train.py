@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from gradscope.data import TrainBatches, eval_batches
+from gradscope.data import TrainBatches, eval_batches, eval_subset_stride
 from gradscope.models import create_model, get_model_spec
 from gradscope.train_checkpoint import (
     capture_rng_state,
@@ -56,7 +56,9 @@ class TrainResult:
     train_error: float  # mean train error (fraction) over the last SUMMARY_WINDOW steps
     test_loss: float | None  # at the latest evaluation (None: not evaluated yet)
     test_error: float | None  # fraction misclassified at the latest evaluation
-    images_per_second: float | None  # training throughput of this session (None: no steps)
+    test_images: int | None  # test images the latest evaluation used (all, or the subset)
+    test_set_size: int | None  # images in the whole test set
+    images_per_second: float | None  # training steps only, evaluation excluded (None: no steps)
     run_path: Path | None  # the HDF5 run file (None when not recording)
     checkpoint_path: Path  # the checkpoint file
 
@@ -102,7 +104,7 @@ class Trainer:
         self.scheduler = build_lr_scheduler(self.optimizer, self.plan, config)
         self.step = 0  # optimizer steps completed
         self.recent = deque(maxlen=SUMMARY_WINDOW)  # (loss, error) of the latest steps
-        self.last_eval = None  # (test_loss, test_error) of the latest evaluation
+        self.last_eval = None  # (test_loss, test_error, test_images) of the latest evaluation
         self.done = False
         self.checkpoint_step = None  # the step of the checkpoint on disk (None: none yet)
         self._train_seconds = 0.0  # this session's time inside training steps
@@ -132,7 +134,7 @@ class Trainer:
         restore_rng_state(state["rng"])
         self.step = self.checkpoint_step = state["step"]
         self.recent.extend(tuple(pair) for pair in state["recent"])
-        self.last_eval = tuple(state["last_eval"]) if state["last_eval"] else None
+        self.last_eval = _eval_triple(state["last_eval"], self.dataset)
         self.done = state["done"]
 
     def save_checkpoint(self) -> None:
@@ -181,26 +183,43 @@ class Trainer:
         return loss_value, error
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Test loss and error on the whole test set; logged against the latest step."""
+    def evaluate(self, full: bool = True) -> tuple[float, float, int]:
+        """(test loss, test error, images) on the whole test set, or with `full=False` on the
+        fixed subset of `config.eval_subset` images; logged against the latest step."""
+        limit = None if full else self.config.eval_subset
+        total = len(self.dataset.test_labels)
+        images = -(-total // eval_subset_stride(total, limit))  # ceil: every k-th image
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device)
         count = 0
-        with self._autocast():  # the recorder ignores forwards without grad
-            for x, y in eval_batches(self.dataset, batch_size=self.config.eval_batch_size):
+        bar = tqdm(
+            total=images,
+            desc=f"{self.model_name} test" + ("" if full else " subset"),
+            unit="img",
+            leave=False,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        with bar, self._autocast():  # the recorder ignores forwards without grad
+            batches = eval_batches(self.dataset, self.config.eval_batch_size, limit=limit)
+            for x, y in batches:
                 if self.amp:
                     x = x.contiguous(memory_format=torch.channels_last)
                 logits = self.forward(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
                 wrong += (logits.argmax(1) != y).sum()
                 count += y.shape[0]
+                bar.update(y.shape[0])
         self.model.train()
         test_loss, wrong_count = torch.stack([loss_sum, wrong]).tolist()
-        self.last_eval = (test_loss / count, wrong_count / count)
+        self.last_eval = (test_loss / count, wrong_count / count, count)
         if self.recorder is not None:
             self.recorder.log(
-                step=self.step - 1, test_loss=test_loss / count, test_error=wrong_count / count
+                step=self.step - 1,
+                test_loss=test_loss / count,
+                test_error=wrong_count / count,
+                test_images=count,
             )
         return self.last_eval
 
@@ -233,7 +252,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.3f}", err=f"{error:.3f}", refresh=False)
                 bar.update()
                 if self.step % self.plan.eval_every == 0 or self.step == total:
-                    self.evaluate()
+                    bar.set_postfix_str("evaluating", refresh=True)
+                    self.evaluate(full=self.step == total)
                     bar.set_postfix(
                         loss=f"{loss:.3f}", err=f"{error:.3f}", test_err=f"{self.last_eval[1]:.3f}"
                     )
@@ -267,6 +287,8 @@ class Trainer:
             train_error=train_error,
             test_loss=self.last_eval[0] if self.last_eval else None,
             test_error=self.last_eval[1] if self.last_eval else None,
+            test_images=self.last_eval[2] if self.last_eval else None,
+            test_set_size=len(self.dataset.test_labels),
             images_per_second=throughput,
             run_path=self.run_path,
             checkpoint_path=self.checkpoint_path,
@@ -285,7 +307,7 @@ class Trainer:
         self.close()
 
 
-def finished_result(model_name: str, config: TrainConfig, run_dir: str | os.PathLike):
+def finished_result(model_name: str, config: TrainConfig, run_dir: str | os.PathLike, dataset):
     """The TrainResult of a model whose checkpoint says it is done, or None if it is not."""
     path = checkpoint_path(run_dir, model_name)
     if not path.is_file():
@@ -294,7 +316,7 @@ def finished_result(model_name: str, config: TrainConfig, run_dir: str | os.Path
     if not state["done"]:
         return None
     losses, errors = zip(*state["recent"], strict=True) if state["recent"] else ((math.nan,),) * 2
-    test = state["last_eval"] or (None, None)
+    test = _eval_triple(state["last_eval"], dataset) or (None, None, None)
     return TrainResult(
         model=model_name,
         steps_done=state["step"],
@@ -303,7 +325,18 @@ def finished_result(model_name: str, config: TrainConfig, run_dir: str | os.Path
         train_error=sum(errors) / len(errors),
         test_loss=test[0],
         test_error=test[1],
+        test_images=test[2],
+        test_set_size=len(dataset.test_labels),
         images_per_second=None,
         run_path=Path(run_dir) / f"{model_name}.h5" if config.record else None,
         checkpoint_path=path,
     )
+
+
+def _eval_triple(saved, dataset) -> tuple[float, float, int] | None:
+    """A checkpoint's latest evaluation as (loss, error, images); older ones lack the count."""
+    if not saved:
+        return None
+    if len(saved) == 2:  # written before the count was kept: it was the whole test set
+        return (saved[0], saved[1], len(dataset.test_labels))
+    return tuple(saved)

@@ -38,6 +38,8 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast + channels_last (None: on for CUDA only)
     compile: bool = False  # run the forward through torch.compile
     eval_batch_size: int = 500  # images per test-evaluation batch
+    eval_subset: int | None = 2000  # test images of intermediate evaluations (every k-th image;
+    # the same ones every time); the last evaluation uses the whole test set. None: always all
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def check_train_config(config: TrainConfig) -> None:
         positive(flag, getattr(config, field))
     positive("image-size", config.image_size)
     positive("eval-batch-size", config.eval_batch_size)
+    positive("eval-subset", config.eval_subset)
     if not config.lr > 0:
         raise UsageError(f"--lr must be positive, got {config.lr}")
     if not 0 < config.lr_decay <= 1:

@@ -19,6 +19,7 @@ from gradscope.data import (
     TrainBatches,
     augment_batch,
     eval_batches,
+    eval_subset_stride,
     load_dataset,
     normalize,
 )
@@ -466,6 +467,22 @@ def test_normalization_and_eval_batches(small_dataset):
     expected_all = normalize(small_dataset.test_images, small_dataset.mean, small_dataset.std)
     assert torch.equal(x_all, expected_all)
     assert torch.equal(torch.cat([y for _, y in chunks]), small_dataset.test_labels)
+
+
+def test_eval_subset_is_a_fixed_stride_over_the_whole_test_set(small_dataset):
+    # 23 test images, at most 8: every 3rd (ceil(23 / 8)), so 8 images from all over the set.
+    assert eval_subset_stride(23, 8) == 3 and eval_subset_stride(23, None) == 1
+    assert eval_subset_stride(23, 50) == 1
+    chunks = list(eval_batches(small_dataset, batch_size=5, limit=8))
+    labels = torch.cat([y for _, y in chunks])
+    assert torch.equal(labels, small_dataset.test_labels[::3])
+    x_all = torch.cat([x for x, _ in chunks])
+    want = normalize(small_dataset.test_images[::3], small_dataset.mean, small_dataset.std)
+    assert torch.equal(x_all, want)
+    again = torch.cat([y for _, y in eval_batches(small_dataset, batch_size=7, limit=8)])
+    assert torch.equal(again, labels)  # the same images whatever the batch size
+    with pytest.raises(UsageError, match="subset"):
+        eval_batches(small_dataset, limit=0)
 
 
 def test_bad_batch_arguments_raise_usage_errors(small_dataset):

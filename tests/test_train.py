@@ -9,6 +9,7 @@ import torch
 
 import gradscope
 from gradscope.data import load_dataset
+from gradscope.data_synthetic import SYNTHETIC_TEST
 from gradscope.errors import UsageError
 from gradscope.train import TrainConfig, Trainer, check_train_config, plan_steps, resolve_device
 from gradscope.train_checkpoint import load_checkpoint
@@ -42,6 +43,7 @@ def tiny_config(**overrides) -> TrainConfig:
         checkpoint_every=3,
         record_every=2,
         device="cpu",
+        eval_subset=SYNTHETIC_TEST // 2,
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -174,6 +176,10 @@ def test_run_file_holds_every_step_the_lr_and_test_error(uninterrupted):
     evaluated = metrics["test_error"].dropna()
     assert list(evaluated.index) == [3, 7]  # after 4 and 8 steps
     assert result.test_error == evaluated.iloc[-1]
+    # the intermediate evaluation on the fixed subset, the last one on the whole test set
+    test_count = SYNTHETIC_TEST
+    assert list(metrics["test_images"].dropna()) == [test_count / 2, test_count]
+    assert (result.test_images, result.test_set_size) == (test_count, test_count)
     assert np.isfinite(stats["act_grad_norm"]).all() and (stats["act_grad_norm"] > 0).all()
     assert attrs["synthetic"] is True or attrs["synthetic"] == 1
     assert result.finished and result.steps_done == STEPS

@@ -87,6 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="STEPS",
         help="steps between test evaluations (default: every epoch; ~10 per --steps run)",
     )
+    length.add_argument(
+        "--eval-subset",
+        type=_eval_subset,
+        default=d.eval_subset,
+        metavar="N|all",
+        help="test images of intermediate evaluations: every k-th image, the same ones each "
+        "time; the last evaluation always uses the whole test set (default: %(default)s)",
+    )
     length.add_argument("--seed", type=int, default=d.seed, help="(default: %(default)s)")
 
     rec = parser.add_argument_group("recording and output")
@@ -116,6 +124,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dev.add_argument("--compile", action="store_true", help="torch.compile the forward")
 
 
+def _eval_subset(text: str) -> int | None:
+    """--eval-subset: a positive number of images, or "all" (None: the whole test set)."""
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of images or 'all', got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of images, got {value}")
+    return value
+
+
 def config_from_args(args) -> ExperimentConfig:
     """The ExperimentConfig the flags describe."""
     if args.model is None:
@@ -132,6 +155,7 @@ def config_from_args(args) -> ExperimentConfig:
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps,
         eval_every=args.eval_every,
+        eval_subset=args.eval_subset,
         record=not args.no_record,
         record_every=args.every,
         seed=args.seed,
