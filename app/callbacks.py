@@ -25,7 +25,7 @@ from app.panels import (
 from app.run_index import RunIndex
 from gradscope import figures
 from gradscope.diagnosis import diagnose
-from gradscope.errors import GradscopeError
+from gradscope.errors import GradscopeError, RunFileError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,33 @@ def describe_error(index: RunIndex, error: Exception) -> str:
         return index.relative_message(str(error))
     log.error("dashboard callback failed", exc_info=error)
     return f"internal error ({type(error).__name__}); details are in the server log"
+
+
+def with_readable_runs(index: RunIndex, rels, build):
+    """(build(runs), problems) over the runs of `rels` that can be read, so one bad file costs
+    only its own part of a page: a run that fails to open, or whose read fails while `build`
+    runs, is left out and its error is listed in `problems` (one line each).
+
+    Raises when no run is left, or when `build` fails for another reason (with the problems
+    appended to its message).
+    """
+    with index.open_good_runs(list(rels)) as (runs, problems):
+        problems = [message for _, message in problems]
+        while True:
+            try:
+                if not runs and problems:
+                    raise RunFileError("; ".join(problems))
+                return build(runs), problems
+            except RunFileError as e:
+                bad = next((run for run in runs if str(run.path) in str(e)), None)
+                if bad is None:
+                    raise
+                runs = [run for run in runs if run is not bad]
+                problems.append(index.relative_message(str(e)))
+            except GradscopeError as e:
+                if not problems:
+                    raise
+                raise type(e)("; ".join([str(e), *problems])) from e
 
 
 # ----- plain functions: everything a callback does, testable without a browser -----
@@ -74,13 +101,17 @@ def control_values(index: RunIndex, selected, stat, step_index, step_max) -> dic
         if not controls.runs:
             out["message"] = "Select one or more runs to compare."
             return out
-        with index.open_runs(list(controls.runs)) as runs:
-            available = stat_options(runs)
-            steps = figures.available_steps(runs)
-            out["type_options"] = layer_type_options(runs)
+
+        def options(runs):
+            return stat_options(runs), figures.available_steps(runs), layer_type_options(runs)
+
+        (available, steps, out["type_options"]), problems = with_readable_runs(
+            index, controls.runs, options
+        )
     except Exception as e:  # noqa: BLE001 - shown on the page
         out["message"] = describe_error(index, e)
         return out
+    out["message"] = "\n".join(problems)
     out["stat_options"] = available
     out["stat"] = pick_stat(stat, available)
     last = max(len(steps) - 1, 0)
@@ -99,8 +130,7 @@ def step_label(index: RunIndex, selected, step_index, window) -> str:
         controls = Controls.from_request(runs=selected, step_index=step_index, window=window)
         if not controls.runs:
             return ""
-        with index.open_runs(list(controls.runs)) as runs:
-            steps = figures.available_steps(runs)
+        steps, _ = with_readable_runs(index, controls.runs, figures.available_steps)
     except Exception as e:  # noqa: BLE001 - shown on the page
         return describe_error(index, e)
     if len(steps) == 0:
@@ -117,9 +147,10 @@ def figure_output(index: RunIndex, kind: str, values: dict, zoom: dict | None = 
     """(figure, message) of panel `kind` for the control `values`, keeping the user's `zoom`."""
     try:
         controls = Controls.from_request(**values)
-        with index.open_runs(list(controls.runs)) as runs:
-            fig = panel_figure(kind, runs, controls)
-        return apply_zoom(fig, view_key(kind, controls), zoom), ""
+        fig, problems = with_readable_runs(
+            index, controls.runs, lambda runs: panel_figure(kind, runs, controls)
+        )
+        return apply_zoom(fig, view_key(kind, controls), zoom), "\n".join(problems)
     except Exception as e:  # noqa: BLE001 - shown on the page
         message = describe_error(index, e)
         return message_figure(message), message
@@ -140,8 +171,9 @@ def png_download(index: RunIndex, kind: str, values: dict) -> tuple:
 
     try:
         controls = Controls.from_request(**values)
-        with index.open_runs(list(controls.runs)) as runs:
-            fig = panel_figure(kind, runs, controls)
+        fig, _ = with_readable_runs(
+            index, controls.runs, lambda runs: panel_figure(kind, runs, controls)
+        )
         png = figure_png_bytes(fig)
     except Exception as e:  # noqa: BLE001 - shown on the page
         return no_update, describe_error(index, e)
@@ -154,10 +186,18 @@ def diagnosis_output(index: RunIndex, selected) -> list:
     try:
         controls = Controls.from_request(runs=selected)
         blocks = []
-        with index.open_runs(list(controls.runs)) as runs:
+        with index.open_good_runs(list(controls.runs)) as (runs, problems):
             for run in runs:
                 blocks.append(html.H4(figures.run_label(run)))
-                blocks.append(html.Pre(diagnose(run).to_text(), className="diagnosis-text"))
+                try:
+                    text = diagnose(run).to_text()
+                except GradscopeError as e:  # this run only: the others still show
+                    blocks.append(html.Div(describe_error(index, e), className="panel-message"))
+                    continue
+                blocks.append(html.Pre(text, className="diagnosis-text"))
+        for rel, message in problems:
+            blocks.append(html.H4(rel))
+            blocks.append(html.Div(message, className="panel-message"))
     except Exception as e:  # noqa: BLE001 - shown on the page
         return [html.Div(describe_error(index, e), className="panel-message")]
     return blocks

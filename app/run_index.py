@@ -6,13 +6,14 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradscope.errors import GradscopeError, RunFileError, UsageError
 from gradscope.store import open_run
 
 RUN_SUFFIX = ".h5"
+READ_WAIT_SECONDS = 10.0  # a request waits this long for a run another request is reading
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class RunIndex:
             raise UsageError(f"runs folder {str(root)!r} does not exist or is not a folder")
         self.root = root.resolve()
         self._lock = threading.RLock()
-        self._runs: dict[str, tuple[object, int]] = {}  # rel -> (open Run, inode)
+        self._runs: dict[str, _CachedRun] = {}  # rel -> its open Run, inode and lock
         self._summaries: dict[str, tuple[tuple[int, int, int], RunEntry]] = {}
 
     def resolve(self, rel: str) -> Path:
@@ -119,40 +120,102 @@ class RunIndex:
     def open_runs(self, rels: list[str]) -> Iterator[list]:
         """Open (or reuse) the runs at `rels`, refreshed to their latest records.
 
-        Holds the index lock while the caller reads them, so a timer refresh in another
-        callback thread cannot change a run under a figure being built.
+        Each run is held (its own lock, not the index's) while the caller reads it, so a timer
+        refresh in another callback thread cannot change it under a figure being built, and a
+        slow file delays only the requests that read it. Raises the first run's error.
         """
-        with self._lock:
-            yield [self._cached_run(rel) for rel in rels]
+        with self._held(rels, problems=None) as held:
+            yield [held[rel].run for rel in rels]
 
-    def _cached_run(self, rel: str):
-        """The cached open Run of `rel`: refreshed, or reopened when the file was replaced."""
-        path = self.resolve(rel)
-        inode = path.stat().st_ino
-        cached = self._runs.get(rel)
-        if cached is not None:
-            run, cached_inode = cached
-            if cached_inode == inode:
-                try:
-                    run.refresh()
-                    return run
-                except (GradscopeError, OSError):
-                    pass  # the file changed under the handle: reopen it below
-            self._runs.pop(rel, None)
-            _close_quietly(run)
+    @contextlib.contextmanager
+    def open_good_runs(self, rels: list[str]) -> Iterator[tuple[list, list]]:
+        """Like `open_runs`, but yields (the runs that opened, [(rel, message) for those that
+        did not]), so one bad file costs only its own part of a page."""
+        problems = []
+        with self._held(rels, problems) as held:
+            yield [held[rel].run for rel in rels if rel in held], problems
+
+    @contextlib.contextmanager
+    def _held(self, rels: list[str], problems: list | None) -> Iterator[dict]:
+        """{rel: locked cache entry}; a run that fails to open raises, or with a `problems`
+        list is noted there as (rel, message) and left out."""
+        held: dict[str, _CachedRun] = {}
         try:
-            run = open_run(path)
+            for rel in sorted(set(rels)):  # one order for every request: no lock cycles
+                try:
+                    held[rel] = self._acquire(rel)
+                except GradscopeError as e:
+                    if problems is None:
+                        raise
+                    problems.append((rel, self.relative_message(str(e))))
+            yield held
+        finally:
+            for entry in held.values():
+                entry.lock.release()
+
+    def _acquire(self, rel: str) -> _CachedRun:
+        """The cached open Run of `rel`, locked for the caller and refreshed (or reopened when
+        the file was replaced or changed under the handle)."""
+        path = self.resolve(rel)
+        try:
+            inode = path.stat().st_ino
         except OSError as e:
-            raise RunFileError(f"cannot read {rel}: {e}") from e
-        self._runs[rel] = (run, inode)
-        return run
+            raise RunFileError(f"cannot read {rel}: {e.strerror or e}") from e
+        with self._lock:  # only the cache dict: no file is read under the index lock
+            entry = self._runs.get(rel)
+            if entry is None or entry.inode != inode:
+                if entry is not None:
+                    _close_when_free(entry)
+                entry = self._runs[rel] = _CachedRun(inode)
+        if not entry.lock.acquire(timeout=READ_WAIT_SECONDS):
+            raise RunFileError(
+                f"{rel}: another request has been reading this file for over "
+                f"{READ_WAIT_SECONDS:g} s; it is skipped for now"
+            )
+        try:
+            if entry.run is not None:
+                try:
+                    entry.run.refresh()
+                    return entry
+                except (GradscopeError, OSError):
+                    _close_quietly(entry.run)  # the file changed under the handle: reopen it
+                    entry.run = None
+            entry.run = open_run(path)
+            return entry
+        except OSError as e:
+            entry.lock.release()
+            raise RunFileError(f"cannot read {rel}: {e.strerror or e}") from e
+        except BaseException:
+            entry.lock.release()
+            raise
 
     def close(self) -> None:
         """Close every cached run."""
         with self._lock:
-            for run, _ in self._runs.values():
-                _close_quietly(run)
+            for entry in self._runs.values():
+                _close_when_free(entry)
             self._runs.clear()
+
+
+@dataclass
+class _CachedRun:
+    """An open run of the index, with the lock its readers hold."""
+
+    inode: int  # of the file the run was opened from
+    run: object = None  # the open Run (None until first opened, or after a failure)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _close_when_free(entry: _CachedRun) -> None:
+    """Close a cached run unless a request is reading it (it is then dropped unclosed, and
+    closed when the last reference goes)."""
+    if entry.lock.acquire(blocking=False):
+        try:
+            if entry.run is not None:
+                _close_quietly(entry.run)
+                entry.run = None
+        finally:
+            entry.lock.release()
 
 
 def _close_quietly(run) -> None:

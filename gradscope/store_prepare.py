@@ -13,6 +13,7 @@ import numpy as np
 
 from gradscope import store_schema as schema
 from gradscope.errors import RunFileError, UsageError
+from gradscope.store_access import open_for_reading
 from gradscope.store_rows import read_rows
 
 LIVE_HEARTBEAT_SECONDS = 30.0  # a writer whose heartbeat is older than this is presumed gone
@@ -136,13 +137,13 @@ def _open_current_format(path: Path) -> h5py.File | None:
 def _check_not_being_written(path: Path) -> None:
     """Refuse to resume a file that another live process is writing."""
     try:
-        with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        with open_for_reading(path) as f:
             if f.attrs.get("format") != schema.FORMAT_NAME:
                 raise RunFileError(f"{path}: not a gradscope run file; cannot resume it")
             status = f[schema.STATUS][0]
             host = f.attrs.get("writer_host")
             pid = int(f.attrs.get("writer_pid", -1))
-    except (OSError, KeyError) as e:
+    except (OSError, KeyError, RuntimeError) as e:
         raise RunFileError(f"{path}: cannot read the run file to resume it: {e}") from e
     if status["closed"]:
         return
@@ -229,7 +230,7 @@ def _rebuild_committed_prefix(path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.rebuilding")
     try:
         with (
-            h5py.File(path, "r", libver="latest", swmr=True) as src,
+            open_for_reading(path) as src,
             h5py.File(tmp, "w", libver="latest") as dst,
         ):
             for key, value in src.attrs.items():
@@ -259,6 +260,6 @@ def _rebuild_committed_prefix(path: Path) -> None:
                     dst[name][:] = src[name][:m]
             dst[schema.STATUS][0] = (1, float(status["heartbeat"]), n, m, n)
         os.replace(tmp, path)
-    except (OSError, KeyError) as e:
+    except (OSError, KeyError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)
         raise RunFileError(f"{path}: cannot recover the crashed run file for resuming: {e}") from e

@@ -11,9 +11,10 @@ import pandas as pd
 
 from gradscope import store_schema as schema
 from gradscope.errors import RunFileError, UsageError
+from gradscope.store_access import open_for_reading, require_on_disk
 from gradscope.store_header import check_not_truncated
 from gradscope.store_prepare import LIVE_HEARTBEAT_SECONDS
-from gradscope.store_rows import read_rows, read_status
+from gradscope.store_rows import read_column, read_rows, read_status
 
 READ_PIECE_BYTES = 16 * 1024 * 1024  # rows read at once when reducing a stat to max_records
 
@@ -38,7 +39,7 @@ class Run:
             raise RunFileError(f"{self.path}: not an HDF5 file, so not a gradscope run file")
         check_not_truncated(file_path)
         try:
-            self._file = h5py.File(file_path, "r", libver="latest", swmr=True)
+            self._file = open_for_reading(file_path)
         except (OSError, RuntimeError) as e:
             raise RunFileError(f"{self.path}: cannot open (truncated or corrupt?): {e}") from e
         try:
@@ -55,6 +56,7 @@ class Run:
                         f"reads ({schema.FORMAT_VERSION}); upgrade gradscope"
                     )
                 self.attrs = schema.read_attrs(self._file)
+                require_on_disk(self._file[schema.LAYERS], 0, 1)
                 self._layer_dicts = schema.read_layers(self._file)
                 self.stats = schema.read_stat_names(self._file)
             self.refresh()
@@ -70,9 +72,7 @@ class Run:
         with self._reading("the records"):
             status = self._read_status()
             n_records = int(status["records"])
-            steps = f[schema.STEPS]
-            steps.refresh()
-            self._steps = steps[:n_records]
+            self._steps = read_column(f, schema.STEPS, n_records)
             self._steps.flags.writeable = False
             self._n_metrics = int(status["metrics"])
             self._metrics = None
@@ -230,10 +230,10 @@ class Run:
         f = self._open_file()
         n = self._n_metrics
         with self._reading("the metrics"):
-            columns = []
-            for name in (schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE):
-                f[name].refresh()
-                columns.append(f[name][:n])
+            columns = [
+                read_column(f, name, n)
+                for name in (schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE)
+            ]
         names = [raw.decode("utf-8") for raw in columns[1]]
         return pd.DataFrame({"step": columns[0], "name": names, "value": columns[2]})
 

@@ -5,6 +5,7 @@ import numpy as np
 
 from gradscope import store_schema as schema
 from gradscope.errors import RunFileError
+from gradscope.store_access import require_on_disk
 
 MAX_READ_ATTEMPTS = 20  # a live writer seals a chunk once per chunk of records: retries are rare
 
@@ -19,7 +20,16 @@ def read_status(f: h5py.File) -> np.void:
     """The status row, read fresh from the file (a writer may have updated it)."""
     status = f[schema.STATUS]
     status.refresh()
+    require_on_disk(status, 0, 1)
     return status[0]
+
+
+def read_column(f: h5py.File, name: str, count: int) -> np.ndarray:
+    """The first `count` rows of the 1-D dataset `name` (steps, metrics), read fresh."""
+    ds = f[name]
+    ds.refresh()
+    require_on_disk(ds, 0, count)
+    return ds[:count]
 
 
 def read_rows(f: h5py.File, name: str, start: int, stop: int) -> np.ndarray:
@@ -39,6 +49,7 @@ def read_rows(f: h5py.File, name: str, start: int, stop: int) -> np.ndarray:
         split = min(stop, max(start, sealed))
         if split > start:
             body.refresh()
+            require_on_disk(body, start, split)
             out[: split - start] = body[start:split]
         if split == stop:
             return out
@@ -49,6 +60,7 @@ def read_rows(f: h5py.File, name: str, start: int, stop: int) -> np.ndarray:
                 "(was it resumed from an earlier step?); open it again"
             )
         tail.refresh()
+        require_on_disk(tail, split - sealed, stop - sealed)
         out[split - start :] = tail[split - sealed : stop - sealed]
         if sealed_count(read_status(f)) == sealed:
             return out

@@ -397,3 +397,62 @@ def test_zoom_is_remembered_per_view_and_reapplied_on_redraw(index):
     assert other.layout.xaxis.range is None  # another statistic: a fresh view
     reset = zoom_output("flow", values(), zoom, {"xaxis.autorange": True})
     assert reset["ranges"] == {"yaxis": [-2, 0]}
+
+
+# ----- a bad file costs only its own part of the page ------------------------------------------
+
+
+@pytest.fixture
+def folder_with_cut_runs(tmp_path, cut_live_runs):
+    """A good run beside copies of a live run cut short (some open, then fail to read)."""
+    root = tmp_path / "runs"
+    write_run(root / "good" / "resnet.h5")
+    for cut in cut_live_runs:
+        (root / "bad").mkdir(parents=True, exist_ok=True)
+        (root / "bad" / cut.name).write_bytes(cut.read_bytes())
+    return root
+
+
+def test_each_cut_run_is_its_own_error_beside_a_good_run(folder_with_cut_runs):
+    index = RunIndex(folder_with_cut_runs)
+    try:
+        entries = {e.rel: e for e in index.scan()}
+        assert entries["good/resnet.h5"].error is None
+        for rel in (r for r in entries if r.startswith("bad/")):
+            chosen = values(runs=["good/resnet.h5", rel])
+            for kind in ids.PANELS:
+                fig, message = figure_output(index, kind, chosen)
+                if kind == "ratio":  # needs both runs: it says why it cannot draw
+                    assert message, rel
+                    continue
+                drawn = json.dumps(fig.to_plotly_json(), default=str)
+                assert fig.data and "good/resnet" in drawn, (kind, rel)
+                # the cut run is drawn where what the panel reads is intact, else named
+                assert rel in message or rel.removesuffix(".h5") in drawn, (kind, rel, message)
+            blocks = diagnosis_output(index, chosen["runs"])
+            text = " ".join(str(getattr(b, "children", "")) for b in blocks)
+            assert "diagnosis of good/resnet" in text and rel.removesuffix(".h5") in text
+            controls = control_values(index, chosen["runs"], "grad_norm", None, None)
+            assert "grad_norm" in controls["stat_options"]
+            if entries[rel].error is not None:  # cannot even be opened: the controls say so
+                assert rel in controls["message"]
+    finally:
+        index.close()
+
+
+def test_a_run_held_by_a_slow_request_delays_only_the_requests_that_read_it(index, monkeypatch):
+    # No lock is held across file reads but the run's own: while one request is stuck reading
+    # a run, requests for other runs go on, and those that need it give up after a while.
+    monkeypatch.setattr("app.run_index.READ_WAIT_SECONDS", 0.2)
+    stuck = index._acquire("baseline/relu.h5")  # as a request in the middle of a read
+    try:
+        fig, message = figure_output(index, "flow", values(runs=["sweep/lr01.h5"]))
+        assert message == "" and len(fig.data) == 1
+        fig, message = figure_output(
+            index, "flow", values(runs=["sweep/lr01.h5", "baseline/relu.h5"])
+        )
+        assert len(fig.data) == 1 and "baseline/relu.h5" in message and "reading" in message
+    finally:
+        stuck.lock.release()
+    fig, message = figure_output(index, "flow", values(runs=["sweep/lr01.h5", "baseline/relu.h5"]))
+    assert len(fig.data) == 2 and message == ""

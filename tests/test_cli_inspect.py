@@ -1,5 +1,9 @@
 """Tests of `gradscope inspect`: the printed report and the errors for bad files."""
 
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -82,3 +86,19 @@ def test_inspect_shows_diagnosis_and_json(tmp_path, capsys):
     assert doc["records"] == 4 and doc["stats"] == list(open_run(path).stats)
     assert len(doc["latest_record"]) == 3
     assert doc["diagnosis"]["findings"] == expected.to_dict()["findings"]
+
+
+def test_cut_copies_of_a_live_run_are_one_line_exit_2_within_seconds(cut_live_runs):
+    for cut in cut_live_runs:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "gradscope.cli", "inspect", str(cut)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert time.monotonic() - started < 15, cut
+        assert done.returncode == 2, (cut, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("gradscope inspect: error: "), lines
+        assert str(cut) in lines[0]

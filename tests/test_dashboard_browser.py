@@ -250,3 +250,31 @@ def zoom_in(driver, panel):
         -40, -40
     ).click_and_hold().move_by_offset(80, 80).release().perform()
     wait_for("the zoom", lambda: graph(driver, panel)["yrange"] != before)
+
+
+def test_a_good_run_beside_a_cut_one_still_renders(driver, tmp_path, cut_live_runs):
+    # A copy of a live run cut at 50%: it opens, but its records cannot be read. Selected with
+    # a good run, it costs only its own part of each panel, and later requests are not held up.
+    write_run(tmp_path / "good" / "resnet.h5", mtime=1_000_000)
+    cut = next(c for c in cut_live_runs if c.name == "cut0.5.h5")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "half.h5").write_bytes(cut.read_bytes())
+    with serve(tmp_path) as url:
+        for _ in range(2):  # a fresh load after the first still renders
+            load(driver, url)
+            heat = wait_for(
+                "the good run's heatmap",
+                lambda: (g := graph(driver, "heatmap")) and g["heatmap_images"] and g,
+            )
+            assert heat["heatmap_images"] == 1
+            assert "bad/half.h5" in wait_for(
+                "the bad run named", lambda: message(driver, "heatmap")
+            )
+            assert any("good/resnet" in a for a in heat["annotations"])
+            wait_for(
+                "the good run's diagnosis",
+                lambda: (
+                    "diagnosis of good/resnet" in driver.find_element(By.ID, ids.DIAGNOSIS).text
+                ),
+            )
+            assert "Traceback" not in driver.page_source

@@ -117,3 +117,38 @@ def test_sigkill_keeps_a_consistent_prefix_and_resume_continues(tmp_path):
     with h5py.File(path, "r") as f:  # raw check: no metric logged twice at one step
         metric_steps = f["metrics/step"][:]
         assert len(np.unique(metric_steps)) == len(metric_steps)
+
+
+# A script that opens each cut copy with open_run, reads everything, and prints one line each.
+READ_CUTS_SCRIPT = r"""
+import sys, time
+from gradscope import RunFileError, diagnose, open_run
+for path in sys.argv[1:]:
+    started = time.monotonic()
+    try:
+        with open_run(path) as run:
+            for name in run.stats:
+                run.stat(name)
+            run.metrics, run.record_frame(), diagnose(run)
+        outcome = "read"
+    except RunFileError as e:
+        outcome = "RunFileError " + str(e).replace("\n", " ")
+    print(f"{time.monotonic() - started:.2f} {outcome}", flush=True)
+"""
+
+
+def test_cut_copies_of_a_live_run_fail_fast(cut_live_runs):
+    # A copy of a run that is still being written, cut short: HDF5's SWMR reader used to retry
+    # metadata reads past the end for minutes, and read cut raw data as zeros without a word.
+    done = subprocess.run(
+        [sys.executable, "-c", READ_CUTS_SCRIPT, *map(str, cut_live_runs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == len(cut_live_runs), done.stderr
+    for cut, line in zip(cut_live_runs, lines, strict=True):
+        seconds, outcome = line.split(" ", 1)
+        assert outcome.startswith(f"RunFileError {cut}"), line
+        assert float(seconds) < 5, line

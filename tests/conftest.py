@@ -1,0 +1,56 @@
+"""Fixtures shared by the test modules."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gradscope.store import open_run
+
+# A writer that records 40 steps of 300 layers, then keeps the file open (a live run).
+LIVE_WRITER_SCRIPT = r"""
+import sys, time
+import numpy as np
+from gradscope.store import RunWriter
+
+layers = [{"name": f"block{i}.conv", "type": "Conv2d", "params": 9} for i in range(300)]
+w = RunWriter(sys.argv[1], layers, ["grad_norm", "act_mean", "act_grad_norm"], flush_interval=0.02)
+for step in range(40):
+    w.append(step, np.full((3, 300), step + 1.0, np.float32))
+    w.log(step, {"loss": 1.0 / (step + 1)})
+print("ready", flush=True)
+time.sleep(120)
+"""
+LIVE_RECORDS = 40
+CUT_FRACTIONS = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.98)
+
+
+@pytest.fixture(scope="session")
+def cut_live_runs(tmp_path_factory) -> list:
+    """Copies of a run still being written (SWMR, open for writing), cut at several sizes."""
+    folder = tmp_path_factory.mktemp("cut_live")
+    path = folder / "live.h5"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LIVE_WRITER_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        while True:  # until every record is committed
+            with open_run(path) as run:
+                if len(run.steps) == LIVE_RECORDS:
+                    assert run.is_live
+                    break
+            assert time.monotonic() < deadline, "the live writer did not commit its records"
+            time.sleep(0.05)
+        data = path.read_bytes()
+    finally:
+        proc.kill()
+        proc.wait()
+    cuts = []
+    for fraction in CUT_FRACTIONS:
+        cut = folder / f"cut{fraction}.h5"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        cuts.append(cut)
+    return cuts
