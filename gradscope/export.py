@@ -1,5 +1,7 @@
 """PNG export of figures through plotly/kaleido, with the lookup of a Chrome to render them."""
 
+import atexit
+import contextlib
 import os
 import platform
 import shutil
@@ -18,6 +20,10 @@ CHROME_NAMES = (
 )
 BROWSER_PATH_ENV = "BROWSER_PATH"  # the variable kaleido (via choreographer) honours too
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PNG_SIDE = 32767  # Chrome's largest canvas side, in pixels
+MAX_PNG_PIXELS = 268_435_456  # Chrome's largest canvas area (16,384 squared)
+
+_renderer_started: list = []  # the Chrome path once kaleido's renderer runs in this process
 
 
 def chrome_install_command() -> str:
@@ -64,20 +70,35 @@ def _downloaded_chrome():
     return found if found and Path(found).is_file() else None
 
 
-def figure_png_bytes(fig, width=None, height=None, scale=1) -> bytes:
-    """The figure rendered as PNG bytes (width x height layout pixels, times `scale`)."""
+def check_png_size(width=None, height=None, scale=1) -> None:
+    """Raise UsageError unless the PNG fits Chrome's canvas (checked before any rendering)."""
     for name, value in (("width", width), ("height", height)):
         if value is not None and (int(value) != value or value < 10):
             raise UsageError(f"{name} must be a whole number of pixels >= 10, not {value!r}")
     if not scale > 0:
         raise UsageError(f"scale must be > 0, not {scale!r}")
+    sides = [(value or default) * scale for value, default in ((width, 700), (height, 500))]
+    if max(sides) > MAX_PNG_SIDE or sides[0] * sides[1] > MAX_PNG_PIXELS:
+        raise UsageError(
+            f"a {sides[0]:,.0f} x {sides[1]:,.0f} pixel PNG is too large: at most "
+            f"{MAX_PNG_SIDE:,} pixels a side and {MAX_PNG_PIXELS:,} in all (width x height x "
+            "scale squared); choose a smaller --width, --height or --scale"
+        )
+
+
+def figure_png_bytes(fig, width=None, height=None, scale=1) -> bytes:
+    """The figure rendered as PNG bytes (width x height layout pixels, times `scale`)."""
+    check_png_size(width, height, scale)
     chrome = find_chrome()
     import kaleido
     import plotly.io as pio
 
-    # One Chrome kept open for the process (closed at exit): later exports take well under a
-    # second instead of a browser start each; plotly's to_image uses it when it is running.
-    kaleido.start_sync_server(path=chrome, silence_warnings=True)
+    # One Chrome kept open for the process: later exports take well under a second instead of
+    # a browser start each; plotly's to_image uses it when it is running.
+    if not _renderer_started:
+        kaleido.start_sync_server(path=chrome, silence_warnings=True)
+        _renderer_started.append(chrome)
+        atexit.register(stop_renderer)  # runs before kaleido's own (atexit is last-in first-out)
     try:
         with warnings.catch_warnings():
             # plotly always passes kopts, which the running server rightly does not need.
@@ -90,8 +111,24 @@ def figure_png_bytes(fig, width=None, height=None, scale=1) -> bytes:
     return data
 
 
+def stop_renderer() -> None:
+    """Close the Chrome that renders PNGs, if one was started; quietly, as at exit.
+
+    Chrome may still be writing its profile while kaleido removes the temporary folder
+    ("Directory not empty: 'Default'"): the PNGs are written by then, so that is no error.
+    """
+    if not _renderer_started:
+        return
+    _renderer_started.clear()
+    import kaleido
+
+    with contextlib.suppress(Exception):
+        kaleido.stop_sync_server(silence_warnings=True)
+
+
 def write_png(fig, path, width=None, height=None, scale=1) -> Path:
     """Write the figure as a PNG file at `path` (must end in .png); returns the path."""
+    check_png_size(width, height, scale)
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UsageError(f"output file {path} must end in .png")

@@ -80,3 +80,9 @@ def shared_range(arrays, symmetric: bool = False):
     if low == high:
         return low - 0.5, high + 0.5
     return low, high
+
+
+def require_finite(run, stat: str, values: np.ndarray, where: str = "at any layer or record"):
+    """Raise UsageError, in one sentence, when `values` of `stat` hold no finite number."""
+    if not np.isfinite(np.asarray(values, dtype=np.float64)).any():
+        raise UsageError(f"{run_label(run)} has no finite {stat} value {where} (all NaN or inf)")

@@ -9,6 +9,7 @@ from gradscope.figures_common import (
     check_has_records,
     check_stat,
     finite_or_nan,
+    require_finite,
     run_colour,
     run_label,
 )
@@ -30,8 +31,9 @@ def flow_curve(
 ) -> go.Figure:
     """A statistic against depth, one line per run; hover names the layer.
 
-    `step=None` uses each run's latest record; otherwise each run uses its record nearest at or
-    before `step`. `window=(a, b)` instead averages the records with a <= step < b.
+    `step=None` uses each run's latest record; otherwise each run uses its record nearest to
+    `step` (the title says so when that is another step). `window=(a, b)` instead averages the
+    records with a <= step < b.
     `depth_axis` is "index" (layer position) or "normalized" (0..1, to compare nets of
     different depth). Non-finite values (and non-positive ones on a log axis) are left out.
     """
@@ -49,12 +51,17 @@ def flow_curve(
         _check_step_in_runs(runs, int(step))
 
     fig = go.Figure()
+    snapped = set()  # steps used instead of the one asked for
     for position, run in enumerate(runs):
         idx = select_layers(run.layers, types=types, pattern=pattern)
         if window is not None:
             profile, where = _window_mean(run, stat, start, stop)
         else:
-            profile, where = _record_at(run, stat, step)
+            profile, chosen = _record_at(run, stat, step)
+            where = f"step {chosen}"
+            if step is not None and chosen != int(step):
+                snapped.add(chosen)
+        require_finite(run, stat, profile[idx], f"at {where}")
         n_layers = len(run.layers)
         x = idx if depth_axis == "index" else idx / max(n_layers - 1, 1)
         names = run.layers["name"].astype(str).to_numpy()[idx]
@@ -76,7 +83,7 @@ def flow_curve(
             )
         )
     fig.update_layout(
-        title=f"{stat} across depth, {_describe(step, window)}",
+        title=f"{stat} across depth, {_describe(step, window, snapped)}",
         xaxis_title="layer index" if depth_axis == "index" else "normalized depth (0 = input)",
         yaxis_title=stat,
         yaxis_type="log" if log_y else "linear",
@@ -87,9 +94,12 @@ def flow_curve(
     return fig
 
 
-def _describe(step, window) -> str:
+def _describe(step, window, snapped) -> str:
     if window is not None:
         return f"mean over steps {window[0]} <= step < {window[1]}"
+    if snapped:
+        used = ", ".join(str(s) for s in sorted(snapped))
+        return f"nearest record to step {step} (step {used})"
     if step is not None:
         return f"step {step}"
     return "latest record"
@@ -118,18 +128,22 @@ def _check_step_in_runs(runs, step: int) -> None:
 
 
 def _record_at(run, stat: str, step):
-    """The stat row of the run's record nearest at or before `step` (latest if None)."""
+    """(stat row, its step) of the run's record nearest to `step` (latest if None; the
+    earlier one on a tie)."""
     steps = np.asarray(run.steps)
     if step is None:
         position = len(steps) - 1
     else:
-        position = int(np.searchsorted(steps, int(step), side="right")) - 1
+        after = min(int(np.searchsorted(steps, int(step), side="left")), len(steps) - 1)
+        before = max(after - 1, 0)
+        nearer_before = abs(int(step) - int(steps[before])) <= abs(int(steps[after]) - int(step))
+        position = before if nearer_before else after
     chosen = int(steps[position])
     got_steps, values = run.read(stat, start_step=chosen, stop_step=chosen + 1)
     rows = np.flatnonzero(np.asarray(got_steps) == chosen)
     if rows.size == 0:
         raise UsageError(f"step {chosen} could not be read back from {run.path}")
-    return np.asarray(values[rows[-1]], dtype=np.float64), f"step {chosen}"
+    return np.asarray(values[rows[-1]], dtype=np.float64), chosen
 
 
 def _window_mean(run, stat: str, start: int, stop: int):

@@ -9,6 +9,7 @@ from gradscope.figures_common import (
     check_has_records,
     check_stat,
     log10_magnitude,
+    require_finite,
     run_label,
     shared_range,
 )
@@ -34,6 +35,7 @@ def depth_step_heatmap(
         values = np.asarray(values, dtype=np.float32)
         if len(idx) != values.shape[1]:
             values = values[:, idx]
+        require_finite(run, stat, values)
         if log_color:
             colour = log10_magnitude(values)
         else:
@@ -141,6 +143,8 @@ def ratio_heatmap(
     nearest = _nearest_positions(steps_b, steps_a)
     a = values_a[:, idx_a].T.astype(np.float64)  # [layers, records]
     b = values_b[nearest][:, idx_b].T.astype(np.float64)
+    require_finite(run_a, stat, a)
+    require_finite(run_b, stat, b)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = a / b
     z = log10_magnitude(ratio)

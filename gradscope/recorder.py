@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -13,10 +14,11 @@ from torch import nn
 from gradscope import param_stats as P
 from gradscope import stats as S
 from gradscope.act_sums import ActivationSums, OutputGradSums
-from gradscope.errors import RunFileError, UsageError
+from gradscope.errors import UsageError
 from gradscope.layer_selection import select_modules
 from gradscope.schedule import make_schedule
 from gradscope.store import RunWriter, open_run
+from gradscope.store_prepare import check_run_path
 
 DEFAULT_BATCH_SAMPLE = 32  # rows of each output used for activation moments (not act_grad_norm)
 
@@ -55,22 +57,19 @@ class Recorder:
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
-        self.path = os.fspath(path)
         self.closed = False
         # Under torch.distributed only rank 0 records unless asked: the other ranks' recorders
         # are inert (no hooks, no file); their gradients after the all-reduce are rank 0's anyway.
         self.active = all_ranks or _distributed_rank() == 0
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        self.path = os.fspath(path)
         if not self.active:
             return
         if batch_sample is not None and (not isinstance(batch_sample, int) or batch_sample < 1):
             raise UsageError(f"batch_sample must be a positive int or None, got {batch_sample!r}")
-        if overwrite and resume:
-            raise UsageError("choose one of overwrite=True and resume=True, not both")
-        if os.path.exists(self.path) and not (overwrite or resume):
-            raise RunFileError(
-                f"{self.path}: file exists; pass overwrite=True to replace it "
-                "or resume=True to append to it"
-            )
+        _check_not_being_recorded(self.path)
+        check_run_path(self.path, overwrite, resume)  # fail now, not at the first step
         self.stats = S.resolve_stats(stats)
         self._schedule = make_schedule(every)
         self._batch_sample = batch_sample
@@ -79,6 +78,7 @@ class Recorder:
             model = model._orig_mod  # torch.compile's wrapper: watch the modules it runs
         self.model_class = type(model).__name__
         self._modules = select_modules(model, layers)  # [(qualified name, module)]
+        _check_not_watched(self._modules)
 
         self._want_act = any(s in S.ACT_STATS for s in self.stats)
         self._want_act_grad = "act_grad_norm" in self.stats
@@ -115,6 +115,9 @@ class Recorder:
         self._device = _model_device(model)
         self._hooks = []
         self._install_hooks()
+        _LIVE_PATHS[os.path.realpath(self.path)] = self
+        for name, module in self._modules:
+            _WATCHED[module] = (self, name)
         if optimizer is None and self._due and self._want_weight:
             self._before = P.weight_snapshot(self._param_groups(), self._device)
 
@@ -173,11 +176,18 @@ class Recorder:
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+        for _, module in self._modules:
+            if _WATCHED.get(module, (None,))[0] is self:
+                del _WATCHED[module]
         if self._optimizer is not None and "zero_grad" in vars(self._optimizer):
             del self._optimizer.zero_grad
         _forget_compiled_code()
-        self._ensure_writer()
-        self._writer.close()
+        try:
+            self._ensure_writer()
+            self._writer.close()
+        finally:
+            if _LIVE_PATHS.get(os.path.realpath(self.path)) is self:
+                del _LIVE_PATHS[os.path.realpath(self.path)]
 
     def __enter__(self):
         return self
@@ -398,6 +408,32 @@ class Recorder:
     def _check_open(self) -> None:
         if self.closed:
             raise UsageError(f"the recorder for {self.path} is closed")
+
+
+# The recorders of this process that are attached: by run file, and by watched module.
+_LIVE_PATHS: weakref.WeakValueDictionary[str, Recorder] = weakref.WeakValueDictionary()
+_WATCHED: weakref.WeakKeyDictionary[nn.Module, tuple[Recorder, str]] = weakref.WeakKeyDictionary()
+
+
+def _check_not_being_recorded(path: str) -> None:
+    """Refuse a run file that another attached recorder of this process is writing."""
+    other = _LIVE_PATHS.get(os.path.realpath(path))
+    if other is not None and not other.closed:
+        raise UsageError(
+            f"{path}: another recorder in this process is writing this file; close it first "
+            "(rec.close()) or choose another path"
+        )
+
+
+def _check_not_watched(modules) -> None:
+    """Refuse modules that an attached recorder already watches (each would record twice)."""
+    for _, module in modules:
+        other, name = _WATCHED.get(module, (None, None))
+        if other is not None and not other.closed:
+            raise UsageError(
+                f"module {name!r} is already watched by the recorder writing {other.path}; "
+                "close that recorder first (rec.close()), or watch other layers"
+            )
 
 
 def _forget_compiled_code() -> None:

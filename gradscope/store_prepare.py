@@ -3,6 +3,7 @@
 import importlib.metadata
 import os
 import socket
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,19 +34,39 @@ class WritableRun:
     last_metric_step: int | None
 
 
-def prepare_run_file(path, layers, stats, attrs, overwrite, resume, start_step) -> WritableRun:
-    """Create or resume the run file at `path` and switch it to SWMR-write mode."""
+def check_run_path(path, overwrite: bool, resume: bool) -> Path:
+    """Check that a run file can be written at `path` now; returns it as a Path.
+
+    Creates the parent folder if missing. Raises UsageError for conflicting options and
+    RunFileError for an existing file (without overwrite or resume), a folder in the way, or
+    a place that cannot be written.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a run file path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     if overwrite and resume:
         raise UsageError("pass overwrite=True or resume=True, not both")
-    if start_step is not None and not resume:
-        raise UsageError("start_step only applies with resume=True")
-    json_attrs = schema.encode_attrs(attrs)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise RunFileError(f"{path}: is a folder; give the path of a .h5 file to write")
     if path.exists() and not (overwrite or resume):
         raise RunFileError(
             f"{path}: file exists; pass overwrite=True to replace it or resume=True to append"
         )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise RunFileError(f"{path}: cannot write there ({e.strerror or e})") from e
+    return path
+
+
+def prepare_run_file(path, layers, stats, attrs, overwrite, resume, start_step) -> WritableRun:
+    """Create or resume the run file at `path` and switch it to SWMR-write mode."""
+    if start_step is not None and not resume:
+        raise UsageError("start_step only applies with resume=True")
+    json_attrs = schema.encode_attrs(attrs)
+    path = check_run_path(path, overwrite, resume)
     if resume and path.exists():
         return _resume(path, layers, stats, json_attrs, start_step)
     return _create(path, layers, stats, json_attrs)

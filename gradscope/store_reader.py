@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import os
 import time
 from pathlib import Path
 
@@ -31,6 +32,11 @@ class Run:
     """
 
     def __init__(self, path):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(
+                f"open_run needs the path of a run file (a str or os.PathLike), "
+                f"got {type(path).__name__}"
+            )
         self.path = str(path)
         file_path = Path(path)
         if not file_path.is_file():

@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 
+import numpy as np
 import pytest
 
 from app import create_app, ids
@@ -21,6 +22,7 @@ from app.layout import newest_runs, page
 from app.run_index import RunIndex
 from gradscope.cli import main as cli_main
 from gradscope.errors import UsageError
+from gradscope.store import RunWriter
 from tests.app_fixtures import STATS, write_run, write_runs_folder
 
 NEWEST_TWO = ["sweep/lr01.h5", "baseline/tanh.h5"]
@@ -456,3 +458,35 @@ def test_a_run_held_by_a_slow_request_delays_only_the_requests_that_read_it(inde
         stuck.lock.release()
     fig, message = figure_output(index, "flow", values(runs=["sweep/lr01.h5", "baseline/relu.h5"]))
     assert len(fig.data) == 2 and message == ""
+
+
+def test_a_statistic_with_no_finite_value_says_so_in_its_panel(tmp_path):
+    (tmp_path / "r").mkdir()
+    layers = [{"name": f"layer{i}", "type": "Conv2d", "params": 9} for i in range(5)]
+    with RunWriter(tmp_path / "r" / "nan.h5", layers, ["grad_norm", "act_mean"]) as writer:
+        for step in range(3):
+            writer.append(step, np.stack([np.ones(5), np.full(5, np.nan)]).astype(np.float32))
+    index = RunIndex(tmp_path / "r")
+    try:
+        for kind in ("flow", "heatmap"):
+            chosen = values(runs=["nan.h5"], stat="act_mean")
+            _, text = figure_output(index, kind, chosen)
+            assert "r/nan has no finite act_mean value" in text, (kind, text)
+    finally:
+        index.close()
+
+
+def test_cli_dashboard_on_a_busy_port_or_foreign_host_exits_2_with_one_line(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = cli_main(["dashboard", "--runs", str(tmp_path), "--port", str(port)])
+    err = capsys.readouterr()
+    assert code == 2 and err.out == "" and err.err.count("\n") == 1
+    assert f"port {port} on 127.0.0.1 is in use" in err.err
+    code = cli_main(["dashboard", "--runs", str(tmp_path), "--host", "192.0.2.1"])  # TEST-NET-1
+    err = capsys.readouterr()
+    assert code == 2 and err.out == "" and "not an address of this machine" in err.err

@@ -23,9 +23,10 @@ def run_path(tmp_path_factory):
     """A 4-layer, 30-record run with grad_norm and a logged loss."""
     path = tmp_path_factory.mktemp("runs") / "a.h5"
     layers = [{"name": f"layer{j}", "type": "Linear", "params": 10} for j in range(4)]
-    with RunWriter(path, layers=layers, stats=["grad_norm"]) as w:
+    with RunWriter(path, layers=layers, stats=["grad_norm", "act_mean"]) as w:
         for i in range(30):
-            w.append(i * 10, np.full((1, 4), 1.0 + i, dtype=np.float32))
+            row = np.full(4, 1.0 + i, dtype=np.float32)
+            w.append(i * 10, np.stack([row, np.full(4, np.nan, np.float32)]))
             w.log(i * 10, {"loss": 1.0 / (1 + i)})
     return path
 
@@ -83,7 +84,10 @@ def test_cli_export_heatmap_png(run_path, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--figure", "flow", "--stat", "act_mean"], "'act_mean' is not in"),
+        (["--figure", "flow", "--stat", "act_std"], "'act_std' is not in"),
+        (["--figure", "heatmap", "--stat", "act_mean"], "has no finite act_mean value"),
+        (["--figure", "flow", "--stat", "act_mean"], "has no finite act_mean value at step 290"),
+        (["--width", "100000", "--height", "100000"], "too large"),
         (["--figure", "flow", "--step", "100000"], "beyond the runs"),
         (["--figure", "ratio"], "exactly 2 runs"),
         (["--figure", "heatmap", "--step", "5"], "--step applies only to --figure flow"),
@@ -103,3 +107,16 @@ def test_cli_export_missing_run_file(tmp_path, capsys):
     code = main(["export", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x.png")])
     assert code == 2
     assert capsys.readouterr().err.startswith("gradscope export: error: ")
+
+
+def test_cli_export_step_between_records_says_which_it_drew(run_path, capsys, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(
+        "gradscope.cli.export_cmd.write_png", lambda fig, out, **kw: drawn.append(fig) or out
+    )
+    assert (
+        main(["export", str(run_path), "--figure", "flow", "--step", "13", "--out", "f.png"]) == 0
+    )
+    (fig,) = drawn
+    assert "nearest record to step 13 (step 10)" in fig.layout.title.text
+    assert "step 10" in fig.data[0].name

@@ -61,9 +61,15 @@ def test_flow_curve_latest_record_and_hover(run):
     assert fig.layout.uirevision
 
 
-def test_flow_curve_step_uses_record_at_or_before(run):
-    fig = figures.flow_curve(run, "grad_norm", step=55)  # records at 50 and 60: uses 50
+def test_flow_curve_step_snaps_to_the_nearest_record_and_says_so(run):
+    fig = figures.flow_curve(run, "grad_norm", step=55)  # records at 50 and 60: a tie, uses 50
     assert fig.data[0].y[0] == pytest.approx(6.0)
+    assert "nearest record to step 55 (step 50)" in fig.layout.title.text
+    fig = figures.flow_curve(run, "grad_norm", step=57)
+    assert fig.data[0].y[0] == pytest.approx(7.0) and "step 60" in fig.data[0].name
+    assert "nearest record to step 57 (step 60)" in fig.layout.title.text
+    fig = figures.flow_curve(run, "grad_norm", step=60)
+    assert fig.layout.title.text.endswith("step 60") and "nearest" not in fig.layout.title.text
 
 
 def test_flow_curve_window_mean_and_normalized_depth(run):

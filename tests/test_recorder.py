@@ -698,3 +698,35 @@ def test_only_act_stats_still_drop_a_skipped_step(tmp_path):
     run = gradscope.open_run(tmp_path / "r.h5")
     assert list(run.steps) == [0, 1]
     assert_matches(run, expected, stats=stats, rtol=2e-4)
+
+
+def test_attach_twice_or_over_a_file_being_written_is_an_error(tmp_path):
+    model = mlp()
+    with gradscope.attach(model, tmp_path / "a.h5") as rec:
+        with pytest.raises(gradscope.UsageError, match="already watched by the recorder writing"):
+            gradscope.attach(model, tmp_path / "b.h5")
+        with pytest.raises(gradscope.UsageError, match="'0' is already watched"):
+            gradscope.attach(model[0], tmp_path / "c.h5")  # a part of the watched model
+        other = mlp()
+        with pytest.raises(gradscope.UsageError, match="another recorder in this process"):
+            gradscope.attach(other, tmp_path / "a.h5", overwrite=True)
+        rec.step()
+    assert not (tmp_path / "b.h5").exists() and not (tmp_path / "c.h5").exists()
+    assert list(gradscope.open_run(tmp_path / "a.h5").steps) == [0]  # intact
+    with gradscope.attach(model, tmp_path / "a.h5", overwrite=True):  # closed: now it may
+        pass
+
+
+def test_attach_to_a_path_that_cannot_be_written_fails_at_attach(tmp_path):
+    with pytest.raises(gradscope.RunFileError, match="cannot write there"):
+        gradscope.attach(mlp(), "/proc/gradscope-test/run.h5")
+    with pytest.raises(gradscope.RunFileError, match="is a folder"):
+        gradscope.attach(mlp(), tmp_path)
+    with pytest.raises(TypeError, match="str or os.PathLike"):
+        gradscope.attach(mlp(), 123)
+
+
+@pytest.mark.parametrize("bad", [123, None])
+def test_open_run_says_what_it_expected(bad):
+    with pytest.raises(TypeError, match="open_run needs the path of a run file"):
+        gradscope.open_run(bad)

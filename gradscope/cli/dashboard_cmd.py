@@ -1,6 +1,8 @@
 """`gradscope dashboard`: serve the Dash dashboard over a folder of run files."""
 
+import errno
 import ipaddress
+import socket
 from pathlib import Path
 
 from gradscope.errors import UsageError
@@ -48,6 +50,29 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Raise UsageError, in one line, unless a server can listen on host:port right now."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host}: not a known address ({e.strerror})") from e
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself does
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"port {port} on {host} is in use (another dashboard?); pass --port N"
+                ) from e
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(
+                    f"--host {host} is not an address of this machine; use 127.0.0.1 (this "
+                    "machine only) or 0.0.0.0 (every interface)"
+                ) from e
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+
+
 def run(args) -> int:
     """Check the arguments, then serve the dashboard until interrupted."""
     runs = Path(args.runs)
@@ -57,6 +82,7 @@ def run(args) -> int:
         )
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
+    check_can_listen(args.host, args.port)
     from app import create_app  # imports dash: only for this command
 
     app = create_app(runs)

@@ -4,7 +4,7 @@ from contextlib import ExitStack
 
 from gradscope import figures
 from gradscope.errors import UsageError
-from gradscope.export import write_png
+from gradscope.export import check_png_size, stop_renderer, write_png
 from gradscope.store import open_run
 
 FIGURES = ("heatmap", "flow", "curves", "ratio")
@@ -20,7 +20,11 @@ def register(subparsers) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN.h5", help="run files")
     parser.add_argument("--figure", choices=FIGURES, default="heatmap", help="which figure")
     parser.add_argument("--stat", default="grad_norm", help="statistic (not used by curves)")
-    parser.add_argument("--step", type=int, help="flow only: step to show (default: latest)")
+    parser.add_argument(
+        "--step",
+        type=int,
+        help="flow only: step to show, or the nearest recorded one (default: latest)",
+    )
     parser.add_argument(
         "--window",
         type=int,
@@ -51,10 +55,14 @@ def run_export(args) -> int:
                 raise UsageError(f"{option} applies only to --figure flow")
     if args.figure == "ratio" and len(args.runs) != 2:
         raise UsageError(f"--figure ratio needs exactly 2 runs, got {len(args.runs)}")
+    check_png_size(args.width, args.height, args.scale)
     with ExitStack() as stack:
         runs = [stack.enter_context(open_run(path)) for path in args.runs]
         fig = build_figure(args, runs)
-        path = write_png(fig, args.out, width=args.width, height=args.height, scale=args.scale)
+        try:
+            path = write_png(fig, args.out, width=args.width, height=args.height, scale=args.scale)
+        finally:
+            stop_renderer()  # close Chrome now, while the process can still tidy up after it
     print(path)
     return 0
 
