@@ -255,7 +255,7 @@ def format_summary(result: ExperimentResult) -> str:
             f"{percent(r.test_error):>8} {_test_images(r):>16} {speed:>11}"
         )
     lines.append(
-        "train err: mean of the last 100 steps; test err: the latest evaluation; "
+        "train loss, train err: means over the last 100 steps or fewer; test err: the latest evaluation; "
         "train img/s: training steps only, evaluation excluded"
     )
     lines.append("")
