@@ -255,8 +255,8 @@ def format_summary(result: ExperimentResult) -> str:
             f"{percent(r.test_error):>8} {_test_images(r):>16} {speed:>11}"
         )
     lines.append(
-        "train loss, train err: means over the last 100 steps or fewer; test err: the latest evaluation; "
-        "train img/s: training steps only, evaluation excluded"
+        "train loss, train err: means over the last 100 steps or fewer; test err: the latest "
+        "evaluation; train img/s: training steps only, evaluation excluded"
     )
     lines.append("")
     for r in result.results:
