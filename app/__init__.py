@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 
 import dash
-
-from app.callbacks import register_callbacks
-from app.layout import page
-from app.run_index import RunIndex
+from gradscope.app.callbacks import register_callbacks
+from gradscope.app.layout import page
+from gradscope.app.run_index import RunIndex
 
 
 def create_app(runs_dir: str | os.PathLike) -> dash.Dash:

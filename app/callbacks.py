@@ -5,16 +5,15 @@ from __future__ import annotations
 import logging
 
 from dash import MATCH, Input, Output, State, ctx, dcc, html, no_update
-
-from app import ids
-from app.controls import (
+from gradscope.app import ids
+from gradscope.app.controls import (
     Controls,
     layer_type_options,
     pick_stat,
     stat_options,
 )
-from app.layout import run_list, run_options, run_versions
-from app.panels import (
+from gradscope.app.layout import run_list, run_options, run_versions
+from gradscope.app.panels import (
     PANEL_CONTROLS,
     apply_zoom,
     message_figure,
@@ -22,7 +21,8 @@ from app.panels import (
     remembered_zoom,
     view_key,
 )
-from app.run_index import RunIndex
+from gradscope.app.run_index import RunIndex
+
 from gradscope import figures
 from gradscope.diagnosis import diagnose
 from gradscope.errors import GradscopeError, RunFileError

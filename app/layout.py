@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dash import dcc, html
-
-from app import ids
-from app.controls import DEFAULT_SELECTED_RUNS, MAX_SELECTED_RUNS
-from app.run_index import RunEntry, RunIndex
+from gradscope.app import ids
+from gradscope.app.controls import DEFAULT_SELECTED_RUNS, MAX_SELECTED_RUNS
+from gradscope.app.run_index import RunEntry, RunIndex
 
 LIVE_POLL_MS = 2000  # how often the page asks the server for new records
 

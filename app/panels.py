@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import plotly.graph_objects as go
+from gradscope.app.controls import Controls, flow_position
 
-from app.controls import Controls, flow_position
 from gradscope import figures
 from gradscope.errors import UsageError
 

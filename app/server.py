@@ -2,7 +2,7 @@
 
 import os
 
-from app import create_app
+from gradscope.app import create_app
 
 RUNS_ENV_VAR = "GRADSCOPE_RUNS"
 DEFAULT_RUNS_DIR = "runs"  # the same default as `gradscope dashboard --runs`

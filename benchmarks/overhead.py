@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 import gradscope
 from gradscope.models import create_model
-from gradscope.stats import PARAM_STATS
+from gradscope.recorder import PARAM_STATS
 
 
 class Variant:

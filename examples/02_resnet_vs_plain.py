@@ -6,8 +6,7 @@ Defaults run in about a minute on a CPU; `--data cifar10 --steps 64000` is the p
 
 import argparse
 
-from gradscope.record import ExperimentConfig, format_summary, run_experiment
-from gradscope.train import TrainConfig
+from gradscope.train import ExperimentConfig, TrainConfig, format_summary, run_experiment
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from gradscope.stats import floating_tensors
+from gradscope.recorder._stats import floating_tensors
 
 
 class ReferenceProbe:

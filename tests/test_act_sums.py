@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from gradscope import stats as S
-from gradscope.act_sums import ActivationSums, OutputGradSums
-from gradscope.cpu_moments import sums_into
+from gradscope.recorder import _stats as S
+from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
+from gradscope.recorder._cpu_kernels import sums_into
 from tests.test_recorder import SmallCNN, assert_matches, image_batch, run_against_reference
 
 SAMPLES = [

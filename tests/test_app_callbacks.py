@@ -7,9 +7,8 @@ import os
 
 import numpy as np
 import pytest
-
-from app import create_app, ids
-from app.callbacks import (
+from gradscope.app import create_app, ids
+from gradscope.app.callbacks import (
     control_values,
     diagnosis_output,
     figure_output,
@@ -17,9 +16,10 @@ from app.callbacks import (
     refresh_run_list,
     step_label,
 )
-from app.controls import Controls, flow_position
-from app.layout import newest_runs, page
-from app.run_index import RunIndex
+from gradscope.app.controls import Controls, flow_position
+from gradscope.app.layout import newest_runs, page
+from gradscope.app.run_index import RunIndex
+
 from gradscope.cli import main as cli_main
 from gradscope.errors import UsageError
 from gradscope.store import RunWriter
@@ -344,7 +344,7 @@ def test_png_download_is_the_exported_image(index):
     assert data["filename"] == "heatmap-grad_norm.png" and data["base64"]
     png = base64.b64decode(data["content"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    from app.panels import panel_figure
+    from gradscope.app.panels import panel_figure
 
     with index.open_runs(NEWEST_TWO) as runs:
         expected = export.figure_png_bytes(
@@ -376,19 +376,19 @@ def test_cli_dashboard_defaults_to_loopback():
 
 def test_wsgi_server_serves_the_folder_named_by_the_environment(runs_dir, monkeypatch):
     monkeypatch.setenv("GRADSCOPE_RUNS", str(runs_dir))
-    import app.server
+    import gradscope.app.server
 
-    server = importlib.reload(app.server).server
+    server = importlib.reload(gradscope.app.server).server
     assert server.test_client().get("/").status_code == 200
     layout = server.test_client().get("/_dash-layout").get_data(as_text=True)
     assert "lr01.h5" in layout
     monkeypatch.setenv("GRADSCOPE_RUNS", os.fspath(runs_dir / "missing"))
     with pytest.raises(UsageError):
-        importlib.reload(app.server)
+        importlib.reload(gradscope.app.server)
 
 
 def test_zoom_is_remembered_per_view_and_reapplied_on_redraw(index):
-    from app.callbacks import zoom_output
+    from gradscope.app.callbacks import zoom_output
 
     zoom = zoom_output("flow", values(), None, {"xaxis.range[0]": 1, "xaxis.range[1]": 3})
     zoom = zoom_output("flow", values(), zoom, {"yaxis.range": [-2, 0]})
@@ -445,7 +445,7 @@ def test_each_cut_run_is_its_own_error_beside_a_good_run(folder_with_cut_runs):
 def test_a_run_held_by_a_slow_request_delays_only_the_requests_that_read_it(index, monkeypatch):
     # No lock is held across file reads but the run's own: while one request is stuck reading
     # a run, requests for other runs go on, and those that need it give up after a while.
-    monkeypatch.setattr("app.run_index.READ_WAIT_SECONDS", 0.2)
+    monkeypatch.setattr("gradscope.app.run_index.READ_WAIT_SECONDS", 0.2)
     stuck = index._acquire("baseline/relu.h5")  # as a request in the middle of a read
     try:
         fig, message = figure_output(index, "flow", values(runs=["sweep/lr01.h5"]))

@@ -15,7 +15,7 @@ import torch
 
 import gradscope
 from gradscope.cli import main
-from gradscope.train_checkpoint import load_checkpoint
+from gradscope.train._checkpoint import load_checkpoint
 
 TINY = ["--data", "synthetic", "--image-size", "8", "--batch-size", "16", "--device", "cpu"]
 

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from gradscope.app import create_app, ids
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
@@ -16,7 +17,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from werkzeug.serving import make_server
 
-from app import create_app, ids
 from tests.app_fixtures import write_run, write_runs_folder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-import gradscope.data_cache
-import gradscope.data_folder
+import gradscope.data._cache
+import gradscope.data._folder
 from gradscope.data import (
     AugmentationParams,
     TrainBatches,
@@ -23,7 +23,7 @@ from gradscope.data import (
     load_dataset,
     normalize,
 )
-from gradscope.data_arrays import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR100_MEAN, CIFAR100_STD
+from gradscope.data._dataset import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR100_MEAN, CIFAR100_STD
 from gradscope.errors import UsageError
 
 
@@ -138,7 +138,7 @@ def test_mixed_sizes_need_image_size_and_are_resized_with_it(tmp_path, monkeypat
     Image.fromarray(random_pixels(9, 12, 10)).save(root / "train" / "a" / "big.png")
     with pytest.raises(UsageError, match="differ in size.*--image-size"):
         load_dataset(root)
-    monkeypatch.setattr(gradscope.data_folder, "DECODE_CHUNK", 1)  # the mismatch across chunks
+    monkeypatch.setattr(gradscope.data._folder, "DECODE_CHUNK", 1)  # the mismatch across chunks
     with pytest.raises(UsageError, match="big.png is 12x10.*--image-size"):
         load_dataset(root)
     ds = load_dataset(root, image_size=(6, 7))
@@ -164,9 +164,9 @@ def test_corrupt_image_names_the_file(tmp_path):
 def test_parallel_decode_keeps_file_order(tmp_path, monkeypatch):
     root = tmp_path / "tree"
     written = write_image_folder(root, {"train": {"a": 5, "b": 4}, "test": {"a": 1, "b": 2}})
-    monkeypatch.setattr(gradscope.data_folder, "PARALLEL_MIN_FILES", 1)
-    monkeypatch.setattr(gradscope.data_folder, "DECODE_WORKERS", 2)
-    monkeypatch.setattr(gradscope.data_folder, "DECODE_CHUNK", 2)
+    monkeypatch.setattr(gradscope.data._folder, "PARALLEL_MIN_FILES", 1)
+    monkeypatch.setattr(gradscope.data._folder, "DECODE_WORKERS", 2)
+    monkeypatch.setattr(gradscope.data._folder, "DECODE_CHUNK", 2)
     ds = load_dataset(root)
     np.testing.assert_array_equal(
         ds.train_images[7].permute(1, 2, 0).numpy(), written[("train", "b", 2)]
@@ -190,7 +190,7 @@ def test_second_load_comes_from_cache_outside_the_dataset(tmp_path, monkeypatch,
     def no_decoding(*args):
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(gradscope.data_folder, "decode_file", no_decoding)
+    monkeypatch.setattr(gradscope.data._folder, "decode_file", no_decoding)
     second = load_dataset(root)
     assert torch.equal(first.train_images, second.train_images)
     assert torch.equal(first.test_labels, second.test_labels)
@@ -237,7 +237,7 @@ def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch, private_
         file.write(b"half a cache")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gradscope.data_cache.torch, "save", interrupted_save)
+    monkeypatch.setattr(gradscope.data._cache.torch, "save", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
         load_dataset(root)
     assert list((private_cache / "decoded").iterdir()) == []
@@ -374,7 +374,7 @@ def test_synthetic_is_deterministic_balanced_and_flagged():
 @pytest.fixture(scope="module")
 def small_dataset():
     """A small dataset with distinct pixels, made directly as tensors (no files)."""
-    from gradscope.data_arrays import Dataset
+    from gradscope.data._dataset import Dataset
 
     generator = torch.Generator().manual_seed(3)
     return Dataset(

@@ -1,4 +1,4 @@
-"""Tests of gradscope.figures and gradscope.layer_filter on small synthetic run files."""
+"""Tests of gradscope.figures and gradscope.figures._layer_filter on small synthetic run files."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 import gradscope
 from gradscope import figures
 from gradscope.errors import UsageError
-from gradscope.layer_filter import select_layers
+from gradscope.figures._layer_filter import select_layers
 from gradscope.store import RunWriter
 
 
@@ -79,7 +79,7 @@ def test_flow_curve_window_mean_and_normalized_depth(run):
 
 
 def test_flow_curve_window_mean_across_read_chunks(run, monkeypatch):
-    monkeypatch.setattr("gradscope.figures_flow.WINDOW_CHUNK_RECORDS", 3)
+    monkeypatch.setattr("gradscope.figures._flow.WINDOW_CHUNK_RECORDS", 3)
     fig = figures.flow_curve(run, "grad_norm", window=(0, 200))
     assert fig.data[0].y[0] == pytest.approx(np.mean(np.arange(1, 21)))
 

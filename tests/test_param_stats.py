@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradscope import param_stats as P
+from gradscope.recorder import _param_stats as P
 
 
 def brute_force(t: torch.Tensor):
@@ -69,7 +69,7 @@ def test_per_param_sums_propagate_nan(fused, monkeypatch):
 
 
 def test_cpu_kernel_refuses_a_short_output():
-    from gradscope.cpu_moments import param_sums_into
+    from gradscope.recorder._cpu_kernels import param_sums_into
 
     with pytest.raises(ValueError, match="parameters, 4"):
         param_sums_into(np.ones(6, np.float32), np.array([0, 3, 6]), np.zeros((1, 4)))

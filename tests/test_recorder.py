@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
-from gradscope import stats as S
-from gradscope.stats import ALL_STATS
+from gradscope.recorder import _stats as S
+from gradscope.recorder._stats import ALL_STATS
 from tests.reference import (
     ReferenceProbe,
     act_grad_reference,
@@ -577,7 +577,7 @@ def test_attach_before_compile_records_everything(tmp_path):
 
 
 def test_ranks_other_than_zero_record_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(gradscope.recorder, "_distributed_rank", lambda: 1)
+    monkeypatch.setattr("gradscope.recorder._recorder._distributed_rank", lambda: 1)
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gradscope.attach(model, tmp_path / "rank1.h5", optimizer=opt) as rec:

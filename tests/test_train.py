@@ -9,12 +9,12 @@ import torch
 
 import gradscope
 from gradscope.data import load_dataset
-from gradscope.data_synthetic import SYNTHETIC_TEST
+from gradscope.data._synthetic import SYNTHETIC_TEST
 from gradscope.errors import UsageError
 from gradscope.train import TrainConfig, Trainer, check_train_config, plan_steps, resolve_device
-from gradscope.train_checkpoint import load_checkpoint
-from gradscope.train_config import build_lr_scheduler
-from gradscope.train_interrupt import DeferredInterrupt
+from gradscope.train._checkpoint import load_checkpoint
+from gradscope.train._config import build_lr_scheduler
+from gradscope.train._interrupt import DeferredInterrupt
 
 STEPS = 8  # steps of the tiny runs
 

@@ -83,7 +83,7 @@ def run(args) -> int:
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}")
     check_can_listen(args.host, args.port)
-    from app import create_app  # imports dash: only for this command
+    from gradscope.app import create_app  # imports dash: only for this command
 
     app = create_app(runs)
     if not _is_loopback(args.host):

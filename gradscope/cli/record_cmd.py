@@ -3,13 +3,13 @@
 import argparse
 
 from gradscope.errors import UsageError
-from gradscope.record import (
+from gradscope.train import (
     ExperimentConfig,
+    TrainConfig,
     format_summary,
     resume_experiment,
     run_experiment,
 )
-from gradscope.train import TrainConfig
 
 # flags `--resume` accepts besides itself: everything else comes from the saved config.json
 RESUME_FLAGS = ("resume", "device", "quiet", "command", "func")

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from gradscope.figures_common import as_run_list, run_label
-from gradscope.figures_curves import training_curves
-from gradscope.figures_flow import flow_curve
-from gradscope.figures_heatmap import depth_step_heatmap, ratio_heatmap
+from gradscope.figures._common import as_run_list, run_label
+from gradscope.figures._curves import training_curves
+from gradscope.figures._flow import flow_curve
+from gradscope.figures._heatmap import depth_step_heatmap, ratio_heatmap
 
 
 def available_steps(runs) -> np.ndarray:

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import torch
 
-from gradscope.stats import GRAD_STATS
+from gradscope.recorder._stats import GRAD_STATS
 
 
 class FlatLayout:
@@ -159,7 +159,7 @@ def per_param_sums(layout: FlatLayout, flat: torch.Tensor) -> torch.Tensor:
     non-finite element for the count.
     """
     if _fused(flat):
-        from gradscope.cpu_moments import param_sums_into
+        from gradscope.recorder._cpu_kernels import param_sums_into
 
         out = np.empty((len(layout.shapes), 4))
         param_sums_into(flat.numpy(), layout.bounds, out)

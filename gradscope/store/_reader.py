@@ -10,12 +10,12 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from gradscope import store_schema as schema
 from gradscope.errors import RunFileError, UsageError
-from gradscope.store_access import open_for_reading, require_on_disk
-from gradscope.store_header import check_not_truncated
-from gradscope.store_prepare import LIVE_HEARTBEAT_SECONDS
-from gradscope.store_rows import read_column, read_rows, read_status
+from gradscope.store import _schema as schema
+from gradscope.store._access import open_for_reading, require_on_disk
+from gradscope.store._header import check_not_truncated
+from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS
+from gradscope.store._rows import read_column, read_rows, read_status
 
 READ_PIECE_BYTES = 16 * 1024 * 1024  # rows read at once when reducing a stat to max_records
 

@@ -3,9 +3,9 @@
 import h5py
 import numpy as np
 
-from gradscope import store_schema as schema
 from gradscope.errors import RunFileError
-from gradscope.store_access import require_on_disk
+from gradscope.store import _schema as schema
+from gradscope.store._access import require_on_disk
 
 MAX_READ_ATTEMPTS = 20  # a live writer seals a chunk once per chunk of records: retries are rare
 

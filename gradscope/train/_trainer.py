@@ -14,35 +14,22 @@ from tqdm.auto import tqdm
 
 from gradscope.data import TrainBatches, eval_batches, eval_subset_stride
 from gradscope.models import create_model, get_model_spec
-from gradscope.train_checkpoint import (
+from gradscope.train._checkpoint import (
     capture_rng_state,
     checkpoint_path,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from gradscope.train_config import (
+from gradscope.train._config import (
     TrainConfig,
-    TrainPlan,
     build_lr_scheduler,
-    check_train_config,
     plan_steps,
     resolve_device,
 )
-from gradscope.train_interrupt import DeferredInterrupt
+from gradscope.train._interrupt import DeferredInterrupt
 
 SUMMARY_WINDOW = 100  # steps averaged for the final train loss and error
-
-__all__ = [
-    "TrainConfig",
-    "TrainPlan",
-    "TrainResult",
-    "Trainer",
-    "check_train_config",
-    "finished_result",
-    "plan_steps",
-    "resolve_device",
-]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torchvision
 
-from gradscope.data_arrays import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Dataset
+from gradscope.data._dataset import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Dataset
 from gradscope.errors import UsageError
 
 

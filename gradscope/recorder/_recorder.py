@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradscope import param_stats as P
-from gradscope import stats as S
-from gradscope.act_sums import ActivationSums, OutputGradSums
 from gradscope.errors import UsageError
-from gradscope.layer_selection import select_modules
-from gradscope.schedule import make_schedule
+from gradscope.recorder import _param_stats as P
+from gradscope.recorder import _stats as S
+from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
+from gradscope.recorder._layer_selection import select_modules
+from gradscope.recorder._schedule import make_schedule
 from gradscope.store import RunWriter, open_run
-from gradscope.store_prepare import check_run_path
+from gradscope.store._prepare import check_run_path
 
 DEFAULT_BATCH_SAMPLE = 32  # rows of each output used for activation moments (not act_grad_norm)
 

@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from gradscope import store_schema as schema
 from gradscope.errors import RunFileError, UsageError
-from gradscope.store_prepare import LIVE_HEARTBEAT_SECONDS, prepare_run_file
+from gradscope.store import _schema as schema
+from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS, prepare_run_file
 
 MAX_FLUSH_INTERVAL = LIVE_HEARTBEAT_SECONDS / 3  # the heartbeat is written at every flush
 MAX_PENDING_BYTES = 32 * 1024 * 1024  # the writer thread flushes early past this much data

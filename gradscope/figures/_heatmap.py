@@ -4,7 +4,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from gradscope.errors import UsageError
-from gradscope.figures_common import (
+from gradscope.figures._common import (
     as_run_list,
     check_has_records,
     check_stat,
@@ -13,7 +13,7 @@ from gradscope.figures_common import (
     run_label,
     shared_range,
 )
-from gradscope.layer_filter import select_layers
+from gradscope.figures._layer_filter import select_layers
 
 
 def depth_step_heatmap(

@@ -12,10 +12,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from gradscope import store_schema as schema
 from gradscope.errors import RunFileError, UsageError
-from gradscope.store_access import open_for_reading
-from gradscope.store_rows import read_rows
+from gradscope.store import _schema as schema
+from gradscope.store._access import open_for_reading
+from gradscope.store._rows import read_rows
 
 LIVE_HEARTBEAT_SECONDS = 30.0  # a writer whose heartbeat is older than this is presumed gone
 COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied at once when rebuilding a crashed file

@@ -13,14 +13,14 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
-from gradscope.data_arrays import (
+from gradscope.data._cache import cache_path, load_cached, save_cached
+from gradscope.data._dataset import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
     Dataset,
     channel_mean_std,
 )
-from gradscope.data_cache import cache_path, load_cached, save_cached
 from gradscope.errors import UsageError
 
 # image files read, as torchvision ImageFolder does; other files in class folders are ignored

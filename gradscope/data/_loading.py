@@ -11,33 +11,25 @@ from pathlib import Path
 
 import torch
 
-from gradscope.data_arrays import Dataset, as_device, as_image_size
-from gradscope.data_augment import (
+from gradscope.data._augment import (
     CROP_PADDING,
     AugmentationParams,
     augment_batch,
     normalize,
     sample_augmentation,
 )
-from gradscope.data_cifar import CIFAR_LAYOUTS, download_cifar, find_cifar_folder, read_cifar_folder
-from gradscope.data_folder import find_split_dirs, load_image_folder
-from gradscope.data_synthetic import make_synthetic
+from gradscope.data._cifar import (
+    CIFAR_LAYOUTS,
+    download_cifar,
+    find_cifar_folder,
+    read_cifar_folder,
+)
+from gradscope.data._dataset import Dataset, as_device, as_image_size
+from gradscope.data._folder import find_split_dirs, load_image_folder
+from gradscope.data._synthetic import make_synthetic
 from gradscope.errors import UsageError
 
 DATASET_NAMES = ("cifar10", "cifar100", "synthetic")  # specs that are names, not paths
-
-__all__ = [
-    "AugmentationParams",
-    "Dataset",
-    "TrainBatches",
-    "augment_batch",
-    "data_root",
-    "eval_batches",
-    "eval_subset_stride",
-    "load_dataset",
-    "normalize",
-    "sample_augmentation",
-]
 
 
 def data_root(root=None) -> Path:

@@ -16,16 +16,9 @@ from gradscope.data import TrainBatches, load_dataset
 from gradscope.errors import UsageError
 from gradscope.models import get_model_spec
 from gradscope.store import open_run
-from gradscope.train import (
-    TrainConfig,
-    Trainer,
-    TrainResult,
-    check_train_config,
-    finished_result,
-    plan_steps,
-    resolve_device,
-)
-from gradscope.train_checkpoint import checkpoint_path
+from gradscope.train._checkpoint import checkpoint_path
+from gradscope.train._config import TrainConfig, check_train_config, plan_steps, resolve_device
+from gradscope.train._trainer import Trainer, TrainResult, finished_result
 
 CONFIG_FILE = "config.json"  # the experiment's full configuration, inside its folder
 
@@ -290,16 +283,3 @@ def next_commands(result: ExperimentResult) -> list[str]:
         f"  gradscope dashboard --runs {run_dir}",
         f"  gradscope export {runs} --figure heatmap --out {heatmap}",
     ]
-
-
-__all__ = [
-    "ExperimentConfig",
-    "ExperimentResult",
-    "check_experiment",
-    "flow_summary",
-    "format_summary",
-    "next_commands",
-    "read_config",
-    "resume_experiment",
-    "run_experiment",
-]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gradscope import stats as S
+from gradscope.recorder import _stats as S
 
 INITIAL_HOST_ROWS = 256
 
@@ -47,9 +47,9 @@ class HostRows:
 
 def _fused_kernels():
     """The numba kernels, imported on first use (they compile or load from cache once)."""
-    from gradscope import cpu_moments
+    from gradscope.recorder import _cpu_kernels
 
-    return cpu_moments
+    return _cpu_kernels
 
 
 def _fused(x: torch.Tensor) -> bool:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from gradscope.data_arrays import Dataset, channel_mean_std
+from gradscope.data._dataset import Dataset, channel_mean_std
 
 SYNTHETIC_CLASSES = 10  # classes; class c has its own colour, stripe angle and stripe frequency
 SYNTHETIC_TRAIN = 5000  # train images (500 per class)

@@ -4,7 +4,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from gradscope.figures_common import as_run_list, run_colour, run_label
+from gradscope.figures._common import as_run_list, run_colour, run_label
 
 TRAIN_WIDTH = 1.0  # line width of training curves (thin, as in He et al. 2016, Fig. 6)
 TEST_WIDTH = 3.0  # line width of test curves (bold)

@@ -1,0 +1,22 @@
+"""The recorder: model and optimizer hooks that make one [stats, layers] record per step."""
+
+from gradscope.recorder._recorder import Recorder, attach
+from gradscope.recorder._stats import (
+    ACT_GRAD_STATS,
+    ACT_STATS,
+    ALL_STATS,
+    GRAD_STATS,
+    PARAM_STATS,
+    WEIGHT_STATS,
+)
+
+__all__ = [
+    "ACT_GRAD_STATS",
+    "ACT_STATS",
+    "ALL_STATS",
+    "GRAD_STATS",
+    "PARAM_STATS",
+    "WEIGHT_STATS",
+    "Recorder",
+    "attach",
+]
