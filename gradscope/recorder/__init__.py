@@ -1,6 +1,6 @@
 """The recorder: model and optimizer hooks that make one [stats, layers] record per step."""
 
-from gradscope.recorder._recorder import Recorder, attach
+from gradscope.recorder._recorder import DEFAULT_BATCH_SAMPLE, Recorder
 from gradscope.recorder._stats import (
     ACT_GRAD_STATS,
     ACT_STATS,
@@ -17,6 +17,6 @@ __all__ = [
     "GRAD_STATS",
     "PARAM_STATS",
     "WEIGHT_STATS",
+    "DEFAULT_BATCH_SAMPLE",
     "Recorder",
-    "attach",
 ]

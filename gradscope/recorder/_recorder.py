@@ -39,6 +39,7 @@ class Recorder:
         self,
         model: nn.Module,
         path,
+        *,
         optimizer: torch.optim.Optimizer | None = None,
         every: int | Callable[[int], bool] = 1,
         stats=None,
@@ -471,15 +472,3 @@ def _describe_layers(layers) -> object:
     return [
         item if isinstance(item, str) else getattr(item, "__name__", repr(item)) for item in items
     ]
-
-
-def attach(model: nn.Module, path, **kwargs) -> Recorder:
-    """Attach a recorder to `model`, streaming statistics to the HDF5 file at `path`.
-
-    Keyword arguments: optimizer=None, every=1 (int or `step -> bool`), stats=None (all),
-    layers=None (every module owning parameters directly; else globs on qualified names and/or
-    module types), batch_sample=32 (rows used for activation moments; None = whole batch),
-    overwrite=False, resume=False, start_step=None, attrs=None (extra file attributes),
-    all_ranks=False (under torch.distributed, ranks other than 0 record nothing unless True).
-    """
-    return Recorder(model, path, **kwargs)
