@@ -6,7 +6,8 @@ Defaults run in about a minute on a CPU; `--data cifar10 --steps 64000` is the p
 
 import argparse
 
-from gradscope.train import ExperimentConfig, TrainConfig, format_summary, run_experiment
+from gradscope.report import format_summary
+from gradscope.train import ExperimentConfig, TrainConfig, run_experiment
 
 
 def get_args_parser() -> argparse.ArgumentParser:

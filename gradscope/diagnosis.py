@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gradscope._json import json_number
 from gradscope.errors import UsageError
 
 SCAN_CHUNK_RECORDS = 4096  # records read at a time by the exact non-finite scan
@@ -53,7 +54,7 @@ class Finding:
     def to_dict(self) -> dict:
         """JSON-able dict; a non-finite value is written as the string "nan", "inf" or "-inf"."""
         out = asdict(self)
-        out["value"] = _json_float(self.value)
+        out["value"] = json_number(self.value)
         return out
 
 
@@ -80,7 +81,7 @@ class Diagnosis:
             "first_step": self.first_step,
             "last_step": self.last_step,
             "thresholds": asdict(self.thresholds),
-            "first_last_ratio": _json_float(self.first_last_ratio),
+            "first_last_ratio": json_number(self.first_last_ratio),
             "findings": [finding.to_dict() for finding in self.findings],
             "skipped": list(self.skipped),
         }
@@ -356,10 +357,3 @@ def _scan_stat(run, stat: str):
             j = int(np.argmax(bad[row]))
             return int(got_steps[row]), j, stat, float(values[row, j])
     return None
-
-
-def _json_float(value):
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else str(value)

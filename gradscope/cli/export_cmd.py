@@ -44,10 +44,10 @@ def register(subparsers) -> None:
     parser.add_argument("--width", type=int, help="width in layout pixels (default 700)")
     parser.add_argument("--height", type=int, help="height in layout pixels (default 500)")
     parser.add_argument("--scale", type=float, default=1.0, help="pixel multiplier")
-    parser.set_defaults(func=run_export)
+    parser.set_defaults(func=run)
 
 
-def run_export(args) -> int:
+def run(args) -> int:
     """Open the runs, build the figure, write the PNG and print its path."""
     if args.figure != "flow":
         for option, value in (("--step", args.step), ("--window", args.window)):

@@ -3,10 +3,10 @@
 import argparse
 
 from gradscope.errors import UsageError
+from gradscope.report import format_summary
 from gradscope.train import (
     ExperimentConfig,
     TrainConfig,
-    format_summary,
     resume_experiment,
     run_experiment,
 )
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         "config.json and checkpoints. Ctrl-C checkpoints; --resume OUT/NAME continues.",
     )
     add_arguments(parser)
-    parser.set_defaults(func=main)
+    parser.set_defaults(func=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,7 +184,7 @@ def _check_resume_flags(args, parser_defaults: dict) -> None:
         )
 
 
-def main(args) -> int:
+def run(args) -> int:
     """Run (or resume) the experiment and print its summary."""
     progress = not args.quiet
     if args.resume is not None:

@@ -2,20 +2,15 @@
 
 import dataclasses
 import json
-import math
-import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
 from gradscope.data import TrainBatches, load_dataset
 from gradscope.errors import UsageError
 from gradscope.models import get_model_spec
-from gradscope.store import open_run
 from gradscope.train._checkpoint import checkpoint_path
 from gradscope.train._config import TrainConfig, check_train_config, plan_steps, resolve_device
 from gradscope.train._trainer import Trainer, TrainResult, finished_result
@@ -205,81 +200,3 @@ def _check_writable(out: Path) -> None:
 
 def _timestamp() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def flow_summary(run_path) -> str:
-    """One line on gradient flow in a run file: first/last layer gradient norms, early vs late."""
-    with open_run(run_path) as run:
-        steps = run.steps
-        if len(steps) == 0:
-            return "no gradient-flow records yet"
-        act = run.stat("act_grad_norm") if "act_grad_norm" in run.stats else None
-        grad = run.stat("grad_norm") if "grad_norm" in run.stats else None
-    parts = []
-    if act is not None and np.isfinite(act).any():
-        layers = np.flatnonzero(np.isfinite(act).any(axis=0))
-        first, last = layers[0], layers[-1]
-        early = f"{act[0, first]:.1e}/{act[0, last]:.1e} at step {steps[0]}"
-        late = f" -> {act[-1, first]:.1e}/{act[-1, last]:.1e} at step {steps[-1]}"
-        parts.append(f"act_grad_norm first/last layer {early}{late if len(steps) > 1 else ''}")
-    if grad is not None and np.isfinite(grad).any():
-        early, late = f"{np.nanmedian(grad[0]):.1e}", f" -> {np.nanmedian(grad[-1]):.1e}"
-        parts.append(f"grad_norm median {early}{late if len(steps) > 1 else ''}")
-    return "; ".join(parts) or "no finite gradient statistics recorded"
-
-
-def format_summary(result: ExperimentResult) -> str:
-    """The closing text: a table row per model, its gradient-flow line, then what to run next."""
-
-    def percent(value):
-        return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
-
-    header = (
-        f"{'model':<14} {'steps':>13} {'train loss':>10} {'train err':>9} {'test err':>8} "
-        f"{'test images':>16} {'train img/s':>11}"
-    )
-    lines = [header]
-    for r in result.results:
-        steps = f"{r.steps_done}/{r.total_steps}"
-        loss = "-" if math.isnan(r.train_loss) else f"{r.train_loss:.4f}"
-        speed = "-" if r.images_per_second is None else f"{r.images_per_second:.1f}"
-        lines.append(
-            f"{r.model:<14} {steps:>13} {loss:>10} {percent(r.train_error):>9} "
-            f"{percent(r.test_error):>8} {_test_images(r):>16} {speed:>11}"
-        )
-    lines.append(
-        "train loss, train err: means over the last 100 steps or fewer; test err: the latest "
-        "evaluation; train img/s: training steps only, evaluation excluded"
-    )
-    lines.append("")
-    for r in result.results:
-        if r.run_path is not None and r.run_path.is_file():
-            lines.append(f"{r.model}: {flow_summary(r.run_path)}")
-    lines.append("")
-    lines.extend(next_commands(result))
-    return "\n".join(lines)
-
-
-def _test_images(result: TrainResult) -> str:
-    """How much of the test set the latest evaluation used: "all 10,000" or "subset 2,000"."""
-    if result.test_images is None:
-        return "-"
-    if result.test_images == result.test_set_size:
-        return f"all {result.test_images:,}"
-    return f"subset {result.test_images:,}"
-
-
-def next_commands(result: ExperimentResult) -> list[str]:
-    """The commands to look at the experiment: resume if unfinished, dashboard, heatmap export."""
-    run_dir = shlex.quote(str(result.run_dir))
-    if not result.finished:
-        return ["continue training:", f"  gradscope record --resume {run_dir}"]
-    if not result.config.train.record:
-        return [f"files in {run_dir} (trained without recording)"]
-    runs = " ".join(shlex.quote(str(r.run_path)) for r in result.results)
-    heatmap = shlex.quote(str(result.run_dir / "heatmap.png"))
-    return [
-        "next:",
-        f"  gradscope dashboard --runs {run_dir}",
-        f"  gradscope export {runs} --figure heatmap --out {heatmap}",
-    ]

@@ -1,0 +1,195 @@
+"""What gradscope prints: `inspect`'s report of a run, and `record`'s closing summary."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from gradscope._json import json_records
+from gradscope.diagnosis import diagnose
+from gradscope.store import Run, open_run
+
+if TYPE_CHECKING:  # the training side imports torch; `inspect` must not
+    from gradscope.train import ExperimentResult, TrainResult
+
+
+def print_report(run: Run, out) -> None:
+    """Print every section of the report on `out`."""
+    sections = (
+        summary_text(run),
+        latest_record_text(run),
+        latest_metrics_text(run),
+        diagnose(run).to_text(),
+    )
+    for section in sections:
+        print(section, file=out)
+        print(file=out)
+
+
+def report_dict(run: Run) -> dict:
+    """The report as strict-JSON data: summary, latest record, latest metrics, diagnosis."""
+    table = latest_record_table(run)
+    latest = run.latest_metrics()
+    return {
+        "path": str(run.path),
+        "attrs": run.attrs,
+        "state": run_state(run),
+        "layers": run.layers.to_dict(orient="records"),
+        "stats": list(run.stats),
+        "records": len(run.steps),
+        "first_step": int(run.steps[0]) if len(run.steps) else None,
+        "last_step": int(run.steps[-1]) if len(run.steps) else None,
+        "latest_record": None if table is None else json_records(table.reset_index()),
+        "latest_metrics": json_records(latest.reset_index()) if not latest.empty else [],
+        "diagnosis": diagnose(run).to_dict(),
+    }
+
+
+def run_state(run: Run) -> str:
+    """'live', 'closed' (finished cleanly) or 'stopped' (writer gone without closing the file)."""
+    if run.closed:
+        return "closed"
+    return "live" if run.is_live else "stopped (the writer ended without closing the file)"
+
+
+def summary_text(run: Run) -> str:
+    """Run identity, state, size and step range."""
+    attrs = run.attrs
+    steps = run.steps
+    step_range = f"{len(steps)} records" + (
+        f", steps {steps[0]}..{steps[-1]}" if len(steps) else ""
+    )
+    lines = [
+        f"run:       {run.path}",
+        f"model:     {attrs.get('model_class', '(not recorded)')}",
+        f"created:   {attrs.get('created', '?')}",
+        f"versions:  gradscope {attrs.get('gradscope_version', '?')}, "
+        f"torch {attrs.get('torch_version', '?')}",
+        f"state:     {run_state(run)}",
+        f"layers:    {len(run.layers)}, {int(run.layers['params'].sum()):,} parameters",
+        f"stats:     {', '.join(run.stats)}",
+        f"records:   {step_range}",
+    ]
+    extras = {k: v for k, v in attrs.items() if k not in _SHOWN_ATTRS}
+    lines += [f"{key + ':':<10} {value}" for key, value in sorted(extras.items())]
+    return "\n".join(lines)
+
+
+_SHOWN_ATTRS = {
+    "model_class",
+    "created",
+    "gradscope_version",
+    "torch_version",
+    "format",
+    "format_version",
+    "writer_host",
+    "writer_pid",
+}
+
+
+def latest_record_table(run: Run) -> pd.DataFrame | None:
+    """The latest record: one row per layer (type, params, then each stat), or None if empty."""
+    if len(run.steps) == 0:
+        return None
+    record = run.record_frame()
+    layers = run.layers.set_index("name")[["type", "params"]]
+    layers.index.name = "layer"
+    return layers.join(record)
+
+
+def latest_record_text(run: Run) -> str:
+    """The latest record table as text, with every layer shown."""
+    table = latest_record_table(run)
+    if table is None:
+        return "latest record: none yet"
+    return f"latest record (step {run.steps[-1]}):\n{table.to_string(float_format='{:.4g}'.format)}"
+
+
+def latest_metrics_text(run: Run) -> str:
+    """The last logged value of each metric, with its step."""
+    latest = run.latest_metrics()
+    if latest.empty:
+        return "metrics: none logged"
+    return "latest metrics:\n" + latest.to_string(float_format="{:.6g}".format)
+
+
+def flow_summary(run_path) -> str:
+    """One line on gradient flow in a run file: first/last layer gradient norms, early vs late."""
+    with open_run(run_path) as run:
+        steps = run.steps
+        if len(steps) == 0:
+            return "no gradient-flow records yet"
+        act = run.stat("act_grad_norm") if "act_grad_norm" in run.stats else None
+        grad = run.stat("grad_norm") if "grad_norm" in run.stats else None
+    parts = []
+    if act is not None and np.isfinite(act).any():
+        layers = np.flatnonzero(np.isfinite(act).any(axis=0))
+        first, last = layers[0], layers[-1]
+        early = f"{act[0, first]:.1e}/{act[0, last]:.1e} at step {steps[0]}"
+        late = f" -> {act[-1, first]:.1e}/{act[-1, last]:.1e} at step {steps[-1]}"
+        parts.append(f"act_grad_norm first/last layer {early}{late if len(steps) > 1 else ''}")
+    if grad is not None and np.isfinite(grad).any():
+        early, late = f"{np.nanmedian(grad[0]):.1e}", f" -> {np.nanmedian(grad[-1]):.1e}"
+        parts.append(f"grad_norm median {early}{late if len(steps) > 1 else ''}")
+    return "; ".join(parts) or "no finite gradient statistics recorded"
+
+
+def format_summary(result: ExperimentResult) -> str:
+    """The closing text: a table row per model, its gradient-flow line, then what to run next."""
+
+    def percent(value):
+        return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
+
+    header = (
+        f"{'model':<14} {'steps':>13} {'train loss':>10} {'train err':>9} {'test err':>8} "
+        f"{'test images':>16} {'train img/s':>11}"
+    )
+    lines = [header]
+    for r in result.results:
+        steps = f"{r.steps_done}/{r.total_steps}"
+        loss = "-" if math.isnan(r.train_loss) else f"{r.train_loss:.4f}"
+        speed = "-" if r.images_per_second is None else f"{r.images_per_second:.1f}"
+        lines.append(
+            f"{r.model:<14} {steps:>13} {loss:>10} {percent(r.train_error):>9} "
+            f"{percent(r.test_error):>8} {_test_images(r):>16} {speed:>11}"
+        )
+    lines.append(
+        "train loss, train err: means over the last 100 steps or fewer; test err: the latest "
+        "evaluation; train img/s: training steps only, evaluation excluded"
+    )
+    lines.append("")
+    for r in result.results:
+        if r.run_path is not None and r.run_path.is_file():
+            lines.append(f"{r.model}: {flow_summary(r.run_path)}")
+    lines.append("")
+    lines.extend(next_commands(result))
+    return "\n".join(lines)
+
+
+def _test_images(result: TrainResult) -> str:
+    """How much of the test set the latest evaluation used: "all 10,000" or "subset 2,000"."""
+    if result.test_images is None:
+        return "-"
+    if result.test_images == result.test_set_size:
+        return f"all {result.test_images:,}"
+    return f"subset {result.test_images:,}"
+
+
+def next_commands(result: ExperimentResult) -> list[str]:
+    """The commands to look at the experiment: resume if unfinished, dashboard, heatmap export."""
+    run_dir = shlex.quote(str(result.run_dir))
+    if not result.finished:
+        return ["continue training:", f"  gradscope record --resume {run_dir}"]
+    if not result.config.train.record:
+        return [f"files in {run_dir} (trained without recording)"]
+    runs = " ".join(shlex.quote(str(r.run_path)) for r in result.results)
+    heatmap = shlex.quote(str(result.run_dir / "heatmap.png"))
+    return [
+        "next:",
+        f"  gradscope dashboard --runs {run_dir}",
+        f"  gradscope export {runs} --figure heatmap --out {heatmap}",
+    ]
