@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from gradscope import figures
 from gradscope.errors import UsageError
 
-DEPTH_AXIS_MODES = ("index", "normalized")
 SCALES = ("log", "linear")
 DEFAULT_STAT = "grad_norm"
 DEFAULT_SELECTED_RUNS = 2  # runs selected on page load: the newest ones, enough for a ratio
@@ -48,7 +47,7 @@ class Controls:
             step_index=_optional_int(step_index, "step", minimum=0),
             window=_optional_int(window, "window", minimum=1),
             log_scale=_choice(scale, SCALES, "scale") == "log",
-            depth_axis=_choice(depth_axis, DEPTH_AXIS_MODES, "depth axis"),
+            depth_axis=_choice(depth_axis, figures.DEPTH_AXES, "depth axis"),
         )
 
     def filters(self) -> dict:

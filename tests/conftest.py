@@ -54,3 +54,14 @@ def cut_live_runs(tmp_path_factory) -> list:
         cut.write_bytes(data[: int(len(data) * fraction)])
         cuts.append(cut)
     return cuts
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine, OpenMP spin-waits make 2 threads far slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,7 +23,7 @@ from gradscope.app.run_index import RunIndex
 from gradscope.cli import main as cli_main
 from gradscope.errors import UsageError
 from gradscope.store import RunWriter
-from tests.app_fixtures import STATS, write_run, write_runs_folder
+from tests.run_files import STATS, write_run, write_runs_folder
 
 NEWEST_TWO = ["sweep/lr01.h5", "baseline/tanh.h5"]
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import gradscope
 from gradscope.cli import main
@@ -20,13 +19,7 @@ from gradscope.train._checkpoint import load_checkpoint
 TINY = ["--data", "synthetic", "--image-size", "8", "--batch-size", "16", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP spin-waits make 2 threads far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def record(*flags) -> int:

@@ -23,7 +23,7 @@ from gradscope.data import (
     load_dataset,
     normalize,
 )
-from gradscope.data._dataset import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR100_MEAN, CIFAR100_STD
+from gradscope.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR100_MEAN, CIFAR100_STD
 from gradscope.errors import UsageError
 
 
@@ -492,3 +492,15 @@ def test_bad_batch_arguments_raise_usage_errors(small_dataset):
         TrainBatches(small_dataset, batch_size=10).batch(-1)
     with pytest.raises(UsageError, match="positive"):
         eval_batches(small_dataset, batch_size=0)
+
+
+def test_dataset_validation_is_a_usage_error_not_an_assert(small_dataset):
+    # asserts vanish under python -O: a malformed dataset must still be refused
+    from dataclasses import replace
+
+    with pytest.raises(UsageError, match="train images must be uint8"):
+        replace(small_dataset, train_images=small_dataset.train_images.float())
+    with pytest.raises(UsageError, match="test labels must be int64"):
+        replace(small_dataset, test_labels=small_dataset.test_labels[:-1])
+    with pytest.raises(UsageError, match="resize them to one size"):
+        replace(small_dataset, test_images=small_dataset.test_images[:, :, :4])

@@ -12,6 +12,7 @@ import pytest
 
 from gradscope.errors import RunFileError, UsageError
 from gradscope.store import RunWriter, open_run
+from tests.run_files import lognormal_records, open_writer
 
 LAYERS = [
     {"name": "conv1", "type": "Conv2d", "params": 432},
@@ -22,13 +23,11 @@ STATS = ["grad_norm", "act_mean"]
 
 
 def _writer(path, **kwargs):
-    kwargs.setdefault("flush_interval", 0.05)
-    return RunWriter(path, layers=LAYERS, stats=STATS, **kwargs)
+    return open_writer(path, LAYERS, STATS, **kwargs)
 
 
 def _records(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.lognormal(size=(n, len(STATS), len(LAYERS))).astype(np.float32)
+    return lognormal_records(n, len(STATS), len(LAYERS), seed)
 
 
 def test_round_trip_of_records_metrics_and_attrs(tmp_path):
@@ -312,3 +311,14 @@ def test_reader_does_not_import_torch(tmp_path):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_block_means_leave_nan_out_and_keep_a_short_last_block():
+    from gradscope.store import block_means
+
+    values = np.array([[1, np.nan], [3, np.nan], [5, 2], [np.nan, 4], [9, 6]], np.float32)
+    np.testing.assert_allclose(
+        block_means(values, 2), [[2, np.nan], [5, 3], [9, 6]], equal_nan=True
+    )
+    np.testing.assert_allclose(block_means(np.arange(7.0), 3), [1, 4, 6])
+    assert block_means(values, 2).dtype == np.float32

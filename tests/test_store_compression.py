@@ -6,7 +6,8 @@ import time
 import h5py
 import numpy as np
 
-from gradscope.store import RunWriter, open_run
+from gradscope.store import open_run
+from tests.run_files import lognormal_records, open_writer
 
 N_LAYERS = 1500  # wide enough that a compressed chunk holds 8 records: many seals, fast tests
 CHUNK_ROWS = 8
@@ -16,12 +17,11 @@ LAYERS = [{"name": f"blocks.{i}.conv", "type": "Conv2d", "params": 9 * i} for i 
 
 def _writer(path, **kwargs):
     kwargs.setdefault("flush_interval", 0.01)
-    return RunWriter(path, layers=LAYERS, stats=STATS, **kwargs)
+    return open_writer(path, LAYERS, STATS, **kwargs)
 
 
 def _records(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.lognormal(size=(n, len(STATS), N_LAYERS)).astype(np.float32)
+    return lognormal_records(n, len(STATS), N_LAYERS, seed)
 
 
 def _wait_for_records(run, n, timeout=10.0):

@@ -19,13 +19,7 @@ from gradscope.train._interrupt import DeferredInterrupt
 STEPS = 8  # steps of the tiny runs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP spin-waits make 2 threads far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--depth-axis",
-        choices=("index", "normalized"),
+        choices=figures.DEPTH_AXES,
         default="index",
         help="flow only: x as layer index or normalized depth 0..1",
     )

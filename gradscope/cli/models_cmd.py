@@ -3,8 +3,14 @@
 from pandas.api.types import is_numeric_dtype
 
 from gradscope.errors import UsageError
-from gradscope.models import create_model, get_model_spec, layer_table, model_table
-from gradscope.models.registry import DEFAULT_SHORTCUT
+from gradscope.models import (
+    DEFAULT_SHORTCUT,
+    SHORTCUTS,
+    create_model,
+    get_model_spec,
+    layer_table,
+    model_table,
+)
 
 
 def register(subparsers) -> None:
@@ -27,7 +33,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--shortcut",
-        choices=("A", "B"),
+        choices=SHORTCUTS,
         default=None,
         help="CIFAR ResNet shortcut: A = zero-padded identity, B = 1x1 projection (default: B)",
     )

@@ -3,6 +3,7 @@
 import argparse
 
 from gradscope.errors import UsageError
+from gradscope.models import SHORTCUTS
 from gradscope.report import format_summary
 from gradscope.train import (
     ExperimentConfig,
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument(
         "--shortcut",
-        choices=("A", "B"),
+        choices=SHORTCUTS,
         default=d.shortcut,
         help="CIFAR ResNet shortcut: A zero-pad (paper), B projection (default: %(default)s)",
     )

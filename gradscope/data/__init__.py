@@ -6,14 +6,10 @@ from gradscope.data._augment import (
     normalize,
     sample_augmentation,
 )
+from gradscope.data._batches import TrainBatches, eval_batches, eval_subset_stride
 from gradscope.data._dataset import Dataset
-from gradscope.data._loading import (
-    TrainBatches,
-    data_root,
-    eval_batches,
-    eval_subset_stride,
-    load_dataset,
-)
+from gradscope.data._device import resolve_device
+from gradscope.data._loading import data_root, load_dataset
 
 __all__ = [
     "AugmentationParams",
@@ -25,5 +21,6 @@ __all__ = [
     "eval_subset_stride",
     "load_dataset",
     "normalize",
+    "resolve_device",
     "sample_augmentation",
 ]

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torchvision
 
-from gradscope.data._dataset import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, Dataset
+from gradscope.data._dataset import Dataset
+from gradscope.data.constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from gradscope.errors import UsageError
 
 

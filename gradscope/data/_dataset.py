@@ -10,24 +10,6 @@ from torchvision.transforms.v2 import functional as TF
 
 from gradscope.errors import UsageError
 
-# Class names of CIFAR-10 in label order (also the alphabetical order ImageFolder uses).
-CIFAR10_CLASSES = (
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per-channel mean of train pixels, in [0, 1] units
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)  # per-channel std of train pixels, in [0, 1] units
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)  # per-channel mean of train pixels, in [0, 1] units
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)  # per-channel std of train pixels, in [0, 1] units
-
 RESIZE_CHUNK = 2048  # images resized per call; bounds the float working memory
 STATS_CHUNK = 8192  # images reduced per call when computing mean/std
 
@@ -52,13 +34,21 @@ class Dataset:
             ("test", self.test_images, self.test_labels),
         ):
             shape = tuple(images.shape)
-            assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3, (
-                f"{split} images must be uint8 [N, 3, H, W], got {images.dtype} {shape}"
+            if not (images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3):
+                raise UsageError(
+                    f"{self.name}: {split} images must be uint8 [N, 3, H, W], got "
+                    f"{images.dtype} {shape}"
+                )
+            if not (labels.dtype == torch.int64 and labels.shape == images.shape[:1]):
+                raise UsageError(
+                    f"{self.name}: {split} labels must be int64 [{shape[0]}], got "
+                    f"{labels.dtype} {tuple(labels.shape)}"
+                )
+        if self.train_images.shape[2:] != self.test_images.shape[2:]:
+            raise UsageError(
+                f"{self.name}: train images are {tuple(self.train_images.shape[2:])} and test "
+                f"images {tuple(self.test_images.shape[2:])}; resize them to one size"
             )
-            assert labels.dtype == torch.int64 and labels.shape == images.shape[:1], (
-                f"{split} labels must be int64 [N], got {labels.dtype} {tuple(labels.shape)}"
-            )
-        assert self.train_images.shape[2:] == self.test_images.shape[2:], "train/test sizes differ"
 
     @property
     def num_classes(self) -> int:
@@ -109,17 +99,6 @@ def as_image_size(image_size) -> tuple[int, int] | None:
             f"image size must be a positive int or a pair (H, W) of them, got {image_size!r}"
         )
     return (image_size[0], image_size[1])
-
-
-def as_device(device) -> torch.device:
-    """Parse `device`, failing with a UsageError if it is malformed or not available here."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise UsageError(f"bad device {device!r}: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device} is not available here (no CUDA); use --device cpu")
-    return device
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -14,13 +14,8 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from gradscope.data._cache import cache_path, load_cached, save_cached
-from gradscope.data._dataset import (
-    CIFAR10_CLASSES,
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    Dataset,
-    channel_mean_std,
-)
+from gradscope.data._dataset import Dataset, channel_mean_std
+from gradscope.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from gradscope.errors import UsageError
 
 # image files read, as torchvision ImageFolder does; other files in class folders are ignored

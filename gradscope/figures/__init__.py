@@ -4,7 +4,7 @@ import numpy as np
 
 from gradscope.figures._common import as_run_list, run_label
 from gradscope.figures._curves import training_curves
-from gradscope.figures._flow import flow_curve
+from gradscope.figures._flow import DEPTH_AXES, flow_curve
 from gradscope.figures._heatmap import depth_step_heatmap, ratio_heatmap
 
 
@@ -15,6 +15,7 @@ def available_steps(runs) -> np.ndarray:
 
 
 __all__ = [
+    "DEPTH_AXES",
     "available_steps",
     "depth_step_heatmap",
     "flow_curve",

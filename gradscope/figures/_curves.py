@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from gradscope.figures._common import as_run_list, run_colour, run_label
+from gradscope.store import block_means
 
 TRAIN_WIDTH = 1.0  # line width of training curves (thin, as in He et al. 2016, Fig. 6)
 TEST_WIDTH = 3.0  # line width of test curves (bold)
@@ -76,11 +77,7 @@ def training_curves(runs, max_points: int = 2000) -> go.Figure:
 
 def _block_means(steps: np.ndarray, values: np.ndarray, max_points: int):
     """Means of consecutive blocks so at most `max_points` remain; a block's step is its first."""
-    n = len(values)
-    block = -(-n // max(int(max_points), 1))
+    block = -(-len(values) // max(int(max_points), 1))
     if block <= 1:
         return steps, values
-    starts = np.arange(0, n, block)
-    sums = np.add.reduceat(values.astype(np.float64), starts)
-    counts = np.diff(np.append(starts, n))
-    return steps[starts], sums / counts
+    return steps[::block], block_means(values, block)

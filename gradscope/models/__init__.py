@@ -2,8 +2,9 @@
 
 # importing the model modules registers their factories
 from gradscope.models import cifar_resnet, torchvision_resnet  # noqa: F401
-from gradscope.models.cifar_resnet import BasicBlock, CifarResNet, ZeroPadShortcut
+from gradscope.models.cifar_resnet import SHORTCUTS, BasicBlock, CifarResNet, ZeroPadShortcut
 from gradscope.models.registry import (
+    DEFAULT_SHORTCUT,
     FAMILIES,
     ModelSpec,
     count_parameters,
@@ -16,7 +17,9 @@ from gradscope.models.registry import (
 from gradscope.models.summary import layer_table
 
 __all__ = [
+    "DEFAULT_SHORTCUT",
     "FAMILIES",
+    "SHORTCUTS",
     "BasicBlock",
     "CifarResNet",
     "ModelSpec",

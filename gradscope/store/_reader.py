@@ -13,6 +13,7 @@ import pandas as pd
 from gradscope.errors import RunFileError, UsageError
 from gradscope.store import _schema as schema
 from gradscope.store._access import open_for_reading, require_on_disk
+from gradscope.store._blocks import block_means
 from gradscope.store._header import check_not_truncated
 from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS
 from gradscope.store._rows import read_column, read_rows, read_status
@@ -255,26 +256,12 @@ class Run:
 
 
 def _block_means(rows, n_layers: int, first: int, stop: int, block: int) -> np.ndarray:
-    """NaN-aware means of consecutive `block`-row blocks of rows(first, stop), read in pieces."""
+    """NaN-aware means of consecutive `block`-row blocks of rows(first, stop), read in pieces
+    of whole blocks, so memory stays bounded."""
     n_blocks = -(-(stop - first) // block)
     out = np.empty((n_blocks, n_layers), np.float32)
     blocks_per_piece = max(1, READ_PIECE_BYTES // (block * n_layers * 4))
     for b0 in range(0, n_blocks, blocks_per_piece):
         b1 = min(n_blocks, b0 + blocks_per_piece)
-        piece = rows(first + b0 * block, min(stop, first + b1 * block))
-        n_full = len(piece) // block
-        out[b0 : b0 + n_full] = _nanmean_rows(piece[: n_full * block].reshape(n_full, block, -1))
-        if n_full < b1 - b0:  # the last block of the window is short
-            out[b1 - 1] = _nanmean_rows(piece[n_full * block :][None])[0]
+        out[b0:b1] = block_means(rows(first + b0 * block, min(stop, first + b1 * block)), block)
     return out
-
-
-def _nanmean_rows(blocks: np.ndarray) -> np.ndarray:
-    """Mean over axis 1 of [blocks, rows, layers], ignoring NaN; all-NaN gives NaN."""
-    is_nan = np.isnan(blocks)
-    counts = blocks.shape[1]
-    if is_nan.any():  # the common case has no NaN: skip the masked copy
-        counts = blocks.shape[1] - is_nan.sum(axis=1)
-        blocks = np.where(is_nan, np.float32(0), blocks)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return blocks.sum(axis=1) / counts  # float32 sums: ample for plotting; 0/0 -> NaN

@@ -3,10 +3,11 @@
 import math
 from dataclasses import dataclass
 
-import torch
 from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR
 
+from gradscope.data import resolve_device
 from gradscope.errors import UsageError
+from gradscope.models import SHORTCUTS
 
 PAPER_STEPS = 64_000  # He et al.: stop at 64k iterations, lr / 10 at 32k and 48k
 MILESTONE_FRACTIONS = (0.5, 0.75)  # lr milestones as fractions of the run (32k/64k, 48k/64k)
@@ -76,9 +77,12 @@ def check_train_config(config: TrainConfig) -> None:
         raise UsageError("--weight-decay must be >= 0 and --momentum in [0, 1)")
     if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
         raise UsageError(f"--warmup-steps must be 0 or more, got {config.warmup_steps!r}")
-    if config.shortcut not in ("A", "B"):
+    if config.shortcut not in SHORTCUTS:
         raise UsageError(f"--shortcut must be A or B, got {config.shortcut!r}")
-    resolve_device(config.device)
+    try:
+        resolve_device(config.device)
+    except UsageError as e:  # "device 'x': ..." as the flag that sets it
+        raise UsageError(f"--{e}") from None
 
 
 def plan_steps(config: TrainConfig, steps_per_epoch: int) -> TrainPlan:
@@ -99,25 +103,6 @@ def plan_steps(config: TrainConfig, steps_per_epoch: int) -> TrainPlan:
         eval_every=config.eval_every or eval_default,
         checkpoint_every=config.checkpoint_every or steps_per_epoch,
     )
-
-
-def resolve_device(spec: str) -> torch.device:
-    """Turn "auto", "cpu", "cuda" or "cuda:N" into a device that exists on this machine."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {spec}: CUDA is not available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            count = torch.cuda.device_count()
-            raise UsageError(f"--device {spec}: this machine has {count} CUDA device(s)")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
-    return device
 
 
 def build_lr_scheduler(optimizer, plan: TrainPlan, config: TrainConfig):

@@ -1,4 +1,4 @@
-"""Small run files for the dashboard tests, written with the store's RunWriter."""
+"""Run files for the tests, written with the store's RunWriter: one home for the helpers."""
 
 from __future__ import annotations
 
@@ -19,6 +19,19 @@ LAYERS = [
 STATS = ["grad_norm", "weight_norm", "update_ratio"]
 
 
+def open_writer(path, layers, stats, flush_interval=0.05, **kwargs) -> RunWriter:
+    """A RunWriter flushing often (readers in the tests see records soon)."""
+    return RunWriter(
+        path, layers=layers, stats=list(stats), flush_interval=flush_interval, **kwargs
+    )
+
+
+def lognormal_records(n: int, n_stats: int, n_layers: int, seed: int = 0) -> np.ndarray:
+    """`n` records of positive values, float32 [n, stats, layers], the same for a seed."""
+    rng = np.random.default_rng(seed)
+    return rng.lognormal(size=(n, n_stats, n_layers)).astype(np.float32)
+
+
 def write_run(
     path: Path,
     n_records: int = 20,
@@ -35,9 +48,7 @@ def write_run(
     runs are preselected). With `close=False` the writer is returned still open (a live run).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = RunWriter(
-        path, layers=layers, stats=list(stats), attrs={"model_class": model}, flush_interval=0.05
-    )
+    writer = open_writer(path, layers, stats, attrs={"model_class": model})
     depth_decay = np.geomspace(1.0, 1e-3, len(layers), dtype=np.float32)
     for i in range(n_records):
         row = scale * depth_decay * (1.0 + 0.01 * i)
