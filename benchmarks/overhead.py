@@ -3,6 +3,12 @@
     python benchmarks/overhead.py                 # ResNet-56 (batch 128) and ResNet-1202 (batch 32)
     python benchmarks/overhead.py --steps 10 --skip-1202   # a quick look
     python benchmarks/overhead.py --skip-56 --steps-1202 20  # ResNet-1202 only, 20 rounds
+    python benchmarks/overhead.py --device-path   # what a GPU runs, on CPU: ResNet-56, batch 4
+
+`--device-path` sets GRADSCOPE_KERNELS=torch (the device-generic path, the compiled fused
+reductions a CUDA device runs, here through inductor's C++ backend) and one thread, and times
+ResNet-56 at batch 4, where a step is bound by the number of ops launched, as a small net on a
+GPU is. It also counts the device ops a record adds per watched layer (`device_ops`).
 
 Every variant trains its own copy of the model on the same preloaded batch; one round steps the
 bare twin, then each variant, so drifts in machine speed hit all of them alike. The ratio is
@@ -185,6 +191,93 @@ def resnet56_rounds(args, folder: Path) -> None:
     bytes_per_value(variants)
 
 
+# ATen ops that launch no kernel (views and metadata): not counted as device ops.
+METADATA_OPS = {
+    "aten::alias",
+    "aten::as_strided",
+    "aten::detach",
+    "aten::empty",
+    "aten::empty_like",
+    "aten::empty_strided",
+    "aten::expand",
+    "aten::lift_fresh",
+    "aten::permute",
+    "aten::reshape",
+    "aten::resize_",
+    "aten::select",
+    "aten::slice",
+    "aten::squeeze",
+    "aten::t",
+    "aten::transpose",
+    "aten::unbind",
+    "aten::unsqueeze",
+    "aten::view",
+    "aten::_unsafe_view",
+}
+COMPILED_KERNEL_MARKS = ("cpp_fused", "triton_")  # inductor's kernel events (C++, Triton)
+
+
+def count_device_ops(events) -> int:
+    """Top-level ATen ops that launch work (no ATen op above them), plus each kernel that
+    inductor runs inside a compiled region."""
+    count = 0
+    for event in events:
+        if any(mark in event.name for mark in COMPILED_KERNEL_MARKS):
+            count += 1
+            continue
+        if not event.name.startswith("aten::") or event.name in METADATA_OPS:
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        if parent is None:
+            count += 1
+    return count
+
+
+def device_ops(base, x, y, folder: Path) -> tuple[float, int, int]:
+    """(device ops a record adds per watched layer, bare step ops, recorded step ops)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    counts = []
+    for setup in (None, recorded(folder, every=1)):
+        variant = Variant("ops " + ("recorded" if setup else "bare"), copy.deepcopy(base), setup)
+        for _ in range(2):  # warm: compiled kernels, buffers grown
+            variant.step(x, y)
+        activities = [ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(ProfilerActivity.CUDA)
+        with profile(activities=activities) as prof:
+            variant.step(x, y)
+        counts.append(count_device_ops(prof.events()))
+        if variant.recorder is not None:
+            layers = len(variant.recorder.layer_names)
+            variant.recorder.close()
+    return (counts[1] - counts[0]) / layers, counts[0], counts[1]
+
+
+def device_path_rounds(args, folder: Path) -> None:
+    torch.manual_seed(0)
+    base = create_model("resnet56")
+    x = torch.randn(args.batch, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch,))
+    per_layer, bare_ops, recorded_ops = device_ops(base, x, y, folder / "ops")
+    variants = [
+        Variant("bare", copy.deepcopy(base)),
+        Variant("bare again (A/A control)", copy.deepcopy(base)),
+        Variant("all stats, every=1", copy.deepcopy(base), recorded(folder, every=1)),
+        Variant("all stats, every=10", copy.deepcopy(base), recorded(folder, every=10)),
+    ]
+    run_rounds(variants, x, y, args.steps, args.warmup)
+    report(variants, f"ResNet-56, batch {args.batch}, device path on CPU (1 thread)")
+    print(
+        f"\ndevice ops per watched layer per record: {per_layer:.2f} "
+        f"(bare step {bare_ops} ops, recorded step {recorded_ops})"
+    )
+    print()
+    bytes_per_value(variants)
+
+
 def resnet1202_rounds(args, folder: Path) -> None:
     folder = folder / "resnet1202"
     folder.mkdir()
@@ -211,7 +304,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="timed rounds for ResNet-56")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
-    parser.add_argument("--batch", type=int, default=128, help="ResNet-56 batch size")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="ResNet-56 batch size (default 128; 4 with --device-path)",
+    )
     parser.add_argument("--steps-1202", type=int, default=10, help="timed rounds for ResNet-1202")
     parser.add_argument(
         "--batch-sample-1202",
@@ -224,11 +322,24 @@ def main() -> None:
     parser.add_argument("--skip-1202", action="store_true", help="only ResNet-56")
     parser.add_argument("--skip-56", action="store_true", help="only ResNet-1202")
     parser.add_argument(
+        "--device-path",
+        action="store_true",
+        help="GRADSCOPE_KERNELS=torch, one thread, ResNet-56 at batch 4: the GPU's regime on CPU",
+    )
+    parser.add_argument(
         "--steady-heap",
         action="store_true",
         help="keep freed memory in glibc's heap, so no variant pays page faults for it",
     )
     args = parser.parse_args()
+    if args.batch is None:
+        args.batch = 4 if args.device_path else 128
+    if args.device_path:
+        os.environ["GRADSCOPE_KERNELS"] = "torch"  # read by each recorder at attach
+        torch.set_num_threads(1)
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True  # inductor's kernels show in profiles
     if args.steady_heap:
         steady_heap()
     heap = "steady heap (no trimming, mmap above 32 MB)" if args.steady_heap else "default heap"
@@ -237,6 +348,9 @@ def main() -> None:
         f"{heap}"
     )
     with tempfile.TemporaryDirectory() as tmp:
+        if args.device_path:
+            device_path_rounds(args, Path(tmp))
+            return
         if not args.skip_56:
             resnet56_rounds(args, Path(tmp))
         if not args.skip_1202:

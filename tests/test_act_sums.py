@@ -1,6 +1,8 @@
 """Per-call sums of outputs and output gradients: numba kernel and torch path vs brute force."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
 from gradscope.recorder._cpu_kernels import sums_into
+from gradscope.recorder._kernels import KernelChoice
 from tests.test_recorder import SmallCNN, assert_matches, image_batch, run_against_reference
 
 SAMPLES = [
@@ -52,34 +55,89 @@ def test_kernel_refuses_a_short_output_row():
         sums_into(np.ones(3, dtype=np.float32), np.zeros(3, dtype=np.float32))
 
 
-def test_cpu_and_torch_paths_give_the_same_rows(monkeypatch):
+AUTO, TORCH, EAGER = (KernelChoice(mode) for mode in ("auto", "torch", "eager"))
+
+
+@pytest.mark.parametrize("kernels", [AUTO, TORCH, EAGER], ids=["numba", "compiled", "eager"])
+def test_every_path_gives_the_same_rows(kernels, monkeypatch):
     generator = torch.Generator().manual_seed(1)
     outputs = [torch.randn(6, n, generator=generator) for n in (3, 40, 5, 90)]
     outputs[1] = torch.relu(outputs[1])
-    want = [brute_force(o[:4]) for o in outputs]  # batch_sample=4: the first 4 rows
-
-    fused = ActivationSums(batch_sample=4)
-    for position, o in enumerate(outputs):
-        fused.add([o], position)
-    # Past the fused kernel's exact count (lowered here), calls take the torch path: a record
-    # then mixes both kinds of rows, which must come out in call order.
-    monkeypatch.setattr(S, "EXACT_FLOAT32_COUNT", 50)
-    mixed = ActivationSums(batch_sample=4)
-    for position, o in enumerate(outputs):
-        mixed.add([o], position)
-
-    monkeypatch.setattr(S, "EXACT_FLOAT32_COUNT", 1)  # every call on the torch path (as on CUDA)
-    torch_only = ActivationSums(batch_sample=4)
-    for position, o in enumerate(outputs):
-        torch_only.add([o], position)
-
-    for sums in (fused, mixed, torch_only):
+    outputs.append(torch.randn(6, 4, 5, 3, generator=generator).transpose(1, 3))  # strided
+    outputs.append(torch.randn(6, 7, generator=generator).bfloat16())  # AMP: summed in float32
+    outputs.append(torch.zeros(0, 5))  # no rows
+    want = [brute_force(o[:4].float()) if o.numel() else [0, 0, 0, 0] for o in outputs]
+    sums = ActivationSums(batch_sample=4, kernels=kernels)
+    for _ in range(2):  # rows are reused from one record to the next
+        for position, o in enumerate(outputs):
+            sums.add([o], position)
         rows = sums.per_call("cpu")
-        assert rows.shape == (4, S.ACT_SUMS_SIZE)
-        assert sums.counts.tolist() == [12, 160, 20, 360] and sums.layers.tolist() == [0, 1, 2, 3]
-        np.testing.assert_allclose(rows.double().numpy(), np.array(want), rtol=1e-5)
+        assert rows.shape == (len(outputs), S.ACT_SUMS_SIZE)
+        assert sums.counts.tolist() == [12, 160, 20, 360, 240, 28, 0]
+        assert sums.layers.tolist() == list(range(len(outputs)))
+        np.testing.assert_allclose(rows.double().numpy(), np.array(want), rtol=2e-5, atol=1e-6)
         sums.clear()
         assert len(sums) == 0
+
+
+def test_numba_and_device_rows_mix_in_call_order(monkeypatch):
+    # Past the numba kernel's exact count (lowered here) CPU calls take the device path: a
+    # record then mixes both kinds of rows, which must come out in call order.
+    monkeypatch.setattr(S, "EXACT_FLOAT32_COUNT", 50)
+    generator = torch.Generator().manual_seed(5)
+    outputs = [torch.randn(6, n, generator=generator) for n in (3, 40, 5, 90, 2)]
+    sums = ActivationSums(batch_sample=4, kernels=AUTO)
+    for position, o in enumerate(outputs):
+        sums.add([o], position)
+    assert sums._calls.column(2).tolist() == [-1, 0, -1, 0, -1]  # host, device, host, ...
+    rows = sums.per_call("cpu").double().numpy()
+    np.testing.assert_allclose(rows, [brute_force(o[:4]) for o in outputs], rtol=1e-5)
+
+
+def test_torch_mode_never_imports_numba(tmp_path):
+    code = (
+        "import os, sys, torch\n"
+        "os.environ['GRADSCOPE_KERNELS'] = 'torch'\n"
+        "import gradscope\n"
+        "nn = torch.nn\n"
+        "model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))\n"
+        "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+        f"with gradscope.attach(model, {str(tmp_path / 'r.h5')!r}, optimizer=opt) as rec:\n"
+        "    model(torch.randn(3, 4)).sum().backward(); opt.step()\n"
+        "assert 'numba' not in sys.modules, 'numba was imported'\n"
+        "run = gradscope.open_run(rec.path)\n"
+        "assert run.steps.tolist() == [0]\n"
+        "assert (run.stat('act_mean') == run.stat('act_mean')).all()  # no NaN\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_a_bad_kernel_mode_is_a_usage_error(tmp_path, monkeypatch):
+    import gradscope
+
+    monkeypatch.setenv("GRADSCOPE_KERNELS", "triton")
+    with pytest.raises(
+        gradscope.UsageError, match="GRADSCOPE_KERNELS='triton'.*auto, torch, eager"
+    ):
+        gradscope.attach(torch.nn.Linear(2, 2), tmp_path / "r.h5")
+
+
+def test_a_failed_compilation_warns_and_gives_the_same_rows(monkeypatch):
+    def broken(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler here")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    sums = ActivationSums(batch_sample=None, kernels=TORCH)
+    x = torch.randn(5, 3)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here.*GRADSCOPE_KERNELS=eager"):
+        sums.add([x], 0)
+    sums.add([x * 2], 1)  # no second warning: the eager ops took over
+    np.testing.assert_allclose(
+        sums.per_call("cpu").double().numpy(), [brute_force(x), brute_force(x * 2)], rtol=1e-5
+    )
 
 
 def test_output_grad_sums_match_brute_force():
@@ -87,19 +145,22 @@ def test_output_grad_sums_match_brute_force():
     grads = [torch.randn(5, n, generator=generator) for n in (2, 30, 7, 80)]
     grads[2] = grads[2].half()  # low-precision gradients (AMP) are summed in float32
     want = [brute_force(g.float())[1] for g in grads]
-    sums = OutputGradSums()
-    for position, g in enumerate(grads):
-        sums.add(g, position)
-    assert sums.layers.tolist() == [0, 1, 2, 3]
-    np.testing.assert_allclose(sums.per_grad("cpu").double().numpy(), want, rtol=1e-5)
-    sums.clear()
-    assert len(sums) == 0 and len(sums.per_grad("cpu")) == 0
+    for kernels in (AUTO, EAGER):  # torch.dot on CPU, a vector norm on the device path
+        sums = OutputGradSums(kernels)
+        for position, g in enumerate(grads):
+            sums.add(g, position)
+        sums.add(grads[1].t(), 4)  # a strided gradient
+        assert sums.layers.tolist() == [0, 1, 2, 3, 4]
+        got = sums.per_grad("cpu").double().numpy()
+        np.testing.assert_allclose(got, [*want, want[1]], rtol=1e-5)
+        sums.clear()
+        assert len(sums) == 0 and len(sums.per_grad("cpu")) == 0
 
 
 def test_output_grad_sums_keep_rows_when_the_buffer_grows():
     generator = torch.Generator().manual_seed(4)
     grads = [torch.randn(3, 1 + n % 5, generator=generator) for n in range(700)]
-    sums = OutputGradSums()
+    sums = OutputGradSums(EAGER)
     for record in range(2):  # the buffer grown in the first record is reused by the second
         for position, g in enumerate(grads):
             sums.add(g * (record + 1), position % 9)
@@ -109,8 +170,12 @@ def test_output_grad_sums_keep_rows_when_the_buffer_grows():
         sums.clear()
 
 
-def test_recorder_with_mixed_paths_matches_reference(tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "EXACT_FLOAT32_COUNT", 300)  # the bigger outputs take the torch path
+@pytest.mark.parametrize("mode", ["auto-mixed", "torch", "eager"])
+def test_recorder_on_each_path_matches_reference(tmp_path, monkeypatch, mode):
+    if mode == "auto-mixed":
+        monkeypatch.setattr(S, "EXACT_FLOAT32_COUNT", 300)  # the bigger outputs: device path
+    else:
+        monkeypatch.setenv("GRADSCOPE_KERNELS", mode)
 
     def out_of_place_twin(model):  # the reference needs plain outputs for retain_grad
         twin = SmallCNN(inplace=False)
@@ -123,11 +188,17 @@ def test_recorder_with_mixed_paths_matches_reference(tmp_path, monkeypatch):
     assert_matches(run, expected)
 
 
-def test_host_rows_grow_past_the_initial_buffer():
-    sums = ActivationSums(batch_sample=None)
+@pytest.mark.parametrize("kernels", [AUTO, EAGER], ids=["host", "device"])
+def test_rows_grow_past_the_initial_buffer_and_drop_in_order(kernels):
+    sums = ActivationSums(batch_sample=None, kernels=kernels)
     values = [torch.full((3,), float(i)) for i in range(600)]
     for i, v in enumerate(values):
         sums.add([v], i % 7)
     rows = sums.per_call("cpu")
     np.testing.assert_array_equal(rows[:, 0].numpy(), [3.0 * i for i in range(600)])
     np.testing.assert_array_equal(rows[:, 3].numpy(), [0] + [3] * 599)
+    sums.backpropagated = 250  # as when zero_grad wipes the first 250 calls' gradients
+    sums.drop_backpropagated()
+    rows = sums.per_call("cpu")
+    np.testing.assert_array_equal(rows[:, 0].numpy(), [3.0 * i for i in range(250, 600)])
+    assert sums.layers.tolist() == [i % 7 for i in range(250, 600)]

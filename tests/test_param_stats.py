@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gradscope.recorder import _param_stats as P
+from gradscope.recorder._kernels import KernelChoice
 
 
 def brute_force(t: torch.Tensor):
@@ -22,7 +23,7 @@ def brute_force(t: torch.Tensor):
 
 
 def laid_out(tensors):
-    groups = P.ParamGroups([[torch.nn.Parameter(t.clone())] for t in tensors])
+    groups = P.ParamGroups([[torch.nn.Parameter(t.clone())] for t in tensors], KernelChoice("auto"))
     layout = groups.layout(tuple(range(len(tensors))), "cpu")
     flat = groups.gather("test", layout, [groups.params[i] for i in layout.positions], "cpu")
     want = [brute_force(tensors[i]) for i in layout.positions]  # flat order
@@ -46,25 +47,25 @@ def sample_tensors():
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["numba", "torch"])
-def test_per_param_sums_match_brute_force(fused, monkeypatch):
-    monkeypatch.setattr(P, "_fused", lambda flat: fused)
+def test_per_param_sums_match_brute_force(fused):
     layout, flat, want = laid_out(sample_tensors())
     kept = flat.clone()
-    got = P.per_param_sums(layout, flat).numpy()
+    out = torch.empty(4, len(layout.params))
+    got = P.per_param_sums(layout, flat, fused, out).double().numpy()
     np.testing.assert_allclose(got[:, :2], np.array(want)[:, :2], rtol=2e-6)
     np.testing.assert_array_equal(got[:, 2:], np.array(want)[:, 2:])  # max and count: exact
     if fused:
         assert torch.equal(flat, kept)  # the CPU kernel leaves the gradients as they were
     np.testing.assert_allclose(
-        P.per_param_sumsq(layout, kept).numpy(), np.array(want)[:, 1], rtol=2e-6
+        P.per_param_sumsq(layout, kept, out[0]).double().numpy(), np.array(want)[:, 1], rtol=2e-6
     )
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["numba", "torch"])
-def test_per_param_sums_propagate_nan(fused, monkeypatch):
-    monkeypatch.setattr(P, "_fused", lambda flat: fused)
+def test_per_param_sums_propagate_nan(fused):
     layout, flat, _ = laid_out([torch.tensor([1.0, float("nan"), -float("inf"), 2.0])])
-    total, sumsq, absmax, nonfinite = P.per_param_sums(layout, flat)[0].tolist()
+    out = torch.empty(4, 1)
+    total, sumsq, absmax, nonfinite = P.per_param_sums(layout, flat, fused, out)[0].tolist()
     assert math.isnan(total) and math.isnan(sumsq) and math.isnan(absmax) and nonfinite == 2
 
 
@@ -79,6 +80,6 @@ def test_recorder_on_the_torch_path_matches_reference(tmp_path, monkeypatch):
     # The path other devices take, run on CPU: every parameter statistic against brute force.
     from tests.test_recorder import ManySizes, assert_matches, run_against_reference, vector_batch
 
-    monkeypatch.setattr(P, "_fused", lambda flat: False)
+    monkeypatch.setenv("GRADSCOPE_KERNELS", "torch")
     run, expected = run_against_reference(tmp_path, ManySizes, vector_batch)
     assert_matches(run, expected)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from gradscope.recorder import _stats as S
+from gradscope.recorder._kernels import KernelChoice, OutputSums, grad_norm_into
 
 INITIAL_HOST_ROWS = 256
 
@@ -45,37 +46,67 @@ class HostRows:
         self.used = kept
 
 
-def _fused_kernels():
+def _numba_kernels():
     """The numba kernels, imported on first use (they compile or load from cache once)."""
     from gradscope.recorder import _cpu_kernels
 
     return _cpu_kernels
 
 
-def _fused(x: torch.Tensor) -> bool:
-    """Whether the one-pass CPU kernels take `x`: a CPU tensor with an exact float32 count."""
-    return x.device.type == "cpu" and 0 < x.numel() < S.EXACT_FLOAT32_COUNT
+class DeviceRows:
+    """A float32 buffer [rows, width] on one device, grown by doubling, reused from record to
+    record: the device path writes each call's sums into a row of it, so no tensor is made per
+    call and nothing is copied to the host before the record is packed."""
+
+    def __init__(self, device: torch.device, width: int):
+        self.device = device
+        self.width = width
+        self.buffer = torch.zeros((INITIAL_HOST_ROWS, width), device=device)
+        self.used = 0
+
+    def next_row(self) -> torch.Tensor:
+        """A view of the next free row (valid until the buffer next grows)."""
+        if self.used == len(self.buffer):
+            grown = torch.zeros((2 * len(self.buffer), self.width), device=self.device)
+            grown[: self.used] = self.buffer
+            self.buffer = grown
+        row = self.buffer[self.used]
+        self.used += 1
+        return row
+
+    def drop_first(self, count: int) -> None:
+        """Forget the first `count` used rows; the rest move up, in order."""
+        kept = self.used - count
+        if kept:
+            self.buffer[:kept] = self.buffer[count : self.used].clone()
+        self.used = kept
 
 
 class ActivationSums:
-    """Per call: [total, sum of squares, max |x|, nonzeros], the element count and the layer.
+    """Per call of a watched module: [total, sum of squares, max |x|, nonzeros] of its outputs
+    (first `batch_sample` rows), the element count and the layer.
 
-    On CPU, one fused numba pass over the output computes the four and writes them straight into
-    a reused host table, so no tensor is made per call. Other devices (and outputs past the
-    kernel's exact count) use `stats.tensor_sums`. Rows are merged per layer once per record.
+    CPU tensors (kernel mode auto): one fused numba pass over the output writes the four straight
+    into a reused host table. Elsewhere (and with GRADSCOPE_KERNELS=torch everywhere) the device
+    path: one fused reduction per output tensor, compiled (`_kernels.OutputSums`), written into a
+    reused buffer on the output's device (`DeviceRows`). Either way no tensor is made per call;
+    rows are merged per layer once per record.
 
     `backpropagated` counts the leading calls that a backward pass has since reached: when the
     gradients are zeroed, those calls' gradients are gone, so their rows go too
     (`drop_backpropagated`), while calls whose backward is still to come stay.
     """
 
-    def __init__(self, batch_sample: int | None):
+    def __init__(self, batch_sample: int | None, kernels: KernelChoice):
         self.batch_sample = batch_sample
-        self._host = HostRows(S.ACT_SUMS_SIZE)  # row i: call i's sums (CPU kernel calls)
-        self._calls = HostRows(2, np.int64)  # row i: call i's element count and layer
-        self._torch_rows: list = []  # (call, four 0-d tensors) for calls on the torch path
-        self._scratch: dict = {}
-        self._kernels = None
+        self._kernels = kernels
+        self._host = HostRows(S.ACT_SUMS_SIZE)  # the numba rows, in call order
+        # row i: call i's element count, layer, slot (-1: host table, else a device's rows)
+        # and its row there
+        self._calls = HostRows(4, np.int64)
+        self._devices: list[DeviceRows] = []  # the device path's buffers, by slot
+        self._numba = None
+        self._fused = None  # the device path's kernel, made on first use
         self.backpropagated = 0  # leading calls whose forward pass a backward has reached
 
     def __len__(self) -> int:
@@ -92,26 +123,46 @@ class ActivationSums:
         return self._calls.column(1)
 
     def add(self, tensors: list[torch.Tensor], position: int) -> None:
-        x = S.flat_sample(tensors, self.batch_sample)
-        call = self._calls.next_row()
-        self._calls.table[call] = (x.numel(), position)
-        row = self._host.next_row()
-        if _fused(x):
-            if self._kernels is None:
-                self._kernels = _fused_kernels()
-            self._kernels.sums_into(x.numpy(), self._host.table[row])
-        else:
-            self._torch_rows.append((call, S.tensor_sums(x, self._scratch)))
+        """The sums of one call's floating outputs (`tensors`, all of one module call)."""
+        if self._kernels.numba_for(tensors[0].device):
+            x = S.flat_sample(tensors, self.batch_sample)
+            if 0 < x.numel() < S.EXACT_FLOAT32_COUNT:  # the kernel's count is exact below
+                if self._numba is None:
+                    self._numba = _numba_kernels()
+                row = self._host.next_row()
+                self._numba.sums_into(x.numpy(), self._host.table[row])
+                call = self._calls.next_row()  # first: it may grow the table
+                self._calls.table[call] = (x.numel(), position, -1, row)
+                return
+        for t in tensors:  # the device path: one row per output tensor (merged per layer)
+            t = t.detach()
+            if self.batch_sample is not None and t.dim() > 0 and t.shape[0] > self.batch_sample:
+                t = t[: self.batch_sample]
+            slot = self._slot(t.device)
+            rows = self._devices[slot]
+            row = rows.used
+            self._fused_kernel()(t, rows.next_row())
+            call = self._calls.next_row()  # first: it may grow the table
+            self._calls.table[call] = (t.numel(), position, slot, row)
 
     def per_call(self, device) -> torch.Tensor:
         """All calls' sums as one float32 tensor [calls, 4] on `device`, in call order."""
-        if not self._torch_rows:  # all calls on CPU: the host table holds every row
+        slots = self._calls.column(2)
+        n = len(self)
+        if (slots == -1).all():  # all on CPU through numba: the host table holds every row
             return self._host.values().to(device)
-        rows = torch.stack([torch.stack(sums).to(device) for _, sums in self._torch_rows])
-        if len(self._torch_rows) == len(self):
-            return rows
-        table = self._host.values().to(device)
-        table[[call for call, _ in self._torch_rows]] = rows
+        if len(self._devices) == 1 and (slots == 0).all():  # all on one device, in order
+            rows = self._devices[0]
+            return rows.buffer[:n].to(device)
+        table = torch.zeros((n, S.ACT_SUMS_SIZE), device=device)
+        numba = np.flatnonzero(slots == -1)
+        if numba.size:
+            table[torch.from_numpy(numba)] = self._host.values().to(device)
+        for slot, rows in enumerate(self._devices):
+            calls = np.flatnonzero(slots == slot)
+            if calls.size:
+                where = torch.from_numpy(self._calls.column(3)[calls].copy())
+                table[torch.from_numpy(calls)] = rows.buffer[where.to(rows.device)].to(device)
         return table
 
     def mark_backpropagated(self) -> None:
@@ -122,29 +173,53 @@ class ActivationSums:
         """Forget the calls a backward pass has reached (their gradients are being zeroed)."""
         count = self.backpropagated
         if count:
-            self._host.drop_first(count)
+            slots = self._calls.column(2)[:count]
+            self._host.drop_first(int((slots == -1).sum()))
+            for slot, rows in enumerate(self._devices):
+                rows.drop_first(int((slots == slot).sum()))
             self._calls.drop_first(count)
-            self._torch_rows = [
-                (call - count, sums) for call, sums in self._torch_rows if call >= count
-            ]
+            self._renumber_rows()
         self.backpropagated = 0
 
     def clear(self) -> None:
         self._host.used = self._calls.used = 0
-        self._torch_rows = []
+        for rows in self._devices:
+            rows.used = 0
         self.backpropagated = 0
+
+    def _slot(self, device: torch.device) -> int:
+        for slot, rows in enumerate(self._devices):
+            if rows.device == device:
+                return slot
+        self._devices.append(DeviceRows(device, S.ACT_SUMS_SIZE))
+        return len(self._devices) - 1
+
+    def _fused_kernel(self) -> OutputSums:
+        if self._fused is None:
+            self._fused = OutputSums(compiled=self._kernels.compiled)
+        return self._fused
+
+    def _renumber_rows(self) -> None:
+        """After rows were dropped: each call's row is its rank among the calls of its slot."""
+        table = self._calls.table[: self._calls.used]
+        for slot in np.unique(table[:, 2]):
+            calls = table[:, 2] == slot
+            table[calls, 3] = np.arange(int(calls.sum()))
 
 
 class OutputGradSums:
     """Per output gradient: its sum of squares, in a reused float32 buffer, and the layer.
 
-    One torch.dot each, on every device, written with `out=` into a buffer on the gradient's
-    device that lives from record to record, and the layer into a reused host table: nothing
-    made in the backward pass outlives its hook (see `HostRows`). A numba pass took as long in
-    the hook as torch.dot but made the rest of a ResNet-1202 backward slower.
+    One reduction each, written with `out=` into a buffer on the gradient's device that lives
+    from record to record, and the layer into a reused host table: nothing made in the backward
+    pass outlives its hook (see `HostRows`). On CPU (kernel mode auto) a torch.dot, which runs
+    on every thread (a numba pass took as long in the hook but made the rest of a ResNet-1202
+    backward slower); on the device path a vector norm, which takes any layout and dtype
+    without a copy, squared once per record.
     """
 
-    def __init__(self):
+    def __init__(self, kernels: KernelChoice):
+        self._kernels = kernels
         self._layers: dict[torch.device, HostRows] = {}  # per device: the layer of each row
         self._buffers: dict[torch.device, torch.Tensor] = {}  # per device: rows of sums
 
@@ -160,23 +235,31 @@ class OutputGradSums:
         return np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
 
     def add(self, grad: torch.Tensor, position: int) -> None:
-        g = grad.detach().reshape(-1)
-        if g.dtype != torch.float32:
-            g = g.float()
-        layers = self._layers.get(g.device)
+        """The sum of squares of one output gradient of the layer at `position`."""
+        device = grad.device
+        layers = self._layers.get(device)
         if layers is None:
-            layers = self._layers[g.device] = HostRows(1, np.int64)
+            layers = self._layers[device] = HostRows(1, np.int64)
         row = layers.next_row()
         layers.table[row, 0] = position
-        torch.dot(g, g, out=self._buffer(g.device, row + 1)[row])
+        out = self._buffer(device, row + 1)[row]
+        if self._kernels.numba_for(device):
+            g = grad.detach().reshape(-1)
+            if g.dtype != torch.float32:
+                g = g.float()
+            torch.dot(g, g, out=out)
+        else:
+            grad_norm_into(grad.detach(), out)
 
     def per_grad(self, device) -> torch.Tensor:
         """All gradients' sums of squares as one float32 tensor [grads] on `device`."""
-        parts = [
-            self._buffers[where][: rows.used].to(device)
-            for where, rows in self._layers.items()
-            if rows.used
-        ]
+        parts = []
+        for where, rows in self._layers.items():
+            if rows.used:
+                part = self._buffers[where][: rows.used]
+                if not self._kernels.numba_for(where):
+                    part = part.square()  # the device path stores norms
+                parts.append(part.to(device))
         if not parts:
             return torch.zeros(0, device=device)
         return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import torch
 
-from gradscope.recorder._stats import GRAD_STATS
+from gradscope.recorder._kernels import KernelChoice
+from gradscope.recorder._stats import GRAD_STATS, host_to_device
 
 
 class FlatLayout:
@@ -38,9 +39,9 @@ class FlatLayout:
             offset += count * numel
         slot = {position: i for i, position in enumerate(self.positions)}
         rows = [(slot[p], layer) for p, layer in pairs if p in slot]
-        self.src = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)
-        self.dst = torch.tensor([r[1] for r in rows], dtype=torch.long, device=device)
-        self.numel = torch.tensor(sizes, dtype=torch.float64, device=device)
+        self.src = host_to_device([r[0] for r in rows], torch.long, device)
+        self.dst = host_to_device([r[1] for r in rows], torch.long, device)
+        self.numel = host_to_device(sizes, torch.float64, device)
         self._views: dict[int, list[torch.Tensor]] = {}
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -61,13 +62,16 @@ class FlatLayout:
             self._views[key] = views
         return self._views[key]
 
-    def per_param(self, flat: torch.Tensor, reduce) -> torch.Tensor:
-        """`reduce` ([count, numel] -> [count]) applied block by block: one value per parameter."""
-        parts = [
-            reduce(flat[offset : offset + count * numel].view(count, numel))
-            for offset, count, numel in self.blocks
-        ]
-        return torch.cat(parts)
+    def per_param(self, flat: torch.Tensor, reduce, out: torch.Tensor) -> torch.Tensor:
+        """`reduce(block, out=...)` ([count, numel] -> [count]) applied block by block, each
+        writing its parameters' values into `out` [parameters] (flat order); returns `out`."""
+        first = 0
+        for offset, count, numel in self.blocks:
+            reduce(
+                flat[offset : offset + count * numel].view(count, numel), out[first : first + count]
+            )
+            first += count
+        return out
 
     def per_layer_sum(self, per_param: torch.Tensor) -> torch.Tensor:
         """Sum a per-parameter vector into layers [L] (float64); 0 where a layer has none."""
@@ -87,7 +91,8 @@ class ParamGroups:
     A parameter owned directly by several watched modules (tied weights) counts in each of them.
     """
 
-    def __init__(self, layer_params: list[list[torch.nn.Parameter]]):
+    def __init__(self, layer_params: list[list[torch.nn.Parameter]], kernels: KernelChoice):
+        self.kernels = kernels
         self.n_layers = len(layer_params)
         self.params: list[torch.nn.Parameter] = []
         position: dict[int, int] = {}
@@ -121,10 +126,18 @@ class ParamGroups:
         """[L] bool: the layers that own any parameter (cached per device)."""
         key = str(device)
         if key not in self._owner_masks:
-            mask = torch.zeros(self.n_layers, dtype=torch.bool)
+            mask = np.zeros(self.n_layers, dtype=bool)
             mask[self._owners] = True
-            self._owner_masks[key] = mask.to(device)
+            self._owner_masks[key] = host_to_device(mask, torch.bool, device)
         return self._owner_masks[key]
+
+    def scratch(self, purpose: str, shape: tuple[int, ...], device) -> torch.Tensor:
+        """A reused float32 buffer of `shape` on `device` for `purpose` (reallocated only when
+        the shape or device changes)."""
+        buffer = self._buffers.get(purpose)
+        if buffer is None or tuple(buffer.shape) != shape or buffer.device != torch.device(device):
+            buffer = self._buffers[purpose] = torch.empty(shape, dtype=torch.float32, device=device)
+        return buffer
 
     def gather(self, purpose: str, layout: FlatLayout, tensors: list[torch.Tensor], device):
         """Copy `tensors` (in `layout.positions` order) into the reused `purpose` float32 buffer.
@@ -146,44 +159,46 @@ def _layer_nan(groups: ParamGroups, device) -> torch.Tensor:
     return torch.full((groups.n_layers,), float("nan"), dtype=torch.float64, device=device)
 
 
-def _fused(flat: torch.Tensor) -> bool:
-    """Whether the one-pass CPU kernel takes `flat` (elsewhere: torch reductions per size)."""
-    return flat.device.type == "cpu"
+def per_param_sums(
+    layout: FlatLayout, flat: torch.Tensor, numba: bool, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[parameters, 4] in flat order: sum, sum of squares, max |x|, inf/NaN count.
 
-
-def per_param_sums(layout: FlatLayout, flat: torch.Tensor) -> torch.Tensor:
-    """[parameters, 4] float64 in flat order: sum, sum of squares, max |x|, inf/NaN count.
-
-    On CPU one numba pass over `flat`, which it leaves as it was. Elsewhere a few reductions
-    per distinct size, overwriting `flat` in place: |x| for the maxima, then 1.0 at each
-    non-finite element for the count.
+    `numba` (CPU): one pass over `flat`, which it leaves as it was; float64 totals. Otherwise
+    (the device path) one reduction per distinct size and statistic, written into `out` (a
+    reused float32 [4, parameters] buffer), overwriting `flat` in place: |x| for the maxima,
+    then 1.0 at each non-finite element for the count.
     """
-    if _fused(flat):
+    if numba:
         from gradscope.recorder._cpu_kernels import param_sums_into
 
-        out = np.empty((len(layout.shapes), 4))
-        param_sums_into(flat.numpy(), layout.bounds, out)
-        return torch.from_numpy(out)
-    sums = layout.per_param(flat, lambda block: block.sum(1))
-    norms = layout.per_param(flat, lambda block: torch.linalg.vector_norm(block, 2, dim=1))
+        table = np.empty((len(layout.shapes), 4))
+        param_sums_into(flat.numpy(), layout.bounds, table)
+        return torch.from_numpy(table)
+    sums, sumsq, absmax, nonfinite = out.unbind(0)
+    layout.per_param(flat, lambda block, o: torch.sum(block, 1, out=o), sums)
+    layout.per_param(flat, _block_norms, sumsq)
+    sumsq.square_()
     flat.abs_()
-    absmax = layout.per_param(flat, lambda block: block.amax(1))
+    layout.per_param(flat, lambda block, o: torch.amax(block, 1, out=o), absmax)
     # |x| - |x| is NaN exactly where x is inf or NaN, else 0; "!= 0" turns those into 1.0
     flat.sub_(flat)
     torch.ne(flat, 0, out=flat)
-    nonfinite = layout.per_param(flat, lambda block: block.sum(1))  # exact below 2**24
-    columns = [sums, norms.double().square(), absmax, nonfinite]
-    return torch.stack([c.double() for c in columns], dim=1)
+    layout.per_param(flat, lambda block, o: torch.sum(block, 1, out=o), nonfinite)  # exact < 2**24
+    return out.t()
 
 
-def per_param_sumsq(layout: FlatLayout, flat: torch.Tensor) -> torch.Tensor:
-    """[parameters] float64 in flat order: each parameter's sum of squares; `flat` is kept.
+def per_param_sumsq(layout: FlatLayout, flat: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """[parameters] in flat order: each parameter's sum of squares, into `out`; `flat` kept.
 
     One torch norm per distinct size on every device: on CPU it runs on all threads, which
     beats the single-threaded kernel when only this one sum is wanted.
     """
-    norms = layout.per_param(flat, lambda block: torch.linalg.vector_norm(block, 2, dim=1))
-    return norms.double().square()
+    return layout.per_param(flat, _block_norms, out).square_()
+
+
+def _block_norms(block: torch.Tensor, out: torch.Tensor) -> None:
+    torch.linalg.vector_norm(block, 2, dim=1, out=out)
 
 
 def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
@@ -201,7 +216,9 @@ def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
     layout = groups.layout(present, device)
     grads = [p.grad for p in layout.params]
     flat = groups.gather("grad", layout, grads, device)
-    sums, sumsq, absmax, nonfinite = per_param_sums(layout, flat).to(device).unbind(1)
+    numba = groups.kernels.numba_for(flat.device)
+    out = None if numba else groups.scratch("grad sums", (4, len(layout.params)), device)
+    sums, sumsq, absmax, nonfinite = per_param_sums(layout, flat, numba, out).to(device).unbind(1)
 
     count = layout.per_layer_sum(layout.numel)
     has_grad = count > 0
@@ -247,10 +264,11 @@ def weight_stats(groups: ParamGroups, before: WeightSnapshot, device) -> dict[st
         zero = torch.where(owns, 0.0, nan)
         return {"weight_norm": zero, "update_ratio": nan}
 
-    before_sq = per_param_sumsq(layout, flat).to(device)
+    sumsq = groups.scratch("weight sums", (2, len(layout.params)), flat.device)
+    before_sq = per_param_sumsq(layout, flat, sumsq[0]).to(device)
     with torch.no_grad():
         torch._foreach_sub_(layout.views(flat), layout.params)
-    delta_sq = per_param_sumsq(layout, flat).to(device)
+    delta_sq = per_param_sumsq(layout, flat, sumsq[1]).to(device)
     norm = layout.per_layer_sum(before_sq).sqrt()
     change = layout.per_layer_sum(delta_sq).sqrt()
     return {

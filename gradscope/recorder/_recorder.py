@@ -15,6 +15,7 @@ from gradscope.errors import UsageError
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
+from gradscope.recorder._kernels import kernel_choice
 from gradscope.recorder._layer_selection import select_modules
 from gradscope.recorder._schedule import make_schedule
 from gradscope.store import RunWriter, open_run
@@ -105,8 +106,9 @@ class Recorder:
         self._writer: RunWriter | None = None
         self._pending_metrics: list[tuple[int, dict]] = []
         self._in_step = False  # a grad-enabled forward ran since the last step boundary
-        self._act = ActivationSums(batch_sample)  # per-call sums of this record's outputs
-        self._act_grad = OutputGradSums()  # and of their gradients
+        self.kernels = kernel_choice()  # from $GRADSCOPE_KERNELS, fixed for this recorder
+        self._act = ActivationSums(batch_sample, self.kernels)  # this record's output sums
+        self._act_grad = OutputGradSums(self.kernels)  # and their gradients
         self._reset_accumulators()
         self._due = self._schedule(self._step)
         self._groups: P.ParamGroups | None = None
@@ -373,7 +375,7 @@ class Recorder:
     def _param_groups(self) -> P.ParamGroups:
         if self._groups is None:
             self._groups = P.ParamGroups(
-                [list(m.parameters(recurse=False)) for _, m in self._modules]
+                [list(m.parameters(recurse=False)) for _, m in self._modules], self.kernels
             )
         return self._groups
 
@@ -386,9 +388,7 @@ class Recorder:
         if cached is None:
             if len(self._device_lists) > 64:
                 self._device_lists.clear()
-            cached = self._device_lists[key] = torch.tensor(
-                values, dtype=dtype, device=self._device
-            )
+            cached = self._device_lists[key] = S.host_to_device(values, dtype, self._device)
         return cached
 
     def _reset_accumulators(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from gradscope.errors import UsageError
@@ -61,36 +62,15 @@ def flat_sample(tensors: list[torch.Tensor], batch_sample: int | None) -> torch.
     return x if x.dtype == torch.float32 else x.float()
 
 
-def tensor_sums(x: torch.Tensor, scratch: dict | None = None) -> list[torch.Tensor]:
-    """[total, sum of squares, max |x|, nonzeros] of the 1-D float32 `x`, as 0-d tensors.
-
-    The device-agnostic path (CUDA, or CPU beyond the fused kernel): a sum, two dot products
-    and one min/max pass; `var_mean` and `count_nonzero` are several times slower on CPU.
-    `scratch` (a dict the caller keeps) holds a reusable buffer, sparing an allocation per call.
-    """
-    if x.numel() == 0:
-        return [x.new_zeros(())] * ACT_SUMS_SIZE
-    lo, hi = torch.aminmax(x)
-    if x.numel() < EXACT_FLOAT32_COUNT:
-        signs = torch.sign(x, out=_scratch(scratch, x))
-        nonzeros = torch.dot(signs, signs)  # sign(x)^2 is 1 exactly where x != 0
-    else:
-        nonzeros = torch.count_nonzero(x).float()
-    return [x.sum(), torch.dot(x, x), torch.maximum(-lo, hi), nonzeros]
-
-
-def _scratch(scratch: dict | None, like: torch.Tensor) -> torch.Tensor | None:
-    """A float32 buffer shaped like the 1-D `like`: one per device, grown as needed, reused.
-
-    One buffer rather than one per size, so inputs of varying shape (sequence lengths) do not
-    pile up buffers. None: no reuse.
-    """
-    if scratch is None:
-        return None
-    buffer = scratch.get(like.device)
-    if buffer is None or buffer.numel() < like.numel():
-        buffer = scratch[like.device] = torch.empty_like(like)
-    return buffer[: like.numel()]
+def host_to_device(values, dtype: torch.dtype, device) -> torch.Tensor:
+    """A copy of small host values (a list or array) as a tensor on `device`, without a host
+    sync: on CUDA through pinned memory and a non-blocking copy (the caching host allocator
+    keeps the pinned block until the copy is done)."""
+    host = torch.tensor(np.asarray(values), dtype=dtype)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def combine_activation_sums(
