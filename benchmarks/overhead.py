@@ -217,6 +217,13 @@ METADATA_OPS = {
 COMPILED_KERNEL_MARKS = ("cpp_fused", "triton_")  # inductor's kernel events (C++, Triton)
 
 
+def _is_noop_to(event) -> bool:
+    """`.to()` / `.type_as()` that returned its input: no copy, no kernel."""
+    return event.name == "aten::to" and not any(
+        child.name == "aten::_to_copy" for child in event.cpu_children
+    )
+
+
 def count_device_ops(events) -> int:
     """Top-level ATen ops that launch work (no ATen op above them), plus each kernel that
     inductor runs inside a compiled region."""
@@ -225,7 +232,7 @@ def count_device_ops(events) -> int:
         if any(mark in event.name for mark in COMPILED_KERNEL_MARKS):
             count += 1
             continue
-        if not event.name.startswith("aten::") or event.name in METADATA_OPS:
+        if not event.name.startswith("aten::") or event.name in METADATA_OPS or _is_noop_to(event):
             continue
         parent = event.cpu_parent
         while parent is not None and not parent.name.startswith("aten::"):
