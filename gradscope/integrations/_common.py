@@ -44,6 +44,48 @@ def check_attach_kwargs(kwargs: dict, callback: str, framework_attrs) -> None:
         )
 
 
+class RecorderOwner:
+    """The part of a callback that holds its recorder: made at construction from attach's
+    arguments, attached when training starts, closed when it ends."""
+
+    run_attrs: tuple[str, ...] = ()  # the run-file attributes the callback writes itself
+
+    def __init__(self, path, every=1, **attach_kwargs):
+        super().__init__()
+        check_attach_kwargs(attach_kwargs, "GradscopeCallback", self.run_attrs)
+        self.path = path
+        self.every = every
+        self.attach_kwargs = attach_kwargs
+        self.recorder = None  # the gradscope Recorder, from the start of training on
+
+    def close(self) -> None:
+        """Remove the recorder's hooks and close the run file (safe to call twice)."""
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def _attach(self, model, optimizer, attrs: dict, framework_step: int) -> None:
+        """Attach to `model`, reading the gradients when told; a run resumed at a framework
+        step goes on from it."""
+        import gradscope
+
+        self.close()
+        kwargs = dict(self.attach_kwargs)
+        kwargs["attrs"] = {**(kwargs.get("attrs") or {}), **attrs}
+        if framework_step and kwargs.get("start_step") is None:
+            kwargs["start_step"] = framework_step  # resumed from a checkpoint
+        self.recorder = gradscope.attach(
+            model,
+            self.path,
+            optimizer=optimizer,
+            every=self.every,
+            manual_gradients=True,
+            **kwargs,
+        )
+
+    def _attached(self) -> bool:
+        return self.recorder is not None and not self.recorder.closed
+
+
 def qualified_name(cls: type) -> str:
     """`package.module.Class` of a class, as the run file stores it."""
     return f"{cls.__module__}.{cls.__qualname__}"

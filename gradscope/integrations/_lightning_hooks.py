@@ -6,9 +6,8 @@ from types import ModuleType
 
 import torch
 
-import gradscope
 from gradscope.errors import UsageError
-from gradscope.integrations._common import check_attach_kwargs, numbers_only, qualified_name
+from gradscope.integrations._common import RecorderOwner, numbers_only, qualified_name
 
 RUN_ATTRS = (
     "framework",
@@ -38,20 +37,16 @@ def check_lightning_version(package: ModuleType) -> None:
         )
 
 
-class LightningHooks:
+class LightningHooks(RecorderOwner):
     """Attach at the start of training, read the gradients in `on_before_optimizer_step`, store
     what the module logs against the optimizer step, close at the end of fit or on an error."""
 
+    run_attrs = RUN_ATTRS
     _package: ModuleType  # lightning or pytorch_lightning, set by the flavour
     _lightning_module: type  # that package's LightningModule
 
     def __init__(self, path, every=1, **attach_kwargs):
-        super().__init__()
-        check_attach_kwargs(attach_kwargs, "GradscopeCallback", RUN_ATTRS)
-        self.path = path
-        self.every = every
-        self.attach_kwargs = attach_kwargs
-        self.recorder = None  # the gradscope Recorder, from the start of training on
+        super().__init__(path, every, **attach_kwargs)
         self._seen: dict = {}  # metric name -> the value last stored (kept: its storage stays)
         self._stored_through = -1  # the last optimizer step whose logged metrics are stored
 
@@ -59,7 +54,6 @@ class LightningHooks:
 
     def on_train_start(self, trainer, pl_module) -> None:
         """Attach to the LightningModule (after Lightning restored a checkpoint, if any)."""
-        self.close()
         optimizers = trainer.optimizers
         if len(optimizers) != 1:
             raise UsageError(
@@ -68,18 +62,8 @@ class LightningHooks:
                 "path, optimizer=opt, manual_gradients=True) for the one to watch and "
                 "rec.read_gradients() in on_before_optimizer_step"
             )
-        kwargs = dict(self.attach_kwargs)
-        kwargs["attrs"] = {**(kwargs.get("attrs") or {}), **self._run_attrs(trainer, pl_module)}
-        if trainer.global_step and kwargs.get("start_step") is None:
-            kwargs["start_step"] = trainer.global_step  # resumed: steps go on from the checkpoint
-        self.recorder = gradscope.attach(
-            pl_module,
-            self.path,
-            optimizer=optimizers[0],
-            every=self.every,
-            manual_gradients=True,
-            **kwargs,
-        )
+        attrs = self._run_attrs(trainer, pl_module)
+        self._attach(pl_module, optimizers[0], attrs, trainer.global_step)
         self._seen = dict(trainer.logged_metrics)  # values from before this fit are not ours
         self._stored_through = self.recorder.current_step - 1
 
@@ -125,14 +109,6 @@ class LightningHooks:
             self.close()
 
     # ----- the rest ---------------------------------------------------------------------------
-
-    def close(self) -> None:
-        """Remove the recorder's hooks and close the run file (safe to call twice)."""
-        if self.recorder is not None:
-            self.recorder.close()
-
-    def _attached(self) -> bool:
-        return self.recorder is not None and not self.recorder.closed
 
     def _store_logged_metrics(self, trainer) -> None:
         # trainer.logged_metrics keeps every value logged so far in the fit (as detached views);

@@ -1,7 +1,7 @@
 """GradscopeCallback for the Hugging Face `Trainer`: one record per optimizer step."""
 
 from gradscope.integrations._common import (
-    check_attach_kwargs,
+    RecorderOwner,
     missing_framework,
     numbers_only,
     qualified_name,
@@ -15,7 +15,6 @@ except ImportError as e:
 
 import torch
 
-import gradscope
 from gradscope.errors import UsageError
 
 if not hasattr(TrainerCallback, "on_pre_optimizer_step"):
@@ -41,7 +40,7 @@ GRADIENTS_READ = (
 )
 
 
-class GradscopeCallback(TrainerCallback):
+class GradscopeCallback(RecorderOwner, TrainerCallback):
     """Records the model that `Trainer.train()` trains into the run file `path`.
 
     `Trainer(..., callbacks=[GradscopeCallback("runs/exp/gpt2.h5", every=10)])`: at
@@ -71,35 +70,21 @@ class GradscopeCallback(TrainerCallback):
             passes the Trainer's optimizer itself.
     """
 
+    run_attrs = RUN_ATTRS
+
     def __init__(self, path, every=1, **attach_kwargs):
-        check_attach_kwargs(attach_kwargs, "GradscopeCallback", RUN_ATTRS)
-        self.path = path
-        self.every = every
-        self.attach_kwargs = attach_kwargs
-        self.recorder = None  # the gradscope Recorder, from the start of training on
+        super().__init__(path, every, **attach_kwargs)
         self._optimizer = None  # the torch optimizer inside the Trainer's wrapper
         self._read_at = None  # the step whose gradients on_pre_optimizer_step read
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         """Attach to the Trainer's model and (unwrapped) optimizer."""
-        self.close()
         if model is None or optimizer is None:
             raise UsageError(
                 "GradscopeCallback needs the Trainer's model and optimizer at on_train_begin"
             )
         self._optimizer = _torch_optimizer(optimizer)
-        attach_kwargs = dict(self.attach_kwargs)
-        attach_kwargs["attrs"] = {**(attach_kwargs.get("attrs") or {}), **_run_attrs(args, model)}
-        if state.global_step and attach_kwargs.get("start_step") is None:
-            attach_kwargs["start_step"] = state.global_step  # resumed from a checkpoint
-        self.recorder = gradscope.attach(
-            model,
-            self.path,
-            optimizer=self._optimizer,
-            every=self.every,
-            manual_gradients=True,
-            **attach_kwargs,
-        )
+        self._attach(model, self._optimizer, _run_attrs(args, model), state.global_step)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         """Read the gradients the optimizer is about to use."""
@@ -125,14 +110,6 @@ class GradscopeCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         """Close the run file."""
         self.close()
-
-    def close(self) -> None:
-        """Remove the recorder's hooks and close the run file (safe to call twice)."""
-        if self.recorder is not None:
-            self.recorder.close()
-
-    def _attached(self) -> bool:
-        return self.recorder is not None and not self.recorder.closed
 
 
 def _torch_optimizer(optimizer) -> torch.optim.Optimizer:
