@@ -35,7 +35,7 @@ class CifarClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        self.log("train_loss", loss)
+        self.log("loss", loss)  # the names gradscope's training curves plot
         self.log("train_error", (logits.argmax(1) != labels).float().mean())
         return loss
 
@@ -71,16 +71,19 @@ def main(args) -> None:
         batch_size=args.batch_size,
         shuffle=True,
     )
+    # every k-th test image, 16 micro-batches' worth: test sets are often sorted by class
+    stride = max(1, len(data.test_labels) // (16 * args.batch_size))
     test = DataLoader(
-        TensorDataset(data.test_images, data.test_labels), batch_size=4 * args.batch_size
+        TensorDataset(data.test_images[::stride], data.test_labels[::stride]),
+        batch_size=4 * args.batch_size,
     )
     module = CifarClassifier(args.model, len(data.classes), data.mean, data.std, lr=0.05)
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=args.steps,
         accumulate_grad_batches=args.accumulate,
-        val_check_interval=min(args.steps * args.accumulate, len(train)),  # once, at the end
-        limit_val_batches=4,  # 16 micro-batches' worth of test images
+        # four evaluations, the last at the end (in micro-batches, at most one epoch apart)
+        val_check_interval=min(max(1, args.steps * args.accumulate // 4), len(train)),
         num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
@@ -97,7 +100,7 @@ def main(args) -> None:
     print(
         f"grad_norm at step {run.steps[-1]}: first layer {grad[0]:.3g}, last layer {grad[-1]:.3g}"
     )
-    print(f"train_loss {last['train_loss']:.3f}, test_error {last['test_error']:.3f}")
+    print(f"loss {last['loss']:.3f}, test_error {last['test_error']:.3f} at the last step")
     print(f"run file: {Path(args.out).resolve()} (from {run.attrs['framework']})")
     print(f"look at it: gradscope inspect {args.out}")
 

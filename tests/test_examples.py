@@ -63,8 +63,8 @@ def test_03_lightning(tmp_path):
     run = gradscope.open_run(out)
     assert list(run.steps) == [0, 2]  # every 2nd of 4 optimizer steps, 2 micro-batches each
     assert run.attrs["framework"] == "lightning" and run.attrs["accumulate_grad_batches"] == 2
-    assert list(run.metrics["train_loss"].dropna().index) == [0, 1, 2, 3]
-    assert list(run.metrics["test_error"].dropna().index) == [3]
+    assert list(run.metrics["loss"].dropna().index) == [0, 1, 2, 3]
+    assert list(run.metrics["test_error"].dropna().index) == [0, 1, 2, 3]  # every 2 batches
 
 
 def test_04_hf_trainer(tmp_path):
