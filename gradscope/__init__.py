@@ -33,6 +33,7 @@ def attach(
     attrs: dict[str, Any] | None = None,
     flush_interval: float = 2.0,
     all_ranks: bool = False,
+    manual_gradients: bool = False,
 ) -> Recorder:
     """Attach a recorder to `model` that streams per-layer statistics to the run file `path`.
 
@@ -56,9 +57,13 @@ def attach(
         attrs: extra JSON-able attributes stored in the file.
         flush_interval: seconds between the writer's flushes to disk (at most 10).
         all_ranks: under torch.distributed, ranks other than 0 record nothing unless True.
+        manual_gradients: read the gradients when `rec.read_gradients()` is called (from a
+            framework's before-optimizer-step hook), not in `optimizer.step()`'s pre-hook, which
+            under `optimizer.step(closure)` runs before the closure's backward.
 
     Returns:
-        The `gradscope.recorder.Recorder`: `log(**scalars)`, `step()`, `close()`.
+        The `gradscope.recorder.Recorder`: `log(**scalars)`, `step()`, `read_gradients()`,
+        `close()`.
     """
     from gradscope.recorder import Recorder
 
@@ -76,6 +81,7 @@ def attach(
         attrs=attrs,
         flush_interval=flush_interval,
         all_ranks=all_ranks,
+        manual_gradients=manual_gradients,
     )
 
 
