@@ -219,7 +219,11 @@ def diagnosis_output(index: RunIndex, selected) -> list:
                     message = describe_error(index, e)
                     blocks.append(html.Div(message, className="panel-message text-danger"))
                     continue
-                blocks.append(html.Pre(text, className="diagnosis-text small"))
+                blocks.append(
+                    html.Pre(
+                        text, className="diagnosis-text small", style={"whiteSpace": "pre-wrap"}
+                    )
+                )
         for rel, message in problems:
             blocks.append(diagnosis_heading(rel, None))
             blocks.append(html.Div(message, className="panel-message text-danger"))

@@ -130,7 +130,7 @@ def depth_step_heatmap(
             "showticklabels": k == 0 or not shared,
             "title": {"text": "layer (input at top)" if k == 0 else ""},
             **row_ticks(y_names, height),
-            **({"matches": "y"} if shared and k > 0 else {}),
+            **({"matches": "y", "ticks": ""} if shared and k > 0 else {}),
         }
         layout["annotations"].append(_panel_title(run, steps, left + width / 2, colour_of[k]))
         if not finite[k]:
