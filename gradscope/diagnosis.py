@@ -335,6 +335,7 @@ def _exploding_steps(grad, steps, names, thresholds: Thresholds) -> list[Finding
     found = []
     for j in np.flatnonzero(over.any(axis=0)):
         peak = float(np.nanmax(growth[:, j]))
+        peak_step = int(steps[int(np.nanargmax(growth[:, j]))])
         step = _first_step(over[:, j], steps)
         found.append(
             Finding(
@@ -342,8 +343,8 @@ def _exploding_steps(grad, steps, names, thresholds: Thresholds) -> list[Finding
                 str(names[j]),
                 step,
                 peak,
-                f"{names[j]}: grad_norm grew {peak:.3g}x over its early baseline "
-                f"(> {limit:g}x from step {step})",
+                f"{names[j]}: grad_norm reached {peak:.3g}x its early median at step "
+                f"{peak_step} (above {limit:g}x from step {step})",
             )
         )
     return found

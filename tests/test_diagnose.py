@@ -79,6 +79,7 @@ def test_exploding_over_steps(tmp_path):
     assert len(result.findings) == LAYERS
     first_over = int(np.argmax(np.logspace(0, 6, RECORDS) > 2e3))  # baseline ~ first 4 records
     assert abs(result.findings[0].step - STEPS[first_over]) <= 10
+    assert f"at step {STEPS[-1]} " in result.findings[0].message  # where the growth peaked
 
 
 def test_dead_layer(tmp_path):
