@@ -418,3 +418,7 @@ def test_assign_colours_is_stable_and_keeps_colours_apart():
     grown = figures.assign_colours([*labels, "exp99/plain56"])  # a new run joins
     assert all(grown[label] == colours[label] for label in labels)
     assert set(colours.values()) <= set(figures.PALETTE)
+    # up to eight runs never get two colours alike: all from D3's eight distinct hues
+    assert set(figures.assign_colours(labels[:8]).values()) == set(figures.PALETTE[:8])
+    pair = figures.assign_colours(["gallery-400/plain56", "gallery-400/resnet56"])
+    assert len(set(pair.values())) == 2 and set(pair.values()) <= set(figures.PALETTE[:8])

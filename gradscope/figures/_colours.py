@@ -6,9 +6,11 @@ import plotly.colors
 
 from gradscope.figures._common import run_label
 
-# D3's category10 without its grey and olive, then ColorBrewer's Dark2 without the hues D3
-# already has: 14 colours that read on white and in print, none pale.
+# D3's category10 without its grey and olive: eight hues that read on white and in print, none
+# pale, none like another. Past eight runs, ColorBrewer's Dark2 without the hues D3 already has
+# (darker relatives of D3's: they only appear once all eight are taken).
 _D3_DROPPED = {"#7F7F7F", "#BCBD22"}
+DISTINCT = tuple(c for c in plotly.colors.qualitative.D3 if c not in _D3_DROPPED)
 _DARK2_KEPT = (
     "rgb(27,158,119)",
     "rgb(117,112,179)",
@@ -17,25 +19,28 @@ _DARK2_KEPT = (
     "rgb(230,171,2)",
     "rgb(166,118,29)",
 )
-PALETTE = tuple(c for c in plotly.colors.qualitative.D3 if c not in _D3_DROPPED) + _DARK2_KEPT
+PALETTE = DISTINCT + _DARK2_KEPT
 
 
 def preferred_slot(key: str) -> int:
-    """The palette position a run with this label takes when it is free (stable everywhere)."""
-    return zlib.crc32(key.encode("utf-8")) % len(PALETTE)
+    """The palette position a run with this label takes when it is free (stable everywhere):
+    always one of the eight distinct colours."""
+    return zlib.crc32(key.encode("utf-8")) % len(DISTINCT)
 
 
 def assign_colours(keys, taken=()) -> dict:
     """{key: colour} for labels in priority order: each takes its preferred colour, or the
-    next one no earlier key (nor `taken`) has; colours repeat only past len(PALETTE) keys."""
+    next of the eight distinct ones that no earlier key (nor `taken`) has, then the others;
+    colours repeat only past len(PALETTE) keys."""
     used = {PALETTE.index(c) for c in taken if c in PALETTE}
+    n = len(DISTINCT)
     out = {}
     for key in keys:
         if key in out:
             continue
         first = preferred_slot(key)
-        free = [s % len(PALETTE) for s in range(first, first + len(PALETTE))]
-        free = [s for s in free if s not in used]
+        order = [(first + i) % n for i in range(n)] + list(range(n, len(PALETTE)))
+        free = [s for s in order if s not in used]
         slot = free[0] if free else first
         used.add(slot)
         out[key] = PALETTE[slot]
