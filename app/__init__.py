@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import dash
+from gradscope.app._assets import serve_bootstrap_css
 from gradscope.app.callbacks import register_callbacks
 from gradscope.app.layout import page
 from gradscope.app.run_index import RunIndex
@@ -20,6 +21,7 @@ def create_app(runs_dir: str | os.PathLike) -> dash.Dash:
         update_title=None,
         serve_locally=True,  # no CDN: the page works offline
     )
+    app.config.external_stylesheets = [serve_bootstrap_css(app)]
     app.layout = lambda: page(index, root_label)  # a function: each load rescans the folder
     register_callbacks(app, index, root_label)
     return app

@@ -12,10 +12,11 @@ from gradscope.app.controls import (
     pick_stat,
     stat_options,
 )
-from gradscope.app.layout import run_list, run_options, run_versions
+from gradscope.app.layout import diagnosis_heading, run_options, run_table, run_versions
 from gradscope.app.panels import (
     PANEL_CONTROLS,
     apply_zoom,
+    figure_notes,
     message_figure,
     panel_figure,
     remembered_zoom,
@@ -30,6 +31,7 @@ from gradscope.errors import GradscopeError, RunFileError
 log = logging.getLogger(__name__)
 
 SLIDER_MARKS = 5  # labelled positions on the step slider
+PNG_FIGURE_KINDS = {"flow": "flow", "heatmap": "heatmap", "ratio": "ratio", "training": "curves"}
 
 
 def describe_error(index: RunIndex, error: Exception) -> str:
@@ -70,13 +72,15 @@ def with_readable_runs(index: RunIndex, rels, build):
 # ----- plain functions: everything a callback does, testable without a browser -----
 
 
-def refresh_run_list(index: RunIndex, root_label: str, selected, versions) -> tuple:
-    """(run list, runs dropdown options, new versions or no_update) for the timer."""
+def refresh_run_list(index: RunIndex, root_label: str, selected, versions, search=None) -> tuple:
+    """(run table, runs dropdown options, new versions or no_update) for the timer, the
+    search box and a change of selection."""
     entries = index.scan()
     current = run_versions(entries, selected)
+    colours = index.colours()
     return (
-        run_list(entries, root_label),
-        run_options(entries),
+        run_table(entries, root_label, colours, selected, search),
+        run_options(entries, colours),
         no_update if current == versions else current,
     )
 
@@ -135,22 +139,37 @@ def step_label(index: RunIndex, selected, step_index, window) -> str:
         return describe_error(index, e)
     if len(steps) == 0:
         return "no records yet"
-    position = min(controls.step_index or 0, len(steps) - 1)
-    latest = " (latest)" if position == len(steps) - 1 else ""
+    last = len(steps) - 1
+    position = last if controls.step_index is None else min(controls.step_index, last)
     if controls.window and controls.window > 1:
         first = max(0, position - controls.window + 1)
+        latest = " (latest)" if position == len(steps) - 1 else ""
         return f"mean over steps {int(steps[first])}..{int(steps[position])}{latest}"
-    return f"step {int(steps[position])}{latest}"
+    if position == len(steps) - 1:
+        (common, ends), _ = with_readable_runs(index, controls.runs, _latest_steps)
+        if len(set(ends.values())) > 1:
+            each = ", ".join(f"{label} at {end}" for label, end in ends.items())
+            return f"step {common}: the latest step all selected runs have ({each})"
+        return f"step {common} (latest)"
+    return f"step {int(steps[position])}"
+
+
+def _latest_steps(runs) -> tuple[int, dict]:
+    """(the latest step every run has, {run label: its own latest step})."""
+    ends = {figures.run_label(run): int(run.steps[-1]) for run in runs if len(run.steps)}
+    return figures.latest_common_step(runs), ends
 
 
 def figure_output(index: RunIndex, kind: str, values: dict, zoom: dict | None = None) -> tuple:
     """(figure, message) of panel `kind` for the control `values`, keeping the user's `zoom`."""
     try:
         controls = Controls.from_request(**values)
+        colours = index.colours()
         fig, problems = with_readable_runs(
-            index, controls.runs, lambda runs: panel_figure(kind, runs, controls)
+            index, controls.runs, lambda runs: panel_figure(kind, runs, controls, colours)
         )
-        return apply_zoom(fig, view_key(kind, controls), zoom), "\n".join(problems)
+        message = "\n".join([*figure_notes(fig), *problems])
+        return apply_zoom(fig, view_key(kind, controls), zoom), message
     except Exception as e:  # noqa: BLE001 - shown on the page
         message = describe_error(index, e)
         return message_figure(message), message
@@ -167,14 +186,17 @@ def zoom_output(kind: str, values: dict, zoom: dict | None, relayout: dict | Non
 
 def png_download(index: RunIndex, kind: str, values: dict) -> tuple:
     """(dcc.Download data, message): the panel's figure as the PNG `gradscope export` writes."""
-    from gradscope.export import figure_png_bytes  # imports kaleido: only when asked for a PNG
+    from gradscope.export import default_size, figure_png_bytes, style_for_print
 
     try:
         controls = Controls.from_request(**values)
+        colours = index.colours()
         fig, _ = with_readable_runs(
-            index, controls.runs, lambda runs: panel_figure(kind, runs, controls)
+            index, controls.runs, lambda runs: panel_figure(kind, runs, controls, colours)
         )
-        png = figure_png_bytes(fig)
+        fig = style_for_print(fig)
+        width, height = default_size(fig, PNG_FIGURE_KINDS[kind])
+        png = figure_png_bytes(fig, width=width, height=height)
     except Exception as e:  # noqa: BLE001 - shown on the page
         return no_update, describe_error(index, e)
     name = f"{kind}-{controls.stat}.png" if controls.stat else f"{kind}.png"
@@ -186,20 +208,28 @@ def diagnosis_output(index: RunIndex, selected) -> list:
     try:
         controls = Controls.from_request(runs=selected)
         blocks = []
+        colours = index.colours()
         with index.open_good_runs(list(controls.runs)) as (runs, problems):
             for run in runs:
-                blocks.append(html.H4(figures.run_label(run)))
+                label = figures.run_label(run)
+                blocks.append(diagnosis_heading(label, colours.get(label)))
                 try:
                     text = diagnose(run).to_text()
                 except GradscopeError as e:  # this run only: the others still show
-                    blocks.append(html.Div(describe_error(index, e), className="panel-message"))
+                    message = describe_error(index, e)
+                    blocks.append(html.Div(message, className="panel-message text-danger"))
                     continue
-                blocks.append(html.Pre(text, className="diagnosis-text"))
+                blocks.append(
+                    html.Pre(
+                        text, className="diagnosis-text small", style={"whiteSpace": "pre-wrap"}
+                    )
+                )
         for rel, message in problems:
-            blocks.append(html.H4(rel))
-            blocks.append(html.Div(message, className="panel-message"))
+            blocks.append(diagnosis_heading(rel, None))
+            blocks.append(html.Div(message, className="panel-message text-danger"))
     except Exception as e:  # noqa: BLE001 - shown on the page
-        return [html.Div(describe_error(index, e), className="panel-message")]
+        message = describe_error(index, e)
+        return [html.Div(message, className="panel-message text-danger")]
     return blocks
 
 
@@ -218,12 +248,17 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
         Output(ids.RUNS, "options"),
         Output(ids.VERSIONS, "data"),
         Input(ids.TIMER, "n_intervals"),
-        State(ids.RUNS, "value"),
+        Input(ids.RUN_SEARCH, "value"),
+        Input(ids.RUNS, "value"),
         State(ids.VERSIONS, "data"),
         prevent_initial_call=True,
     )
-    def _on_timer(_n, selected, versions):
-        return refresh_run_list(index, root_label, selected, versions)
+    def _on_timer(_n, search, selected, versions):
+        table, options, new_versions = refresh_run_list(
+            index, root_label, selected, versions, search
+        )
+        # Only the timer reports new records: a new selection redraws through its own input.
+        return table, options, new_versions if ctx.triggered_id == ids.TIMER else no_update
 
     @app.callback(
         Output(ids.STAT, "options"),

@@ -24,7 +24,9 @@ class Controls:
     step_index: int | None = None  # index into the union of steps; None is the latest step
     window: int | None = None  # records to average the flow curve over; None is one record
     log_scale: bool = True
-    depth_axis: str = "index"
+    depth_axis: str = "aligned"
+    lines: str = "by_type"  # flow curve: a line per layer type, or one through all layers
+    smoothing: float = figures.DEFAULT_SMOOTHING  # EMA weight of the training curves
 
     @classmethod
     def from_request(
@@ -36,7 +38,9 @@ class Controls:
         step_index=None,
         window=None,
         scale="log",
-        depth_axis="index",
+        depth_axis="aligned",
+        lines="by_type",
+        smoothing=figures.DEFAULT_SMOOTHING,
     ) -> Controls:
         """Check raw callback values and build Controls; raise UsageError on anything odd."""
         return cls(
@@ -48,6 +52,8 @@ class Controls:
             window=_optional_int(window, "window", minimum=1),
             log_scale=_choice(scale, SCALES, "scale") == "log",
             depth_axis=_choice(depth_axis, figures.DEPTH_AXES, "depth axis"),
+            lines=_choice(lines, figures.FLOW_LINES, "flow lines"),
+            smoothing=_smoothing(smoothing),
         )
 
     def filters(self) -> dict:
@@ -94,6 +100,14 @@ def _optional_int(value, what: str, minimum: int) -> int | None:
     if value < minimum:
         raise UsageError(f"{what} must be at least {minimum}, got {value!r}")
     return int(value)
+
+
+def _smoothing(value) -> float:
+    if value is None:
+        return figures.DEFAULT_SMOOTHING
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise UsageError(f"smoothing must be a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 def _choice(value, choices: tuple[str, ...], what: str) -> str:

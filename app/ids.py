@@ -9,10 +9,13 @@ STEP = "step"  # slider: index into the steps of the selected runs
 STEP_LABEL = "step-label"  # text: the step the slider points at
 WINDOW = "window"  # number: records to average the flow curve over
 SCALE = "scale"  # radio: log or linear values
-DEPTH_AXIS = "depth-axis"  # radio: layer index or normalized depth
+DEPTH_AXIS = "depth-axis"  # radio: layers aligned by name, own layer index, normalized depth
+LINES = "flow-lines"  # radio: one flow line per layer type, or one through all layers
+SMOOTHING = "smoothing"  # slider: EMA weight of the training curves
+RUN_SEARCH = "run-search"  # text: filters the run table
 TIMER = "timer"  # interval: polls the runs folder for new records
 VERSIONS = "run-versions"  # store: records and mtime of each selected run, changes drive redraws
-RUN_LIST = "run-list"  # the run files, grouped by folder
+RUN_LIST = "run-list"  # the run table: swatch, model, folder, records, state
 PAGE_MESSAGE = "page-message"  # problems with the selection as a whole
 DIAGNOSIS = "diagnosis"  # the diagnosis text of each selected run
 
@@ -20,7 +23,7 @@ DIAGNOSIS = "diagnosis"  # the diagnosis text of each selected run
 PANELS = {
     "flow": "Gradient flow across depth",
     "heatmap": "Depth x step heatmap",
-    "ratio": "Ratio heatmap (first two selected runs)",
+    "ratio": "Ratio heatmap of the first two selected runs",
     "training": "Training curves",
 }
 
@@ -40,4 +43,6 @@ CONTROL_VALUES = {
     "window": (WINDOW, "value"),
     "scale": (SCALE, "value"),
     "depth_axis": (DEPTH_AXIS, "value"),
+    "lines": (LINES, "value"),
+    "smoothing": (SMOOTHING, "value"),
 }

@@ -1,29 +1,17 @@
-"""The dashboard page: run list, controls, figure panels and diagnosis, built per page load."""
+"""The dashboard page: a sidebar (run table, run picker, controls) beside the figure panels."""
 
 from __future__ import annotations
 
+import dash_bootstrap_components as dbc
 from dash import dcc, html
 from gradscope.app import ids
 from gradscope.app.controls import DEFAULT_SELECTED_RUNS, MAX_SELECTED_RUNS
 from gradscope.app.run_index import RunEntry, RunIndex
 
-LIVE_POLL_MS = 2000  # how often the page asks the server for new records
+from gradscope import figures
 
-STYLE_PAGE = {"fontFamily": "system-ui, sans-serif", "margin": "0 auto", "maxWidth": "1400px"}
-STYLE_CONTROLS = {
-    "display": "grid",
-    "gridTemplateColumns": "repeat(auto-fit, minmax(240px, 1fr))",
-    "gap": "12px 24px",
-    "alignItems": "end",
-}
-STYLE_PANELS = {
-    "display": "grid",
-    "gridTemplateColumns": "repeat(auto-fit, minmax(560px, 1fr))",
-    "overflowX": "hidden",
-    "gap": "16px",
-}
-STYLE_MESSAGE = {"color": "#a61b1b", "whiteSpace": "pre-wrap"}
-STYLE_ERROR_ROW = {"color": "#a61b1b"}
+LIVE_POLL_MS = 2000  # how often the page asks the server for new records
+RUN_TABLE_MAX_HEIGHT = "38vh"  # the run table scrolls past this instead of pushing the controls
 
 HOW_TO_RECORD = """\
 import gradscope
@@ -39,16 +27,34 @@ def newest_runs(entries: list[RunEntry], count: int = DEFAULT_SELECTED_RUNS) -> 
     return [e.rel for e in readable[:count]]
 
 
-def run_options(entries: list[RunEntry]) -> list[dict]:
-    """Options of the runs dropdown, grouped by folder; unreadable files cannot be chosen."""
-    return [
-        {
-            "label": f"{e.rel}  ({e.model})" if e.error is None else e.rel,
-            "value": e.rel,
-            "disabled": e.error is not None,
-        }
-        for e in entries
-    ]
+def swatch(colour: str | None) -> html.Span:
+    """A small square of a run's colour (blank for a run that has none)."""
+    return html.Span(
+        className="d-inline-block rounded-1 me-2 align-middle run-swatch",
+        style={
+            "width": "0.8em",
+            "height": "0.8em",
+            "backgroundColor": colour or "transparent",
+            "border": "1px solid rgba(0,0,0,.25)",
+        },
+    )
+
+
+def run_options(entries: list[RunEntry], colours: dict) -> list[dict]:
+    """Options of the runs dropdown, each with its run's swatch; unreadable files cannot be
+    chosen. Search matches the label, model and file path."""
+    options = []
+    for e in entries:
+        text = e.label if e.error is None else f"{e.rel} (unreadable)"
+        options.append(
+            {
+                "label": html.Span([swatch(colours.get(e.label)), text]),
+                "value": e.rel,
+                "disabled": e.error is not None,
+                "search": f"{text} {e.model or ''} {e.rel}",
+            }
+        )
+    return options
 
 
 def run_versions(entries: list[RunEntry], selected) -> dict:
@@ -64,163 +70,278 @@ def run_versions(entries: list[RunEntry], selected) -> dict:
     }
 
 
-def run_list(entries: list[RunEntry], root_label: str) -> list:
-    """The run files grouped by folder, each with model, records and live state or its error."""
+def matches(entry: RunEntry, search: str | None) -> bool:
+    """True when every word of `search` is in the run's model, folder, file name or label."""
+    words = (search or "").lower().split()
+    text = " ".join(
+        str(part) for part in (entry.model, entry.folder, entry.name, entry.label) if part
+    ).lower()
+    return all(word in text for word in words)
+
+
+def run_table(
+    entries: list[RunEntry], root_label: str, colours: dict, selected=None, search=None
+) -> list:
+    """The runs as a table (swatch, model, folder, records, live or complete), filtered by
+    `search`; the selected runs are highlighted, an unreadable file shows its error."""
     if not entries:
         return [
             html.P(f"No run files (*.h5) under {root_label} yet. Record one from Python:"),
-            html.Pre(HOW_TO_RECORD.format(runs=root_label), className="how-to"),
+            html.Pre(HOW_TO_RECORD.format(runs=root_label), className="how-to small"),
             html.P("or from the shell with `gradscope record --help`; this page picks it up."),
         ]
-    children = []
-    folder = None
-    for entry in entries:
-        if entry.folder != folder:
-            folder = entry.folder
-            children.append(
-                html.H4(folder if folder != "." else root_label, className="run-folder")
-            )
-        children.append(_run_row(entry))
-    return children
-
-
-def _run_row(entry: RunEntry) -> html.Div:
-    if entry.error is not None:
-        return html.Div(
-            f"{entry.name}: error: {entry.error}",
-            className="run-entry run-error",
-            style=STYLE_ERROR_ROW,
-        )
-    state = "live" if entry.is_live else "complete"
-    return html.Div(
-        f"{entry.name}: {entry.model}, {entry.records} records, {state}", className="run-entry"
+    shown = [e for e in entries if matches(e, search)]
+    chosen = set(selected or ())
+    header = html.Thead(
+        html.Tr([html.Th(""), html.Th("model"), html.Th("folder"), html.Th("records"), html.Th("")])
     )
+    rows = [_run_row(e, root_label, colours, e.rel in chosen) for e in shown]
+    table = dbc.Table(
+        [header, html.Tbody(rows)],
+        size="sm",
+        hover=True,
+        className="small mb-1 align-middle",
+    )
+    count = f"{len(shown)} of {len(entries)} runs" if search else f"{len(entries)} runs"
+    return [
+        html.Div(table, className="overflow-auto", style={"maxHeight": RUN_TABLE_MAX_HEIGHT}),
+        html.Div(f"{count} under {root_label}", className="text-muted small"),
+    ]
+
+
+def _run_row(entry: RunEntry, root_label: str, colours: dict, chosen: bool) -> html.Tr:
+    folder = entry.folder if entry.folder != "." else root_label
+    if entry.error is not None:
+        return html.Tr(
+            [
+                html.Td(swatch(None)),
+                html.Td([html.Div(entry.name), html.Div(entry.error, className="text-danger")]),
+                html.Td(folder),
+                html.Td("-"),
+                html.Td(dbc.Badge("error", color="danger")),
+            ],
+            className="run-entry run-error",
+            title=entry.rel,
+        )
+    state = dbc.Badge("live", color="success") if entry.is_live else "complete"
+    return html.Tr(
+        [
+            html.Td(swatch(colours.get(entry.label))),
+            html.Td(entry.model),
+            html.Td(folder),
+            html.Td(f"{entry.records:,}", className="text-end"),
+            html.Td(state, className="text-muted"),
+        ],
+        className="run-entry table-active fw-semibold" if chosen else "run-entry",
+        title=entry.rel,
+    )
+
+
+def diagnosis_heading(label: str, colour: str | None) -> html.H6:
+    """The heading of one run's diagnosis: its swatch and name."""
+    return html.H6([swatch(colour), label], className="mt-3")
 
 
 def _labelled(label: str, control) -> html.Div:
     """A control under its caption (a Div, not a Label: a label forwards clicks to its input)."""
-    return html.Div([html.Div(label, style={"fontSize": "0.85em"}), control])
+    return html.Div([html.Div(label, className="form-label small mb-1"), control], className="mb-3")
 
 
-def controls(entries: list[RunEntry], selected: list[str]) -> html.Div:
+def _radio(component_id: str, options, value) -> dbc.RadioItems:
+    return dbc.RadioItems(
+        id=component_id, options=options, value=value, inline=True, className="small"
+    )
+
+
+def controls(entries: list[RunEntry], selected: list[str], colours: dict) -> html.Div:
     """The controls; their options are filled in by callbacks from the selected runs."""
     return html.Div(
         [
-            html.Div(
-                _labelled(
-                    "Runs to compare",
-                    dcc.Dropdown(
-                        id=ids.RUNS,
-                        options=run_options(entries),
-                        value=selected,
-                        multi=True,
-                        placeholder=f"choose up to {MAX_SELECTED_RUNS} runs",
-                    ),
+            _labelled(
+                "Runs to compare (the ratio uses the first two)",
+                dcc.Dropdown(
+                    id=ids.RUNS,
+                    options=run_options(entries, colours),
+                    value=selected,
+                    multi=True,
+                    placeholder=f"choose up to {MAX_SELECTED_RUNS} runs",
                 ),
-                style={"gridColumn": "span 2"},
             ),
             _labelled("Statistic", dcc.Dropdown(id=ids.STAT, clearable=False)),
             _labelled("Layer types (empty: all)", dcc.Dropdown(id=ids.LAYER_TYPES, multi=True)),
             _labelled(
                 "Layer name pattern",
-                dcc.Input(
+                dbc.Input(
                     id=ids.LAYER_PATTERN,
                     type="text",
                     placeholder="e.g. layer3.*",
                     debounce=True,
+                    size="sm",
                 ),
             ),
             _labelled(
-                "Step",
+                "Step (flow curve)",
                 html.Div(
                     [
                         dcc.Slider(id=ids.STEP, min=0, max=0, step=1, value=0, marks=None),
-                        html.Div(id=ids.STEP_LABEL, style={"fontSize": "0.85em"}),
+                        html.Div(id=ids.STEP_LABEL, className="small text-muted"),
                     ]
                 ),
             ),
             _labelled(
-                "Average over records",
-                dcc.Input(
+                "Average over records (flow curve)",
+                dbc.Input(
                     id=ids.WINDOW,
                     type="number",
                     min=1,
                     step=1,
                     placeholder="1",
                     debounce=True,
+                    size="sm",
                 ),
             ),
             _labelled(
-                "Values",
-                dcc.RadioItems(
-                    id=ids.SCALE,
-                    options=["log", "linear"],
-                    value="log",
-                    inline=True,
+                "Flow lines",
+                _radio(
+                    ids.LINES,
+                    [
+                        {"label": "one per layer type", "value": "by_type"},
+                        {"label": "all layers", "value": "all"},
+                    ],
+                    "by_type",
                 ),
             ),
             _labelled(
                 "Depth axis",
-                dcc.RadioItems(
-                    id=ids.DEPTH_AXIS,
-                    options=[
+                _radio(
+                    ids.DEPTH_AXIS,
+                    [
+                        {"label": "aligned by name", "value": "aligned"},
                         {"label": "layer index", "value": "index"},
-                        {"label": "normalized depth", "value": "normalized"},
+                        {"label": "normalized", "value": "normalized"},
                     ],
-                    value="index",
-                    inline=True,
+                    "aligned",
                 ),
             ),
-        ],
-        style=STYLE_CONTROLS,
+            _labelled("Values", _radio(ids.SCALE, ["log", "linear"], "log")),
+            _labelled(
+                "Smoothing (training curves)",
+                dcc.Slider(
+                    id=ids.SMOOTHING,
+                    min=0,
+                    max=0.99,
+                    step=0.01,
+                    value=figures.DEFAULT_SMOOTHING,
+                    marks={0: "off", 0.6: "0.6", 0.99: "0.99"},
+                    tooltip={"placement": "bottom"},
+                ),
+            ),
+        ]
     )
 
 
-def figure_panel(panel: str, title: str) -> html.Div:
-    """One figure with its title, PNG download button and error line."""
-    return html.Div(
+def figure_panel(panel: str, title: str) -> dbc.Card:
+    """One figure with its title, PNG download button and message line."""
+    return dbc.Card(
         [
-            html.Div(
+            dbc.CardHeader(
                 [
-                    html.H3(title, style={"display": "inline-block", "margin": "0 12px 0 0"}),
-                    html.Button("PNG", id=ids.panel_id("png-button", panel), n_clicks=0),
+                    html.H5(title, className="d-inline-block me-3 mb-0 align-middle"),
+                    dbc.Button(
+                        "PNG",
+                        id=ids.panel_id("png-button", panel),
+                        n_clicks=0,
+                        size="sm",
+                        color="secondary",
+                        outline=True,
+                    ),
                     dcc.Download(id=ids.panel_id("png-download", panel)),
-                    html.Span(id=ids.panel_id("png-message", panel), style=STYLE_MESSAGE),
+                    html.Span(
+                        id=ids.panel_id("png-message", panel), className="text-danger small ms-2"
+                    ),
                 ]
             ),
-            html.Div(
-                id=ids.panel_id("message", panel), className="panel-message", style=STYLE_MESSAGE
+            dbc.CardBody(
+                [
+                    html.Div(
+                        id=ids.panel_id("message", panel),
+                        className="panel-message text-danger small",
+                        style={"whiteSpace": "pre-wrap"},
+                    ),
+                    dcc.Graph(
+                        id=ids.panel_id("graph", panel),
+                        config={"displaylogo": False},
+                        # Responsive graphs ignore `uirevision` (plotly/dash#2595); plotly still
+                        # fills the panel's width when it draws, at the figure's own height.
+                        responsive=False,
+                    ),
+                    dcc.Store(id=ids.panel_id("zoom", panel)),  # see panels.apply_zoom
+                ],
+                className="p-2",
             ),
-            dcc.Graph(
-                id=ids.panel_id("graph", panel),
-                config={"displaylogo": False},
-                # Responsive graphs ignore `uirevision` (plotly/dash#2595); plotly still
-                # fills the panel's width when it draws, at the figure's own height.
-                responsive=False,
-            ),
-            dcc.Store(id=ids.panel_id("zoom", panel)),  # the user's zoom, see panels.apply_zoom
         ],
-        className="panel",
+        className="panel mb-3",
     )
 
 
-def page(index: RunIndex, root_label: str) -> html.Div:
+def page(index: RunIndex, root_label: str) -> dbc.Container:
     """The whole page, scanned fresh on each load so new runs and the newest selection show."""
     entries = index.scan()
+    colours = index.colours()
     selected = newest_runs(entries)
-    return html.Div(
+    sidebar = html.Div(
         [
-            html.H2("gradscope: gradient flow"),
-            html.Section(
-                [html.H3("Runs"), html.Div(run_list(entries, root_label), id=ids.RUN_LIST)]
+            html.H2("gradscope", className="h4 mt-3 mb-0"),
+            html.Div("gradient flow through depth and steps", className="text-muted small mb-3"),
+            dbc.Input(
+                id=ids.RUN_SEARCH,
+                type="search",
+                placeholder="search runs: model, folder",
+                size="sm",
+                className="mb-2",
+                debounce=False,
             ),
-            html.Section(
-                [controls(entries, selected), html.Div(id=ids.PAGE_MESSAGE, style=STYLE_MESSAGE)]
+            html.Div(run_table(entries, root_label, colours, selected), id=ids.RUN_LIST),
+            html.Hr(),
+            controls(entries, selected, colours),
+        ],
+        className="sidebar",
+    )
+    main = html.Div(
+        [
+            html.Div(
+                id=ids.PAGE_MESSAGE,
+                className="text-danger small mt-3",
+                style={"whiteSpace": "pre-wrap"},
             ),
-            html.Section([figure_panel(p, t) for p, t in ids.PANELS.items()], style=STYLE_PANELS),
-            html.Section([html.H3("Diagnosis"), html.Div(id=ids.DIAGNOSIS)]),
+            *[figure_panel(p, t) for p, t in ids.PANELS.items()],
+            dbc.Card(
+                [
+                    dbc.CardHeader(html.H5("Diagnosis", className="mb-0")),
+                    dbc.CardBody(html.Div(id=ids.DIAGNOSIS)),
+                ],
+                className="mb-3",
+            ),
+        ],
+        className="pt-1",
+    )
+    return dbc.Container(
+        [
+            dbc.Row(
+                [
+                    dbc.Col(
+                        sidebar,
+                        xs=12,
+                        lg=4,
+                        xxl=3,
+                        className="bg-light border-end vh-100 overflow-auto sticky-top",
+                    ),
+                    dbc.Col(main, xs=12, lg=8, xxl=9),
+                ],
+                className="g-3",
+            ),
             dcc.Interval(id=ids.TIMER, interval=LIVE_POLL_MS),
             dcc.Store(id=ids.VERSIONS, data=run_versions(entries, selected)),
         ],
-        style=STYLE_PAGE,
+        fluid=True,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 
 import plotly.graph_objects as go
 from gradscope.app.controls import Controls, flow_position
@@ -15,31 +16,47 @@ MAX_HEATMAP_STEPS = 2000  # columns per heatmap; longer runs are downsampled by 
 # The controls each panel depends on (besides the runs and their new records); the page
 # redraws a panel only when one of these changes.
 PANEL_CONTROLS = {
-    "flow": ("stat", "layer_types", "layer_pattern", "step_index", "window", "scale", "depth_axis"),
+    "flow": (
+        "stat",
+        "layer_types",
+        "layer_pattern",
+        "step_index",
+        "window",
+        "scale",
+        "depth_axis",
+        "lines",
+    ),
     "heatmap": ("stat", "layer_types", "layer_pattern", "scale"),
     "ratio": ("stat", "layer_types", "layer_pattern"),
-    "training": (),
+    "training": ("smoothing",),
 }
 
 
-def _flow(runs, c: Controls) -> go.Figure:
+def _flow(runs, c: Controls, colours) -> go.Figure:
     return figures.flow_curve(
         runs,
         _require_stat(c),
         **flow_position(runs, c.step_index, c.window),
         depth_axis=c.depth_axis,
         log_y=c.log_scale,
+        lines=c.lines,
+        colours=colours,
         **c.filters(),
     )
 
 
-def _heatmap(runs, c: Controls) -> go.Figure:
+def _heatmap(runs, c: Controls, colours) -> go.Figure:
     return figures.depth_step_heatmap(
-        runs, _require_stat(c), max_steps=MAX_HEATMAP_STEPS, log_color=c.log_scale, **c.filters()
+        runs,
+        _require_stat(c),
+        max_steps=MAX_HEATMAP_STEPS,
+        log_color=c.log_scale,
+        colours=colours,
+        **c.filters(),
     )
 
 
-def _ratio(runs, c: Controls) -> go.Figure:
+def _ratio(runs, c: Controls, colours) -> go.Figure:
     if len(runs) < 2:
         raise UsageError("select two runs to see their ratio heatmap")
     return figures.ratio_heatmap(
@@ -47,8 +64,8 @@ def _ratio(runs, c: Controls) -> go.Figure:
     )
 
 
-def _training(runs, c: Controls) -> go.Figure:
-    return figures.training_curves(runs)
+def _training(runs, c: Controls, colours) -> go.Figure:
+    return figures.training_curves(runs, smoothing=c.smoothing, colours=colours)
 
 
 PANEL_BUILDERS = {"flow": _flow, "heatmap": _heatmap, "ratio": _ratio, "training": _training}
@@ -60,23 +77,24 @@ def _require_stat(c: Controls) -> str:
     return c.stat
 
 
-def panel_figure(kind: str, runs, controls: Controls) -> go.Figure:
+def panel_figure(kind: str, runs, controls: Controls, colours=None) -> go.Figure:
     """The figure of panel `kind` for open `runs`, with a `uirevision` that keeps the zoom.
 
-    The same call feeds the page and the PNG download, so both show the same image.
+    `colours` is {run label: colour} over the whole runs folder (`RunIndex.colours`). The
+    same call feeds the page and the PNG download, so both show the same image.
     Raises UsageError for a selection the figure cannot show.
     """
     if kind not in PANEL_BUILDERS:
         raise UsageError(f"unknown panel {kind!r}")
     if not runs:
         raise UsageError("select a run to compare")
-    fig = PANEL_BUILDERS[kind](runs, controls)
+    fig = PANEL_BUILDERS[kind](runs, controls, colours)
     fig.update_layout(uirevision=view_key(kind, controls))
     return fig
 
 
 # Controls that move along the same axes rather than change them: the zoom survives these.
-SAME_VIEW_CONTROLS = ("step_index", "window")
+SAME_VIEW_CONTROLS = ("step_index", "window", "smoothing")
 
 
 def view_key(kind: str, controls: Controls) -> str:
@@ -124,11 +142,26 @@ def apply_zoom(fig: go.Figure, view: str, zoom: dict | None) -> go.Figure:
     return fig
 
 
+def figure_notes(fig: go.Figure) -> list[str]:
+    """Sentences a figure wrote about runs it could not draw (`layout.meta["notes"]`)."""
+    meta = fig.layout.meta
+    return list(meta.get("notes", [])) if isinstance(meta, dict) else []
+
+
+MESSAGE_LINE_CHARS = 90  # a message figure wraps its text so no line is cut at the edge
+
+
 def message_figure(text: str) -> go.Figure:
-    """An empty figure that says why there is nothing to draw."""
+    """An empty figure that says why there is nothing to draw, wrapped to fit its width."""
     fig = go.Figure()
     fig.add_annotation(
-        text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper", font={"size": 14}
+        text="<br>".join(textwrap.wrap(text, MESSAGE_LINE_CHARS)) or text,
+        showarrow=False,
+        x=0.5,
+        y=0.5,
+        xref="paper",
+        yref="paper",
+        font={"size": 14, "color": "#a61b1b"},
     )
     fig.update_layout(
         xaxis={"visible": False}, yaxis={"visible": False}, template="plotly_white", height=320

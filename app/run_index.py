@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradscope.errors import GradscopeError, RunFileError, UsageError
+from gradscope.figures import assign_colours, run_label, run_model
 from gradscope.store import open_run
 
 RUN_SUFFIX = ".h5"
@@ -25,7 +26,9 @@ class RunEntry:
     name: str  # file name
     mtime: float  # seconds since the epoch
     inode: int  # tells a replaced file from the one it replaced
-    model: str | None = None  # the run's model class, when the file opened
+    model: str | None = None  # what the run is: the recorded model name, else its class name
+    label: str | None = None  # the run's name in figures and legends ("worked/resnet56")
+    created: str = ""  # when the file was created (ISO 8601), the order colours are given in
     records: int | None = None  # number of recorded steps, when the file opened
     is_live: bool = False  # the writer has not closed the file yet
     error: str | None = None  # why the file could not be opened, if it could not
@@ -47,6 +50,7 @@ class RunIndex:
         self._lock = threading.RLock()
         self._runs: dict[str, _CachedRun] = {}  # rel -> its open Run, inode and lock
         self._summaries: dict[str, tuple[tuple[int, int, int], RunEntry]] = {}
+        self._colours: dict[str, str] = {}  # run label -> colour, over every run in the folder
 
     def resolve(self, rel: str) -> Path:
         """Turn a browser-supplied relative path into a file path inside the runs folder.
@@ -84,7 +88,22 @@ class RunIndex:
             except (UsageError, OSError):
                 continue  # symlinks leading outside, or files removed while scanning
             entries.append(self._summary(rel, real, stat))
+        readable = sorted((e.created, e.label) for e in entries if e.label is not None)
+        colours = assign_colours(label for _, label in readable)
+        with self._lock:
+            self._colours = colours
         return sorted(entries, key=lambda e: (e.folder != ".", e.folder, e.name))
+
+    def colours(self) -> dict[str, str]:
+        """{run label: colour} of every readable run, as of the latest scan: a run keeps its
+        colour in every panel, and across page loads (labels are taken in creation order,
+        each its preferred colour unless an older run took it)."""
+        with self._lock:
+            if self._colours:
+                return dict(self._colours)
+        self.scan()
+        with self._lock:
+            return dict(self._colours)
 
     def _summary(self, rel: str, path: Path, stat: os.stat_result) -> RunEntry:
         """The run-list entry of one file, reopened only when the file changed."""
@@ -105,7 +124,9 @@ class RunIndex:
             try:
                 entry = RunEntry(
                     **base,
-                    model=str(run.attrs.get("model_class", "?")),
+                    model=run_model(run),
+                    label=run_label(run),
+                    created=str(run.attrs.get("created", "")),
                     records=len(run.steps),
                     is_live=bool(run.is_live),
                 )

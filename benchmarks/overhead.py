@@ -30,6 +30,7 @@ import argparse
 import copy
 import ctypes
 import ctypes.util
+import json
 import os
 import resource
 import statistics
@@ -41,8 +42,13 @@ import torch
 import torch.nn.functional as F
 
 import gradscope
+from gradscope.data import resolve_device
 from gradscope.models import create_model
 from gradscope.recorder import PARAM_STATS
+
+# Set by main(): where the models train and whether in bf16 autocast + channels_last.
+DEVICE = torch.device("cpu")
+AMP = False
 
 
 class Variant:
@@ -50,19 +56,26 @@ class Variant:
 
     def __init__(self, name, model, setup=None):
         self.name = name
-        self.model = model
+        memory_format = torch.channels_last if AMP else torch.preserve_format
+        self.model = model.to(DEVICE, memory_format=memory_format)
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         self.times: list[float] = []
         self.faults: list[int] = []  # minor page faults of the process during each step
         self.recorder = setup(self) if setup else None
 
     def step(self, x, y) -> None:
+        cuda = DEVICE.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize()  # time this step only
         faults = _minor_faults()
         start = time.perf_counter()
-        loss = F.cross_entropy(self.model(x), y)
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=AMP):
+            loss = F.cross_entropy(self.model(x), y)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
         self.times.append(time.perf_counter() - start)
         self.faults.append(_minor_faults() - faults)
 
@@ -116,6 +129,22 @@ def recorded(folder: Path, **attach_kwargs):
     return setup
 
 
+def where() -> str:
+    """The device (and precision) the models train on, as the reports say it."""
+    if DEVICE.type == "cuda":
+        name = torch.cuda.get_device_name(DEVICE)
+        return f"{name}, {'bf16 autocast, channels_last' if AMP else 'float32'}"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def batch(size: int):
+    """A random CIFAR-shaped batch on the benchmark's device."""
+    x = torch.randn(size, 3, 32, 32).to(DEVICE)
+    if AMP:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, torch.randint(0, 10, (size,)).to(DEVICE)
+
+
 def run_rounds(variants: list[Variant], x, y, steps: int, warmup: int) -> None:
     for _ in range(warmup):
         for v in variants:
@@ -127,6 +156,9 @@ def run_rounds(variants: list[Variant], x, y, steps: int, warmup: int) -> None:
         # rotate who goes first, so no variant always follows the same neighbour
         for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
             v.step(x, y)
+
+
+RESULTS: list[dict] = []  # every report, for --json
 
 
 def report(variants: list[Variant], title: str) -> None:
@@ -143,9 +175,12 @@ def report(variants: list[Variant], title: str) -> None:
     print(
         f"{'variant':<36} {'median ms':>10} {'paired':>7} {'medians':>8} {'means':>6} {'faults':>7}"
     )
+    result = {"title": title, "bare_ms": base_median * 1e3, "variants": {}}
+    RESULTS.append(result)
     for v in variants[1:]:
         med = statistics.median(v.times)
         paired = statistics.median(t / b for t, b in zip(v.times, bare.times, strict=True))
+        result["variants"][v.name] = {"median_ms": med * 1e3, "paired": paired}
         print(
             f"{v.name:<36} {med * 1e3:>10.0f} {paired:>7.3f} {med / base_median:>8.3f} "
             f"{statistics.fmean(v.times) / base_mean:>6.3f} {statistics.median(v.faults):>7.0f}"
@@ -171,8 +206,7 @@ def bytes_per_value(variants: list[Variant]) -> None:
 def resnet56_rounds(args, folder: Path) -> None:
     torch.manual_seed(0)
     base = create_model("resnet56")
-    x = torch.randn(args.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch,))
+    x, y = batch(args.batch)
     variants = [
         Variant("bare", copy.deepcopy(base)),
         Variant("bare again (A/A control)", copy.deepcopy(base)),
@@ -186,7 +220,11 @@ def resnet56_rounds(args, folder: Path) -> None:
         Variant("naive .abs().mean().item() loop", copy.deepcopy(base), naive_probe),
     ]
     run_rounds(variants, x, y, args.steps, args.warmup)
-    report(variants, f"ResNet-56, batch {args.batch}, CPU ({torch.get_num_threads()} threads)")
+    report(variants, f"ResNet-56, batch {args.batch}, {where()}")
+    if args.count_ops:
+        per_layer, bare_ops, recorded_ops = device_ops(base, x, y, folder / "ops")
+        RESULTS[-1]["device_ops_per_layer"] = per_layer
+        print(f"device ops per watched layer per record: {per_layer:.2f}")
     print()
     bytes_per_value(variants)
 
@@ -217,6 +255,13 @@ METADATA_OPS = {
 COMPILED_KERNEL_MARKS = ("cpp_fused", "triton_")  # inductor's kernel events (C++, Triton)
 
 
+def _is_noop_to(event) -> bool:
+    """`.to()` / `.type_as()` that returned its input: no copy, no kernel."""
+    return event.name == "aten::to" and not any(
+        child.name == "aten::_to_copy" for child in event.cpu_children
+    )
+
+
 def count_device_ops(events) -> int:
     """Top-level ATen ops that launch work (no ATen op above them), plus each kernel that
     inductor runs inside a compiled region."""
@@ -225,7 +270,7 @@ def count_device_ops(events) -> int:
         if any(mark in event.name for mark in COMPILED_KERNEL_MARKS):
             count += 1
             continue
-        if not event.name.startswith("aten::") or event.name in METADATA_OPS:
+        if not event.name.startswith("aten::") or event.name in METADATA_OPS or _is_noop_to(event):
             continue
         parent = event.cpu_parent
         while parent is not None and not parent.name.startswith("aten::"):
@@ -244,10 +289,8 @@ def device_ops(base, x, y, folder: Path) -> tuple[float, int, int]:
         variant = Variant("ops " + ("recorded" if setup else "bare"), copy.deepcopy(base), setup)
         for _ in range(2):  # warm: compiled kernels, buffers grown
             variant.step(x, y)
-        activities = [ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(ProfilerActivity.CUDA)
-        with profile(activities=activities) as prof:
+        # CPU-side events only: each op or kernel launch once (GPU events would repeat them)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
             variant.step(x, y)
         counts.append(count_device_ops(prof.events()))
         if variant.recorder is not None:
@@ -259,8 +302,7 @@ def device_ops(base, x, y, folder: Path) -> tuple[float, int, int]:
 def device_path_rounds(args, folder: Path) -> None:
     torch.manual_seed(0)
     base = create_model("resnet56")
-    x = torch.randn(args.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch,))
+    x, y = batch(args.batch)
     per_layer, bare_ops, recorded_ops = device_ops(base, x, y, folder / "ops")
     variants = [
         Variant("bare", copy.deepcopy(base)),
@@ -270,6 +312,7 @@ def device_path_rounds(args, folder: Path) -> None:
     ]
     run_rounds(variants, x, y, args.steps, args.warmup)
     report(variants, f"ResNet-56, batch {args.batch}, device path on CPU (1 thread)")
+    RESULTS[-1]["device_ops_per_layer"] = per_layer
     print(
         f"\ndevice ops per watched layer per record: {per_layer:.2f} "
         f"(bare step {bare_ops} ops, recorded step {recorded_ops})"
@@ -283,8 +326,7 @@ def resnet1202_rounds(args, folder: Path) -> None:
     folder.mkdir()
     torch.manual_seed(0)
     base = create_model("resnet1202")
-    x = torch.randn(32, 3, 32, 32)
-    y = torch.randint(0, 10, (32,))
+    x, y = batch(32)
     variants = [
         Variant("bare", copy.deepcopy(base)),
         Variant("bare again (A/A control)", copy.deepcopy(base)),
@@ -296,7 +338,7 @@ def resnet1202_rounds(args, folder: Path) -> None:
             Variant(f"all stats, every=1, batch_sample={rows}", copy.deepcopy(base), setup)
         )
     run_rounds(variants, x, y, args.steps_1202, 1)
-    report(variants, "ResNet-1202, batch 32, CPU")
+    report(variants, f"ResNet-1202, batch 32, {where()}")
     bytes_per_value(variants)
 
 
@@ -326,12 +368,27 @@ def main() -> None:
         action="store_true",
         help="GRADSCOPE_KERNELS=torch, one thread, ResNet-56 at batch 4: the GPU's regime on CPU",
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 autocast and channels_last (as the trainer on CUDA)",
+    )
+    parser.add_argument(
+        "--count-ops", action="store_true", help="also count the device ops a record adds per layer"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     parser.add_argument(
         "--steady-heap",
         action="store_true",
         help="keep freed memory in glibc's heap, so no variant pays page faults for it",
     )
     args = parser.parse_args()
+    global DEVICE, AMP
+    if args.device_path and args.device != "cpu":
+        raise SystemExit("--device-path runs on the CPU (it stands in for a GPU); drop --device")
+    DEVICE = resolve_device(args.device)
+    AMP = args.amp
     if args.batch is None:
         args.batch = 4 if args.device_path else 128
     if args.device_path:
@@ -350,11 +407,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.device_path:
             device_path_rounds(args, Path(tmp))
-            return
-        if not args.skip_56:
-            resnet56_rounds(args, Path(tmp))
-        if not args.skip_1202:
-            resnet1202_rounds(args, Path(tmp))
+        else:
+            if not args.skip_56:
+                resnet56_rounds(args, Path(tmp))
+            if not args.skip_1202:
+                resnet1202_rounds(args, Path(tmp))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": RESULTS}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,16 @@ trainer images/s divided by bare images/s. Medians keep other processes' bursts 
 """
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from gradscope.data import load_dataset
+from gradscope.data import load_dataset, resolve_device
 from gradscope.models import create_model
 from gradscope.train import TrainConfig, Trainer
 
@@ -34,28 +36,35 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=30, help="alternate steps of each loop")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each loop first")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     return parser
 
 
 class BareLoop:
     """The reference: forward, loss, backward, SGD step on one preloaded batch."""
 
-    def __init__(self, model_name, batch_size, image_size, num_classes, config: TrainConfig):
+    def __init__(self, model_name, batch_size, image_size, num_classes, config, device, amp):
         torch.manual_seed(config.seed)
-        self.model = create_model(model_name, num_classes=num_classes)
+        memory_format = torch.channels_last if amp else torch.preserve_format
+        self.model = create_model(model_name, num_classes=num_classes).to(
+            device, memory_format=memory_format
+        )
+        self.device, self.amp = device, amp
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=config.lr,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
-        self.x = torch.randn(batch_size, 3, *image_size)
-        self.y = torch.randint(0, num_classes, (batch_size,))
+        self.x = torch.randn(batch_size, 3, *image_size).to(device, memory_format=memory_format)
+        self.y = torch.randint(0, num_classes, (batch_size,)).to(device)
 
     def run(self, steps: int) -> None:
         """Train `steps` steps."""
         for _ in range(steps):
-            loss = F.cross_entropy(self.model(self.x), self.y)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                loss = F.cross_entropy(self.model(self.x), self.y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -66,7 +75,8 @@ def main(args) -> None:
     """Alternate trainer and bare steps; print images/s of each and their ratio."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    dataset = load_dataset(args.data, device="cpu")
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.data, device=device)
     total = args.warmup + args.rounds
     config = TrainConfig(
         data=args.data,
@@ -75,23 +85,29 @@ def main(args) -> None:
         record=False,
         eval_every=10 * total,  # evaluation is not training throughput
         checkpoint_every=10 * total,
-        device="cpu",
+        device=str(device),
     )
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(args.model, config, dataset, run_dir, progress=False)
         bare = BareLoop(
-            args.model, args.batch_size, dataset.image_size, dataset.num_classes, config
+            args.model,
+            args.batch_size,
+            dataset.image_size,
+            dataset.num_classes,
+            config,
+            device,
+            trainer.amp,
         )
         trainer.run(stop_at_step=args.warmup, save_on_pause=False)
         bare.run(args.warmup)
         trainer_rates, bare_rates = [], []
         for _ in range(args.rounds):
-            start = time.perf_counter()
+            start = _now(device)
             trainer.run(stop_at_step=trainer.step + 1, save_on_pause=False)
-            trainer_rates.append(args.batch_size / (time.perf_counter() - start))
-            start = time.perf_counter()
+            trainer_rates.append(args.batch_size / (_now(device) - start))
+            start = _now(device)
             bare.run(1)
-            bare_rates.append(args.batch_size / (time.perf_counter() - start))
+            bare_rates.append(args.batch_size / (_now(device) - start))
         trainer.close()
 
     ratios = [t / b for t, b in zip(trainer_rates, bare_rates, strict=True)]
@@ -105,6 +121,23 @@ def main(args) -> None:
         f"  ratio trainer/bare:     {statistics.median(ratios):8.3f} (median; "
         f"min {min(ratios):.3f}, max {max(ratios):.3f})"
     )
+    if args.json:
+        figures = {
+            "model": args.model,
+            "batch_size": args.batch_size,
+            "device": str(device),
+            "trainer_images_per_s": statistics.median(trainer_rates),
+            "bare_images_per_s": statistics.median(bare_rates),
+            "ratio": statistics.median(ratios),
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _now(device: torch.device) -> float:
+    """perf_counter after the device finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 if __name__ == "__main__":

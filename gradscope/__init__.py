@@ -33,6 +33,7 @@ def attach(
     attrs: dict[str, Any] | None = None,
     flush_interval: float = 2.0,
     all_ranks: bool = False,
+    manual_gradients: bool = False,
 ) -> Recorder:
     """Attach a recorder to `model` that streams per-layer statistics to the run file `path`.
 
@@ -58,9 +59,13 @@ def attach(
         all_ranks: under torch.distributed (where every rank calls attach, and rank 0 writes
             `path` with the statistics of the global batch), also write each rank's local
             statistics to `<path stem>.rank<r>.h5`.
+        manual_gradients: read the gradients when `rec.read_gradients()` is called (from a
+            framework's before-optimizer-step hook), not in `optimizer.step()`'s pre-hook, which
+            under `optimizer.step(closure)` runs before the closure's backward.
 
     Returns:
-        The `gradscope.recorder.Recorder`: `log(**scalars)`, `step()`, `close()`.
+        The `gradscope.recorder.Recorder`: `log(**scalars)`, `step()`, `read_gradients()`,
+        `close()`.
     """
     from gradscope.recorder import Recorder
 
@@ -78,6 +83,7 @@ def attach(
         attrs=attrs,
         flush_interval=flush_interval,
         all_ranks=all_ranks,
+        manual_gradients=manual_gradients,
     )
 
 

@@ -1,4 +1,4 @@
-"""Diagnosis of a run: vanishing/exploding gradients, dead units, first non-finite value."""
+"""Diagnosis of a run: vanishing/exploding gradients and signal, dead units, first non-finite."""
 
 import math
 import warnings
@@ -13,7 +13,17 @@ from gradscope.errors import UsageError
 SCAN_CHUNK_RECORDS = 4096  # records read at a time by the exact non-finite scan
 # Statistics scanned record by record for the first non-finite value (those present in the run).
 NONFINITE_STATS = ("grad_nonfinite", "grad_norm", "weight_norm", "act_absmax")
-KIND_ORDER = ("nonfinite", "exploding_depth", "exploding_steps", "vanishing", "dead", "no_gradient")
+KIND_ORDER = (
+    "nonfinite",
+    "signal_vanishing_depth",
+    "signal_exploding_depth",
+    "signal_collapse",
+    "exploding_depth",
+    "exploding_steps",
+    "vanishing",
+    "dead",
+    "no_gradient",
+)
 TEXT_PER_KIND = 5  # findings of one kind listed by to_text before "... and N more"
 
 
@@ -25,13 +35,22 @@ class Thresholds:
     exploding_depth_ratio: float = 1e3  # first/last-layer grad_norm above this: exploding (depth)
     exploding_step_ratio: float = 1e3  # grad_norm above this x its early baseline: exploding
     dead_zero_frac: float = 0.99  # act_zero_frac at or above this: dead units
+    signal_depth_decades: float = 2.0  # |log10| of first/last-layer act_grad_norm above this
+    signal_collapse_ratio: float = 1e-4  # a layer's act_grad_norm below this x its baseline
     recent_fraction: float = 0.25  # share of the latest records a state is judged over (median)
     baseline_fraction: float = 0.1  # share of the earliest records setting a layer's baseline
     max_records: int = 4000  # records read (block-averaged) by the profile rules
 
     def check(self) -> None:
         """Raise UsageError on a threshold outside its valid range."""
-        for name in ("vanishing_ratio", "exploding_depth_ratio", "exploding_step_ratio"):
+        positive = (
+            "vanishing_ratio",
+            "exploding_depth_ratio",
+            "exploding_step_ratio",
+            "signal_depth_decades",
+            "signal_collapse_ratio",
+        )
+        for name in positive:
             if not getattr(self, name) > 0:
                 raise UsageError(f"threshold {name} must be > 0, not {getattr(self, name)!r}")
         for name in ("dead_zero_frac", "recent_fraction", "baseline_fraction"):
@@ -69,6 +88,7 @@ class Diagnosis:
     last_step: int | None
     thresholds: Thresholds
     first_last_ratio: float | None  # grad_norm of first / last layer, median of recent records
+    signal_ratio: float | None = None  # act_grad_norm of first / last layer, same median
     findings: list[Finding] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # rules that could not run, and why
 
@@ -82,6 +102,7 @@ class Diagnosis:
             "last_step": self.last_step,
             "thresholds": asdict(self.thresholds),
             "first_last_ratio": json_number(self.first_last_ratio),
+            "signal_ratio": json_number(self.signal_ratio),
             "findings": [finding.to_dict() for finding in self.findings],
             "skipped": list(self.skipped),
         }
@@ -97,6 +118,12 @@ class Diagnosis:
             lines.append(
                 f"first/last-layer grad_norm ratio: {self.first_last_ratio:.3g} "
                 f"(median over the latest {self.thresholds.recent_fraction:.0%} of records)"
+            )
+        if self.signal_ratio is not None:
+            lines.append(
+                f"first/last-layer act_grad_norm ratio: {self.signal_ratio:.3g} "
+                f"({_decades(self.signal_ratio)}; median over the latest "
+                f"{self.thresholds.recent_fraction:.0%} of records)"
             )
         if not self.findings:
             lines.append("no problems found")
@@ -145,6 +172,14 @@ def diagnose(run, thresholds: Thresholds | None = None, **overrides) -> Diagnosi
         result.findings.extend(_no_gradient(grad, names))
     else:
         result.skipped.append("vanishing/exploding rules: the run does not record grad_norm")
+    if "act_grad_norm" in stats:
+        rec_steps, signal = run.read("act_grad_norm", max_records=int(thresholds.max_records))
+        signal, rec_steps = _positive(signal), np.asarray(rec_steps)
+        result.signal_ratio = _first_last_ratio(signal, thresholds)
+        result.findings.extend(_signal_through_depth(signal, rec_steps, names, thresholds))
+        result.findings.extend(_signal_collapse(signal, rec_steps, names, thresholds))
+    else:
+        result.skipped.append("signal rules: the run does not record act_grad_norm")
     if "act_zero_frac" in stats:
         rec_steps, zero = run.read("act_zero_frac", max_records=int(thresholds.max_records))
         zero = np.asarray(zero, dtype=np.float64)
@@ -225,9 +260,74 @@ def _exploding_depth(grad, steps, names, thresholds: Thresholds) -> list[Finding
     ]
 
 
+def _decades(ratio: float) -> str:
+    """How far a ratio is from 1, in words: "2.2 decades below 1"."""
+    if not ratio > 0:
+        return "no usable ratio"
+    decades = math.log10(ratio)
+    return f"{abs(decades):.1f} decades {'below' if decades < 0 else 'above'} 1"
+
+
+def _signal_through_depth(signal, steps, names, thresholds: Thresholds) -> list[Finding]:
+    """The backpropagated signal (act_grad_norm) shrinks or grows by more than
+    `signal_depth_decades` from the last watched layer to the first (recent median)."""
+    ratio = _first_last_series(signal)
+    if ratio is None:
+        return []
+    recent = _nanmedian(ratio[_recent(len(ratio), thresholds.recent_fraction)])
+    limit = thresholds.signal_depth_decades
+    if not (recent > 0 and abs(math.log10(recent)) > limit):
+        return []
+    with_signal = np.flatnonzero(~np.isnan(signal).all(axis=0))
+    first, last = names[with_signal[0]], names[with_signal[-1]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        off = np.abs(np.log10(ratio)) > limit
+    step = _first_step(off & ((ratio < 1) == (recent < 1)), steps)
+    if recent < 1:
+        kind, what = "signal_vanishing_depth", "vanishes towards the input"
+    else:
+        kind, what = "signal_exploding_depth", "explodes towards the input"
+    return [
+        Finding(
+            kind,
+            str(first),
+            step,
+            float(recent),
+            f"the backpropagated signal {what}: act_grad_norm at {first} / at {last} is "
+            f"{recent:.3g}, {_decades(float(recent))} (> {limit:g}; first from step {step})",
+        )
+    ]
+
+
+def _signal_collapse(signal, steps, names, thresholds: Thresholds) -> list[Finding]:
+    """A layer's backpropagated signal falls below `signal_collapse_ratio` x its early
+    baseline (recent median): the loss no longer reaches it."""
+    baseline = _baseline(signal, thresholds)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        relative = signal / baseline
+    limit = thresholds.signal_collapse_ratio
+    return _layers_past_limit(
+        relative,
+        lambda v: v < limit,
+        steps,
+        names,
+        thresholds,
+        "signal_collapse",
+        lambda name, value, step: (
+            f"{name}: act_grad_norm fell to {value:.2g} of its early value "
+            f"(< {limit:g}, first at step {step})"
+        ),
+    )
+
+
+def _baseline(values, thresholds: Thresholds) -> np.ndarray:
+    """Each layer's median over the earliest `baseline_fraction` of rows."""
+    rows = slice(0, max(1, math.ceil(len(values) * thresholds.baseline_fraction)))
+    return _nanmedian(values[rows], axis=0)
+
+
 def _exploding_steps(grad, steps, names, thresholds: Thresholds) -> list[Finding]:
-    base_rows = slice(0, max(1, math.ceil(len(grad) * thresholds.baseline_fraction)))
-    baseline = _nanmedian(grad[base_rows], axis=0)
+    baseline = _baseline(grad, thresholds)
     with np.errstate(invalid="ignore", divide="ignore"):
         growth = grad / baseline
     limit = thresholds.exploding_step_ratio

@@ -1,4 +1,4 @@
-"""PNG export of figures through plotly/kaleido, with the lookup of a Chrome to render them."""
+"""PNG export of figures through plotly/kaleido: print styling, sizes, and the Chrome to render."""
 
 import atexit
 import contextlib
@@ -22,6 +22,13 @@ BROWSER_PATH_ENV = "BROWSER_PATH"  # the variable kaleido (via choreographer) ho
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_SIDE = 32767  # Chrome's largest canvas side, in pixels
 MAX_PNG_PIXELS = 268_435_456  # Chrome's largest canvas area (16,384 squared)
+
+TEMPLATES = ("plotly", "paper")  # the dashboard's look, or white for papers
+DEFAULT_FONT_SIZE = 14  # base font of an exported PNG, in layout pixels
+DEFAULT_HEIGHT = 550  # figures that do not size themselves (flow, curves)
+PANEL_WIDTH = 480  # of each heatmap panel, plus room for row labels and the colour bar
+LABELS_WIDTH = 320
+DEFAULT_WIDTHS = {"flow": 1100, "curves": 1300, "ratio": 1000}  # heatmap: from its panels
 
 _renderer_started: list = []  # the Chrome path once kaleido's renderer runs in this process
 
@@ -68,6 +75,39 @@ def _downloaded_chrome():
         return None
     found = Chromium.find_browser(skip_local=False)
     return found if found and Path(found).is_file() else None
+
+
+def default_size(fig, figure: str | None = None) -> tuple[int, int]:
+    """(width, height) of the PNG of `fig` when none is asked for: the figure's own layout size
+    if set (heatmaps set their height from their layer count), else one wide enough for the
+    kind of figure (`figure`: heatmap, flow, curves, ratio) to label its layers and legend."""
+    height = fig.layout.height or DEFAULT_HEIGHT
+    if fig.layout.width:
+        return int(fig.layout.width), int(height)
+    if figure == "heatmap":
+        panels = sum(1 for trace in fig.data if trace.type == "heatmap")
+        return PANEL_WIDTH * max(panels, 1) + LABELS_WIDTH, int(height)
+    return DEFAULT_WIDTHS.get(figure, 1000), int(height)
+
+
+def style_for_print(fig, template: str = "plotly", font_size: int | None = DEFAULT_FONT_SIZE):
+    """`fig` styled for a PNG: base font `font_size` (titles larger), and with
+    template="paper" a white background, black axes and light grid lines. Returns `fig`."""
+    if template not in TEMPLATES:
+        raise UsageError(f"template must be one of {', '.join(TEMPLATES)}, not {template!r}")
+    if font_size is not None:
+        if not 6 <= font_size <= 72:
+            raise UsageError(f"font size must be between 6 and 72 pixels, not {font_size!r}")
+        title_size = round(font_size * 1.3)
+        fig.update_layout(font={"size": font_size}, title={"font": {"size": title_size}})
+    if template == "paper":
+        fig.update_layout(
+            template="simple_white",
+            font={"family": "Helvetica, Arial, sans-serif", "color": "black"},
+        )
+        fig.update_xaxes(showgrid=True, gridcolor="#e8e8e8", mirror=True)
+        fig.update_yaxes(showgrid=True, gridcolor="#e8e8e8", mirror=True)
+    return fig
 
 
 def check_png_size(width=None, height=None, scale=1) -> None:

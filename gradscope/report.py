@@ -65,7 +65,7 @@ def summary_text(run: Run) -> str:
     )
     lines = [
         f"run:       {run.path}",
-        f"model:     {attrs.get('model_class', '(not recorded)')}",
+        f"model:     {_model_text(attrs)}",
         f"created:   {attrs.get('created', '?')}",
         f"versions:  gradscope {attrs.get('gradscope_version', '?')}, "
         f"torch {attrs.get('torch_version', '?')}",
@@ -79,7 +79,16 @@ def summary_text(run: Run) -> str:
     return "\n".join(lines)
 
 
+def _model_text(attrs: dict) -> str:
+    """The recorded model name and its class ("resnet56 (CifarResNet)"), whichever exist."""
+    model, cls = attrs.get("model"), attrs.get("model_class")
+    if model and cls and model != cls:
+        return f"{model} ({cls})"
+    return str(model or cls or "(not recorded)")
+
+
 _SHOWN_ATTRS = {
+    "model",
     "model_class",
     "created",
     "gradscope_version",

@@ -70,3 +70,69 @@ def write_runs_folder(root: Path) -> Path:
     (root / "broken.h5").write_bytes(b"this is not an HDF5 file")
     (root / "notes.txt").write_text("not a run")
     return root
+
+
+def twin_layers(blocks: int = 3, shortcut: bool = True) -> list[dict]:
+    """Layers named as the bundled CIFAR nets name them: conv1, bn1, then `blocks` stages of
+    one block (conv1, bn1, conv2, bn2), stages 2 and 3 with a downsample conv + bn shortcut
+    when `shortcut` (a ResNet; without it, its plain twin), then fc."""
+    layers = [
+        {"name": "conv1", "type": "Conv2d", "params": 432},
+        {"name": "bn1", "type": "BatchNorm2d", "params": 32},
+    ]
+    for stage in range(1, blocks + 1):
+        for part in ("conv1", "bn1", "conv2", "bn2"):
+            kind = "Conv2d" if part.startswith("conv") else "BatchNorm2d"
+            layers.append({"name": f"layer{stage}.0.{part}", "type": kind, "params": 100})
+        if shortcut and stage > 1:
+            layers.append({"name": f"layer{stage}.0.downsample.0", "type": "Conv2d", "params": 50})
+            layers.append(
+                {"name": f"layer{stage}.0.downsample.1", "type": "BatchNorm2d", "params": 10}
+            )
+    layers.append({"name": "fc", "type": "Linear", "params": 650})
+    return layers
+
+
+TWIN_STATS = ["grad_norm", "act_mean", "act_grad_norm"]
+
+
+def twin_values(layers: list[dict], records: int, plain: bool) -> np.ndarray:
+    """[records, stats, layers] for TWIN_STATS: conv gradient norms ~10x BatchNorm's (a flow
+    line through both zig-zags); the plain net's signal shrinks 10x per layer towards the
+    input and over steps, the ResNet's stays near 1; act_mean is NaN everywhere."""
+    n = len(layers)
+    is_bn = np.array([layer["type"] == "BatchNorm2d" for layer in layers])
+    kind_scale = np.where(is_bn, 0.1, 1.0)
+    out = np.empty((records, len(TWIN_STATS), n), dtype=np.float32)
+    for i in range(records):
+        if plain:
+            depth = 10.0 ** (-(n - 1 - np.arange(n)) * (0.2 + 0.1 * i))  # input end shrinks
+        else:
+            depth = np.ones(n)
+        out[i, 0] = kind_scale * depth
+        out[i, 1] = np.nan
+        out[i, 2] = depth * 0.1
+    return out
+
+
+def write_twin(
+    path: Path, model: str, records: int = 10, every: int = 1, close: bool = True
+) -> RunWriter:
+    """A tiny run as `gradscope record` writes it (attrs model, model_class, experiment;
+    metrics loss, error, test_loss, test_error): "resnet*" models have the shortcut layers,
+    "plain*" ones do not. With `close=False` the writer is returned still open (a live run)."""
+    plain = model.startswith("plain")
+    layers = twin_layers(shortcut=not plain)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    attrs = {"model": model, "model_class": "CifarResNet", "experiment": path.parent.name}
+    writer = open_writer(path, layers, TWIN_STATS, attrs=attrs)
+    values = twin_values(layers, records, plain)
+    for i in range(records):
+        step = i * every
+        writer.append(step, values[i])
+        writer.log(step, {"loss": 2.3 - 0.1 * i, "error": 0.9 - 0.02 * i, "lr": 0.1})
+        if i % 5 == 4:
+            writer.log(step, {"test_loss": 2.0 - 0.1 * i, "test_error": 0.8 - 0.03 * i})
+    if close:
+        writer.close()
+    return writer

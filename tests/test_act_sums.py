@@ -55,10 +55,10 @@ def test_kernel_refuses_a_short_output_row():
         sums_into(np.ones(3, dtype=np.float32), np.zeros(3, dtype=np.float32))
 
 
-AUTO, TORCH, EAGER = (KernelChoice(mode) for mode in ("auto", "torch", "eager"))
+AUTO, TORCH = KernelChoice("auto"), KernelChoice("torch")
 
 
-@pytest.mark.parametrize("kernels", [AUTO, TORCH, EAGER], ids=["numba", "compiled", "eager"])
+@pytest.mark.parametrize("kernels", [AUTO, TORCH], ids=["numba", "device"])
 def test_every_path_gives_the_same_rows(kernels, monkeypatch):
     generator = torch.Generator().manual_seed(1)
     outputs = [torch.randn(6, n, generator=generator) for n in (3, 40, 5, 90)]
@@ -89,7 +89,7 @@ def test_numba_and_device_rows_mix_in_call_order(monkeypatch):
     sums = ActivationSums(batch_sample=4, kernels=AUTO)
     for position, o in enumerate(outputs):
         sums.add([o], position)
-    assert sums._calls.column(2).tolist() == [-1, 0, -1, 0, -1]  # host, device, host, ...
+    assert sums._calls.column(2).tolist() == [0, -1, 1, -1, 2]  # host rows; -1: device path
     rows = sums.per_call("cpu").double().numpy()
     np.testing.assert_allclose(rows, [brute_force(o[:4]) for o in outputs], rtol=1e-5)
 
@@ -116,28 +116,30 @@ def test_a_bad_kernel_mode_is_a_usage_error(tmp_path, monkeypatch):
     import gradscope
 
     monkeypatch.setenv("GRADSCOPE_KERNELS", "triton")
-    with pytest.raises(
-        gradscope.UsageError, match="GRADSCOPE_KERNELS='triton'.*auto, torch, eager"
-    ):
+    with pytest.raises(gradscope.UsageError, match="GRADSCOPE_KERNELS='triton'.*auto, torch"):
         gradscope.attach(torch.nn.Linear(2, 2), tmp_path / "r.h5")
 
 
-def test_a_failed_compilation_warns_and_gives_the_same_rows(monkeypatch):
-    def broken(fn, **kwargs):
-        def fail(*args):
-            raise RuntimeError("no C++ compiler here")
-
-        return fail
-
-    monkeypatch.setattr(torch, "compile", broken)
+def test_full_sample_groups_are_reduced_early_and_drops_skip_their_rows(monkeypatch):
+    # A sample group holds at most SAMPLE_GROUP_BYTES (lowered here to 3 rows of 20 floats):
+    # past it, its rows are reduced at once; rows of dropped calls are left out when packed.
+    monkeypatch.setattr("gradscope.recorder._kernels.SAMPLE_GROUP_BYTES", 3 * 20 * 4)
+    generator = torch.Generator().manual_seed(7)
+    outputs = [torch.randn(4, 5, generator=generator) for _ in range(8)]
+    outputs.insert(3, torch.randn(2, 3, generator=generator))  # another size: its own group
     sums = ActivationSums(batch_sample=None, kernels=TORCH)
-    x = torch.randn(5, 3)
-    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here.*GRADSCOPE_KERNELS=eager"):
-        sums.add([x], 0)
-    sums.add([x * 2], 1)  # no second warning: the eager ops took over
-    np.testing.assert_allclose(
-        sums.per_call("cpu").double().numpy(), [brute_force(x), brute_force(x * 2)], rtol=1e-5
-    )
+    for position, o in enumerate(outputs):
+        sums.add([o], position)
+    assert len(sums._chunks) == 2  # the 20-float group filled up twice
+    rows = sums.per_call("cpu").numpy()
+    np.testing.assert_allclose(rows, [brute_force(o) for o in outputs], rtol=1e-5)
+    for position, o in enumerate(outputs):  # a second pass, then the first is dropped
+        sums.add([o * 2], position)
+    sums.backpropagated = len(outputs)
+    sums.drop_backpropagated()
+    assert sums.layers.tolist() == list(range(len(outputs)))
+    rows = sums.per_call("cpu").numpy()
+    np.testing.assert_allclose(rows, [brute_force(o * 2) for o in outputs], rtol=1e-5)
 
 
 def test_output_grad_sums_match_brute_force():
@@ -145,7 +147,7 @@ def test_output_grad_sums_match_brute_force():
     grads = [torch.randn(5, n, generator=generator) for n in (2, 30, 7, 80)]
     grads[2] = grads[2].half()  # low-precision gradients (AMP) are summed in float32
     want = [brute_force(g.float())[1] for g in grads]
-    for kernels in (AUTO, EAGER):  # torch.dot on CPU, a vector norm on the device path
+    for kernels in (AUTO, TORCH):  # torch.dot on CPU, a vector norm on the device path
         sums = OutputGradSums(kernels)
         for position, g in enumerate(grads):
             sums.add(g, position)
@@ -160,7 +162,7 @@ def test_output_grad_sums_match_brute_force():
 def test_output_grad_sums_keep_rows_when_the_buffer_grows():
     generator = torch.Generator().manual_seed(4)
     grads = [torch.randn(3, 1 + n % 5, generator=generator) for n in range(700)]
-    sums = OutputGradSums(EAGER)
+    sums = OutputGradSums(TORCH)
     for record in range(2):  # the buffer grown in the first record is reused by the second
         for position, g in enumerate(grads):
             sums.add(g * (record + 1), position % 9)
@@ -170,7 +172,7 @@ def test_output_grad_sums_keep_rows_when_the_buffer_grows():
         sums.clear()
 
 
-@pytest.mark.parametrize("mode", ["auto-mixed", "torch", "eager"])
+@pytest.mark.parametrize("mode", ["auto-mixed", "torch"])
 def test_recorder_on_each_path_matches_reference(tmp_path, monkeypatch, mode):
     if mode == "auto-mixed":
         monkeypatch.setattr(S, "EXACT_FLOAT32_COUNT", 300)  # the bigger outputs: device path
@@ -188,7 +190,7 @@ def test_recorder_on_each_path_matches_reference(tmp_path, monkeypatch, mode):
     assert_matches(run, expected)
 
 
-@pytest.mark.parametrize("kernels", [AUTO, EAGER], ids=["host", "device"])
+@pytest.mark.parametrize("kernels", [AUTO, TORCH], ids=["host", "device"])
 def test_rows_grow_past_the_initial_buffer_and_drop_in_order(kernels):
     sums = ActivationSums(batch_sample=None, kernels=kernels)
     values = [torch.full((3,), float(i)) for i in range(600)]
@@ -202,3 +204,59 @@ def test_rows_grow_past_the_initial_buffer_and_drop_in_order(kernels):
     rows = sums.per_call("cpu")
     np.testing.assert_array_equal(rows[:, 0].numpy(), [3.0 * i for i in range(250, 600)])
     assert sums.layers.tolist() == [i % 7 for i in range(250, 600)]
+
+
+def test_the_plain_torch_group_sums_match_the_compiled_ones_and_brute_force():
+    from gradscope.recorder._kernels import _group_sums_eager, group_sums
+
+    generator = torch.Generator().manual_seed(8)
+    rows = torch.randn(5, 300, generator=generator)
+    rows[1] = torch.relu(rows[1])
+    rows[2, 7] = float("nan")
+    rows[3, 9] = -float("inf")
+    want = [brute_force(r) for r in rows]
+    for got in (group_sums(rows.clone()), _group_sums_eager(rows.clone())):
+        got = got.numpy()
+        for i in (0, 1, 4):
+            np.testing.assert_allclose(got[i], want[i], rtol=1e-5)
+        assert np.isnan(got[2, :3]).all() and got[2, 3] == want[2][3]  # NaN counts as nonzero
+        assert got[3, 0] == -np.inf and got[3, 1] == np.inf and got[3, 2] == np.inf
+
+
+def test_a_failed_compilation_warns_and_the_plain_ops_take_over(monkeypatch):
+    from gradscope.recorder._kernels import CompiledOrEager, _group_sums, _group_sums_eager
+
+    def no_compiler(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler here")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    sums = CompiledOrEager(_group_sums, _group_sums_eager, "the activation sums")
+    rows = torch.randn(3, 40, generator=torch.Generator().manual_seed(9))
+    want = [brute_force(r) for r in rows]
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here.*same values"):
+        got = sums(rows.clone())
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(sums(rows.clone()).numpy(), want, rtol=1e-5)  # no second warning
+
+
+def test_the_device_path_compiles_once_not_per_step_or_size(tmp_path, monkeypatch):
+    import torch._dynamo.utils
+
+    import gradscope
+
+    monkeypatch.setenv("GRADSCOPE_KERNELS", "torch")
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    graphs = []
+    with gradscope.attach(model, tmp_path / "r.h5", optimizer=opt, batch_sample=None):
+        for batch in (5, 7, 9, 11, 13, 6):  # a new size every step
+            torch.nn.functional.cross_entropy(
+                model(torch.randn(batch, 6)), torch.zeros(batch).long()
+            ).backward()
+            opt.step()
+            opt.zero_grad()
+            graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs[-1] - graphs[1] <= 1, graphs  # sizes are symbolic: no compile per step

@@ -4,6 +4,8 @@ import base64
 import importlib
 import json
 import os
+import struct
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from gradscope.app.run_index import RunIndex
 
 from gradscope.cli import main as cli_main
 from gradscope.errors import UsageError
-from gradscope.store import RunWriter
+from gradscope.store import RunWriter, open_run
 from tests.run_files import STATS, write_run, write_runs_folder
 
 NEWEST_TWO = ["sweep/lr01.h5", "baseline/tanh.h5"]
@@ -50,7 +52,9 @@ def values(**overrides):
         "step_index": None,
         "window": None,
         "scale": "log",
-        "depth_axis": "index",
+        "depth_axis": "aligned",
+        "lines": "by_type",
+        "smoothing": 0.6,
     }
     base.update(overrides)
     return base
@@ -150,8 +154,9 @@ def test_page_preselects_the_newest_readable_runs(index):
     assert find(layout, ids.RUNS).value == NEWEST_TWO
     assert newest_runs(index.scan(), count=5)[-1] == "baseline/relu.h5"
     listing = text_of(find(layout, ids.RUN_LIST))
-    assert "broken.h5: error:" in listing
-    assert "lr01.h5: ResNet20, 30 records, complete" in listing
+    assert "broken.h5 not an HDF5 file" in listing and "error" in listing
+    assert "ResNet20 sweep 30 complete" in listing  # model, folder, records, state
+    assert "PlainNet20 baseline 20 complete" in listing
     assert set(find(layout, ids.VERSIONS).data) == set(NEWEST_TWO)
 
 
@@ -231,7 +236,8 @@ def test_every_panel_draws_the_selected_runs(index, kind, min_traces):
 def test_changing_the_statistic_changes_the_flow_curve(index):
     grad, _ = figure_output(index, "flow", values())
     weight, _ = figure_output(index, "flow", values(stat="weight_norm"))
-    assert "grad_norm" in grad.layout.title.text and "weight_norm" in weight.layout.title.text
+    assert grad.layout.title.text.startswith("Gradient norm")
+    assert weight.layout.title.text.startswith("Weight norm")
     assert list(weight.data[0].y) == pytest.approx([2 * y for y in grad.data[0].y])
 
 
@@ -241,7 +247,7 @@ def test_layer_filter_and_runs_change_the_heatmap(index):
     assert len(three.data) == 3 * len(one.data)
     convs, _ = figure_output(index, "flow", values(layer_types=["Conv2d"]))
     assert len(convs.data[0].y) == 3
-    pattern, _ = figure_output(index, "flow", values(layer_pattern="layer*"))
+    pattern, _ = figure_output(index, "flow", values(layer_pattern="layer*", lines="all"))
     assert len(pattern.data[0].y) == 3
 
 
@@ -293,6 +299,7 @@ def test_crafted_http_payload_cannot_read_outside_the_folder(runs_dir):
             "window",
             "scale",
             "depth_axis",
+            "lines",
         )
     ]
     outputs = [
@@ -318,7 +325,7 @@ def test_crafted_http_payload_cannot_read_outside_the_folder(runs_dir):
 
 def test_diagnosis_text_for_each_selected_run(index):
     blocks = diagnosis_output(index, NEWEST_TWO)
-    assert [b.children for b in blocks[::2]] == ["sweep/lr01", "baseline/tanh"]
+    assert [text_of(b).strip() for b in blocks[::2]] == ["sweep/lr01", "baseline/tanh"]
     assert all(isinstance(b.children, str) and b.children for b in blocks[1::2])
     bad = diagnosis_output(index, ["../x.h5"])
     assert "outside the runs folder" in text_of(bad)
@@ -347,10 +354,10 @@ def test_png_download_is_the_exported_image(index):
     from gradscope.app.panels import panel_figure
 
     with index.open_runs(NEWEST_TWO) as runs:
-        expected = export.figure_png_bytes(
-            panel_figure("heatmap", runs, Controls(runs=tuple(NEWEST_TWO), stat="grad_norm"))
-        )
-    assert png[16:24] == expected[16:24]  # same width and height
+        fig = panel_figure("heatmap", runs, Controls(runs=tuple(NEWEST_TWO), stat="grad_norm"))
+    width, height = export.default_size(fig, "heatmap")
+    assert (width, height) == (2 * export.PANEL_WIDTH + export.LABELS_WIDTH, fig.layout.height)
+    assert png[16:24] == struct.pack(">II", width, height)  # the size export gives it
     _, message = png_download(index, "heatmap", values(stat="nope"))
     assert "'nope' is not in" in message
 
@@ -448,15 +455,16 @@ def test_a_run_held_by_a_slow_request_delays_only_the_requests_that_read_it(inde
     monkeypatch.setattr("gradscope.app.run_index.READ_WAIT_SECONDS", 0.2)
     stuck = index._acquire("baseline/relu.h5")  # as a request in the middle of a read
     try:
-        fig, message = figure_output(index, "flow", values(runs=["sweep/lr01.h5"]))
+        fig, message = figure_output(index, "flow", values(runs=["sweep/lr01.h5"], lines="all"))
         assert message == "" and len(fig.data) == 1
         fig, message = figure_output(
-            index, "flow", values(runs=["sweep/lr01.h5", "baseline/relu.h5"])
+            index, "flow", values(runs=["sweep/lr01.h5", "baseline/relu.h5"], lines="all")
         )
         assert len(fig.data) == 1 and "baseline/relu.h5" in message and "reading" in message
     finally:
         stuck.lock.release()
-    fig, message = figure_output(index, "flow", values(runs=["sweep/lr01.h5", "baseline/relu.h5"]))
+    both = values(runs=["sweep/lr01.h5", "baseline/relu.h5"], lines="all")
+    fig, message = figure_output(index, "flow", both)
     assert len(fig.data) == 2 and message == ""
 
 
@@ -490,3 +498,91 @@ def test_cli_dashboard_on_a_busy_port_or_foreign_host_exits_2_with_one_line(tmp_
     code = cli_main(["dashboard", "--runs", str(tmp_path), "--host", "192.0.2.1"])  # TEST-NET-1
     err = capsys.readouterr()
     assert code == 2 and err.out == "" and "not an address of this machine" in err.err
+
+
+# ----- the worked example's pair: names, colours, search, live comparison, offline page -----
+
+
+@pytest.fixture
+def twin_index(tmp_path):
+    """A runs folder with a finished resnet56 and a plain56 still being written (15 of 29)."""
+    from tests.run_files import write_twin
+
+    write_twin(tmp_path / "worked" / "resnet56.h5", "resnet56", records=29)
+    writer = write_twin(tmp_path / "worked" / "plain56.h5", "plain56", records=15, close=False)
+    deadline = time.monotonic() + 20
+    while True:  # until the live writer flushed its records
+        with open_run(tmp_path / "worked" / "plain56.h5") as live:
+            if len(live.steps) == 15:
+                break
+        assert time.monotonic() < deadline, "the live writer did not flush"
+        time.sleep(0.05)
+    idx = RunIndex(tmp_path)
+    yield idx
+    idx.close()
+    writer.close()
+
+
+TWINS = ["worked/resnet56.h5", "worked/plain56.h5"]
+
+
+def test_runs_are_listed_by_model_and_keep_one_colour(twin_index):
+    entries = {e.rel: e for e in twin_index.scan()}
+    assert entries["worked/resnet56.h5"].model == "resnet56"  # not "CifarResNet"
+    assert entries["worked/plain56.h5"].is_live
+    colours = twin_index.colours()
+    assert set(colours) == {"worked/resnet56", "worked/plain56"}
+    assert len(set(colours.values())) == 2
+    assert RunIndex(twin_index.root).colours() == colours  # the same after a reload
+    table, options, _ = refresh_run_list(twin_index, "runs", TWINS, {})
+    swatches = {o["value"]: o["label"].children[0].style["backgroundColor"] for o in options}
+    assert swatches == {
+        "worked/resnet56.h5": colours["worked/resnet56"],
+        "worked/plain56.h5": colours["worked/plain56"],
+    }
+    for kind in ("flow", "training"):  # the panels draw each run in its own colour
+        fig, _ = figure_output(twin_index, kind, values(runs=TWINS[::-1]))
+        drawn = {t.legendgroup: t.line.color for t in fig.data}
+        assert drawn == colours, kind
+    text = text_of(table)
+    assert "resnet56 worked 29 complete" in text and "plain56 worked 15 live" in text
+
+
+def test_run_table_search(twin_index):
+    table, _, _ = refresh_run_list(twin_index, "runs", [], {}, search="plain")
+    text = text_of(table)
+    assert "plain56" in text and "resnet56" not in text and "1 of 2 runs" in text
+    table, _, _ = refresh_run_list(twin_index, "runs", [], {}, search="worked resnet")
+    assert "resnet56" in text_of(table) and "plain56 worked" not in text_of(table)
+
+
+def test_latest_means_the_latest_step_every_selected_run_has(twin_index):
+    label = step_label(twin_index, TWINS, None, None)
+    assert label == (
+        "step 14: the latest step all selected runs have "
+        "(worked/resnet56 at 28, worked/plain56 at 14)"
+    )
+    fig, message = figure_output(twin_index, "flow", values(runs=TWINS))
+    assert message == ""
+    titles = {t.legendgroup: t.legendgrouptitle.text for t in fig.data}
+    assert titles["worked/resnet56"] == "worked/resnet56 (step 14; latest 28)"
+
+
+def test_default_panels_of_the_pair_draw_without_error(twin_index):
+    for kind in ids.PANELS:
+        fig, message = figure_output(twin_index, kind, values(runs=TWINS))
+        assert message == "" and fig.data, kind
+    ratio, _ = figure_output(twin_index, "ratio", values(runs=TWINS))
+    assert "4 only in worked/resnet56 left out" in ratio.layout.title.text
+    heat, message = figure_output(twin_index, "heatmap", values(runs=TWINS, stat="act_mean"))
+    assert "worked/plain56 has no finite act_mean value" in message
+    assert "worked/resnet56 has no finite act_mean value" in message
+
+
+def test_the_page_needs_nothing_from_a_cdn(twin_index):
+    server = create_app(twin_index.root).server.test_client()
+    html_page = server.get("/").get_data(as_text=True)
+    assert "bootstrap.min.css" in html_page
+    assert "https://" not in html_page and "http://" not in html_page
+    css = server.get("/_gradscope/css/bootstrap.min.css")
+    assert css.status_code == 200 and b"Bootstrap" in css.data[:200]

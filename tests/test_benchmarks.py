@@ -1,5 +1,6 @@
 """The benchmark scripts still run end to end (tiny sizes: a smoke test, not a measurement)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -24,3 +25,86 @@ def test_overhead_benchmark_runs_and_reports_every_variant(tmp_path, heap):
     for variant in ("all stats, every=1", "all stats, every=10", "parameter stats, every=1"):
         rows = re.findall(rf"^{re.escape(variant)}\s", out, flags=re.MULTILINE)
         assert len(rows) == 2  # a timing row and an on-disk row
+
+
+def load_gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the message for machines without CUDA"
+)
+def test_gpu_check_without_cuda_says_so_in_one_line_and_exits_2(tmp_path):
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--out", str(tmp_path / "t.txt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "no CUDA device here" in done.stderr
+    assert not (tmp_path / "t.txt").exists()
+
+
+def test_gpu_check_arguments_and_commands(tmp_path):
+    gpu_check = load_gpu_check()
+    args = gpu_check.get_args_parser().parse_args(["--only", "trainer", "--out", "x.txt"])
+    assert args.only == ["trainer"] and args.out == "x.txt"
+    with pytest.raises(SystemExit):
+        gpu_check.get_args_parser().parse_args(["--only", "no-such-part"])
+    commands = gpu_check.commands("synthetic", tmp_path)
+    assert set(commands) == set(gpu_check.PARTS)
+    assert "--amp" in commands["overhead resnet56"] and "cuda" in commands["record pair"]
+    assert sum(gpu_check.PARTS.values()) / 60 < 25  # each part bounded
+
+
+def test_gpu_check_table_from_the_parts_results(tmp_path):
+    gpu_check = load_gpu_check()
+    run56 = {
+        "title": "ResNet-56",
+        "bare_ms": 21.5,
+        "variants": {"all stats, every=1": {"median_ms": 22.0, "paired": 1.034}},
+        "device_ops_per_layer": 2.91,
+    }
+    (tmp_path / "overhead56.json").write_text(json.dumps({"runs": [run56]}))
+    (tmp_path / "trainer.json").write_text(
+        json.dumps({"trainer_images_per_s": 9000.0, "bare_images_per_s": 9500.0, "ratio": 0.947})
+    )
+    summary = (
+        "model                  steps train loss train err test err      test images train img/s\n"
+        "resnet56             200/200     1.2000    40.00%   45.00%       all 10,000      8123.4\n"
+        "plain56              200/200     1.5000    55.00%   58.00%       all 10,000      8400.0\n"
+    )
+    results = {
+        "cuda tests": {"ok": True, "seconds": 30.0, "output": "...\n3 passed in 20.1s\n"},
+        "overhead resnet56": {"ok": True, "seconds": 60.0, "output": ""},
+        "overhead resnet1202": {"ok": False, "seconds": 300.0, "output": "ran over its 300 s"},
+        "trainer": {"ok": True, "seconds": 40.0, "output": ""},
+        "record pair": {"ok": True, "seconds": 100.0, "output": summary},
+    }
+    table = gpu_check.build_table(results, tmp_path)
+    lines = table.splitlines()
+    assert lines[0].split() == ["part", "figure", "value"]
+    assert any("3 passed in 20.1s" in line for line in lines)
+    assert any("all stats, every=1: paired ratio" in line and "1.034" in line for line in lines)
+    assert any("device ops per layer" in line and "2.91" in line for line in lines)
+    assert any("overhead resnet1202" in line and "FAILED" in line for line in lines)
+    assert any("trainer / bare" in line and "0.947" in line for line in lines)
+    assert any("resnet56 train images/s" in line and "8123" in line for line in lines)
+    assert any("plain56 train images/s" in line and "8400" in line for line in lines)
+
+
+def test_overhead_device_path_reports_ratios_and_device_ops(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--device-path"]
+    command += ["--steps", "2", "--warmup", "1", "--json", str(tmp_path / "o.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "device path on CPU (1 thread)" in result.stdout
+    figures = json.loads((tmp_path / "o.json").read_text())["runs"][0]
+    assert set(figures["variants"]) >= {"all stats, every=1", "all stats, every=10"}
+    assert 0 < figures["device_ops_per_layer"] < 20

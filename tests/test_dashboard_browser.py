@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -31,7 +32,7 @@ CHROME_ARGS = (
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--window-size=1400,2200",
+    "--window-size=1280,2600",  # the narrowest width the page is made for
 )
 WAIT_SECONDS = 20
 
@@ -93,6 +94,9 @@ if (!gd || !gd.data || !gd._fullLayout) return null;
 return {
   traces: gd.data.length,
   names: gd.data.map(t => t.name || ''),
+  groups: gd.data.map(t => t.legendgroup || ''),
+  colours: gd.data.map(t => (t.line && t.line.color) || null),
+  legend: (gd.querySelector('.legend') || {}).textContent || '',
   types: gd.data.map(t => t.type || 'scatter'),
   title: (gd.layout.title && gd.layout.title.text) || '',
   annotations: (gd.layout.annotations || []).map(a => a.text),
@@ -137,12 +141,12 @@ def load(driver, url):
 def test_page_lists_runs_and_draws_every_figure(driver, dashboard):
     load(driver, dashboard)
     listing = driver.find_element(By.ID, ids.RUN_LIST).text
-    assert "lr01.h5: ResNet20, 30 records, complete" in listing
-    assert "tanh.h5: PlainNet20, 20 records, complete" in listing
-    assert "broken.h5: error: not an HDF5 file" in listing
+    assert "ResNet20 sweep 30 complete" in listing
+    assert "PlainNet20 baseline 20 complete" in listing
+    assert "broken.h5" in listing and "not an HDF5 file" in listing
     flow = wait_for("flow curves", lambda: (g := graph(driver, "flow")) and g["svg_lines"] and g)
-    assert flow["traces"] == 2 and flow["svg_lines"] == 2  # the two newest runs, preselected
-    assert "grad_norm" in flow["title"]
+    assert set(flow["groups"]) == {"sweep/lr01", "baseline/tanh"}  # the two newest runs
+    assert "Gradient norm" in flow["title"]
     heat = wait_for(
         "heatmaps", lambda: (g := graph(driver, "heatmap")) and g["heatmap_images"] and g
     )
@@ -164,12 +168,12 @@ def test_changing_the_statistic_redraws_flow_and_heatmap(driver, dashboard):
     choose(driver, ids.STAT, "weight_norm")
     after = wait_for(
         "flow with weight_norm",
-        lambda: (g := graph(driver, "flow")) and "weight_norm" in g["title"] and g,
+        lambda: (g := graph(driver, "flow")) and "Weight norm" in g["title"] and g,
     )
     assert after["title"] != before["title"]
     wait_for(
         "heatmap with weight_norm",
-        lambda: "weight_norm" in (graph(driver, "heatmap") or {}).get("title", ""),
+        lambda: "Weight norm" in (graph(driver, "heatmap") or {}).get("title", ""),
     )
 
 
@@ -182,9 +186,10 @@ def test_changing_the_selected_runs_changes_subplots_and_legend(driver, dashboar
     )
     assert heat["traces"] == 3
     flow = wait_for(
-        "three flow lines", lambda: (g := graph(driver, "flow")) and g["legend_items"] == 3 and g
+        "three runs' flow lines",
+        lambda: (g := graph(driver, "flow")) and len(set(g["groups"])) == 3 and g,
     )
-    assert any("relu" in name for name in flow["names"])
+    assert "baseline/relu" in flow["groups"]
     choose(driver, ids.RUNS, "sweep/lr01.h5")  # deselect
     wait_for(
         "two heatmaps again", lambda: (graph(driver, "heatmap") or {}).get("heatmap_images") == 2
@@ -216,10 +221,10 @@ def test_live_run_refreshes_and_keeps_the_users_zoom(driver, tmp_path):
     try:
         with serve(tmp_path) as url:
             load(driver, url)
-            assert "10 records, live" in driver.find_element(By.ID, ids.RUN_LIST).text
+            assert "10 live" in driver.find_element(By.ID, ids.RUN_LIST).text
             wait_for(
                 "flow at step 90",
-                lambda: "step 90" in " ".join((graph(driver, "flow") or {}).get("names", [])),
+                lambda: "step 90" in (graph(driver, "flow") or {}).get("title", ""),
             )
             zoom_in(driver, "flow")
             zoomed = graph(driver, "flow")["yrange"]
@@ -228,12 +233,12 @@ def test_live_run_refreshes_and_keeps_the_users_zoom(driver, tmp_path):
                 writer.append(step, row)
             wait_for(
                 "flow at step 120",
-                lambda: "step 120" in " ".join((graph(driver, "flow") or {}).get("names", [])),
+                lambda: "step 120" in (graph(driver, "flow") or {}).get("title", ""),
             )
             assert graph(driver, "flow")["yrange"] == pytest.approx(zoomed)
             wait_for(
                 "13 records listed",
-                lambda: "13 records, live" in driver.find_element(By.ID, ids.RUN_LIST).text,
+                lambda: "13 live" in driver.find_element(By.ID, ids.RUN_LIST).text,
             )
     finally:
         writer.close()
@@ -278,3 +283,82 @@ def test_a_good_run_beside_a_cut_one_still_renders(driver, tmp_path, cut_live_ru
                 ),
             )
             assert "Traceback" not in driver.page_source
+
+
+SWATCHES_JS = """
+return Array.from(document.querySelectorAll('#' + arguments[0] + ' tr.run-entry')).map(tr => [
+  tr.children[1].innerText, getComputedStyle(tr.querySelector('.run-swatch')).backgroundColor]);
+"""
+REQUESTS_JS = "return performance.getEntriesByType('resource').map(e => e.name)"
+
+
+def rgb(colour: str) -> str:
+    """A CSS colour as the browser computes it: "rgb(r, g, b)"."""
+    if colour.startswith("#"):
+        r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+        return f"rgb({r}, {g}, {b})"
+    return colour.replace(",", ", ").replace("  ", " ")
+
+
+@pytest.fixture(scope="module")
+def worked_pair(tmp_path_factory):
+    """The worked example in miniature: resnet56 and plain56 with the bundled layer names."""
+    from tests.run_files import write_twin
+
+    root = tmp_path_factory.mktemp("worked_runs")
+    write_twin(root / "worked" / "resnet56.h5", "resnet56", records=20)
+    write_twin(root / "worked" / "plain56.h5", "plain56", records=20)
+    with serve(root) as url:
+        yield url
+
+
+def test_default_page_of_a_resnet_plain_pair_tells_its_story(driver, worked_pair):
+    load(driver, worked_pair)
+    heat = wait_for(
+        "heatmaps", lambda: (g := graph(driver, "heatmap")) and g["heatmap_images"] and g
+    )
+    ratio = wait_for("ratio", lambda: (g := graph(driver, "ratio")) and g["heatmap_images"] and g)
+    assert heat["heatmap_images"] == 2 and ratio["heatmap_images"] == 1  # three heatmaps
+    assert "4 only in worked/" in ratio["title"]  # the shortcut layers, left out and said so
+    flow = wait_for("flow", lambda: (g := graph(driver, "flow")) and g["svg_lines"] and g)
+    training = wait_for("training", lambda: (g := graph(driver, "training")) and g["traces"] and g)
+    for panel in ("flow", "heatmap", "ratio", "training"):
+        assert message(driver, panel) == "", panel
+    assert driver.find_element(By.ID, ids.PAGE_MESSAGE).text == ""
+    for legend in (flow["legend"], training["legend"]):  # both models named in every legend
+        assert "worked/resnet56" in legend and "worked/plain56" in legend
+    # one colour per run: the run table's swatch, the flow lines, the training curves, the
+    # heatmap panel titles
+    table = dict(driver.execute_script(SWATCHES_JS, ids.RUN_LIST))
+    colours = {}
+    for graph_state in (flow, training):
+        for group, colour in zip(graph_state["groups"], graph_state["colours"], strict=True):
+            colours.setdefault(group, set()).add(rgb(colour))
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert {g: c.pop() for g, c in colours.items()} == {
+        "worked/resnet56": table["resnet56"],
+        "worked/plain56": table["plain56"],
+    }
+    assert table["resnet56"] != table["plain56"]
+    swatched = [re.search(r"color:([^\"]+)\".*worked/(\w+)", a) for a in heat["annotations"]]
+    assert {m.group(2): rgb(m.group(1)) for m in swatched if m} == table
+    # offline: every request went to the dashboard itself, Bootstrap's stylesheet included
+    requests = driver.execute_script(REQUESTS_JS)
+    assert any(r.endswith("bootstrap.min.css") for r in requests)
+    assert all(r.startswith(worked_pair) for r in requests), requests
+    severe = [  # of this page (a page of an earlier test, served no more, may still log)
+        e
+        for e in driver.get_log("browser")
+        if "favicon" not in e["message"] and worked_pair in e["message"]
+    ]
+    assert severe == []
+
+
+def test_a_statistic_that_is_all_nan_says_so_in_one_sentence(driver, worked_pair):
+    load(driver, worked_pair)
+    wait_for("flow", lambda: (graph(driver, "flow") or {}).get("svg_lines"))
+    choose(driver, ids.STAT, "act_mean")
+    for panel in ("flow", "heatmap", "ratio"):
+        text = wait_for(f"{panel} message", lambda p=panel: message(driver, p))
+        assert "has no finite act_mean value" in text and "(all NaN or inf)" in text, panel
+        assert text.count(".") <= 2 and "Traceback" not in text

@@ -140,3 +140,81 @@ def test_missing_stats_are_reported_as_skipped(tmp_path):
     result = diagnosed(tmp_path, stats)
     assert result.findings == []
     assert any("act_zero_frac" in reason for reason in result.skipped)
+
+
+def with_signal(stats, signal):
+    """`stats` plus act_grad_norm values [records, layers]."""
+    return {**stats, "act_grad_norm": signal}
+
+
+def flat_signal():
+    """A healthy backpropagated signal: ~0.1 at every layer and step."""
+    return np.random.default_rng(1).uniform(0.09, 0.11, (RECORDS, LAYERS))
+
+
+def test_a_steady_signal_has_no_signal_finding(tmp_path):
+    result = diagnosed(tmp_path, with_signal(healthy_stats(), flat_signal()))
+    assert result.findings == []
+    assert 0.8 < result.signal_ratio < 1.25
+    assert "first/last-layer act_grad_norm ratio" in result.to_text()
+
+
+@pytest.mark.parametrize(
+    ("decades", "kind"), [(-3, "signal_vanishing_depth"), (3, "signal_exploding_depth")]
+)
+def test_signal_vanishing_or_exploding_through_depth(tmp_path, decades, kind):
+    signal = flat_signal()
+    signal[8:] *= np.logspace(decades, 0, LAYERS)[None, :]  # from record 8 (step 40) on
+    result = diagnosed(tmp_path, with_signal(healthy_stats(), signal))
+    assert kinds(result) == [kind]
+    (finding,) = result.findings
+    assert finding.layer == "layer0" and finding.step == 40
+    assert finding.value == pytest.approx(10.0**decades, rel=0.3)
+    assert "3.0 decades" in finding.message
+    # 2.5 decades is under a 3-decade threshold
+    signal = flat_signal() * np.logspace(decades * 2.5 / 3, 0, LAYERS)[None, :]
+    milder = diagnosed(tmp_path, with_signal(healthy_stats(), signal), signal_depth_decades=3)
+    assert milder.findings == []
+
+
+def test_a_layers_signal_collapsing_over_steps(tmp_path):
+    signal = flat_signal()
+    signal[20:, 1:3] *= 1e-5  # layers 1 and 2 from step 100 on
+    signal[20:, 5] *= 1e-3  # a 3-decade fall: under the default 4-decade threshold
+    result = diagnosed(tmp_path, with_signal(healthy_stats(), signal))
+    collapse = [f for f in result.findings if f.kind == "signal_collapse"]
+    assert [(f.layer, f.step) for f in collapse] == [("layer1", 100), ("layer2", 100)]
+    assert all(f.value == pytest.approx(1e-5, rel=0.3) for f in collapse)
+    strict = diagnosed(tmp_path, with_signal(healthy_stats(), signal), signal_collapse_ratio=1e-2)
+    assert [f.layer for f in strict.findings if f.kind == "signal_collapse"] == [
+        "layer1",
+        "layer2",
+        "layer5",
+    ]
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["thresholds"]["signal_collapse_ratio"] == 1e-4 and "signal_ratio" in data
+
+
+def test_a_short_real_pair_flags_plain56_and_not_resnet56(tmp_path, one_thread):
+    # The worked example in miniature: both nets recorded at every step on generated 8x8
+    # images (about 12 s on one CPU thread). The effect is decades wide, not a tuned edge:
+    # plain56's signal at conv1 ends ~6 decades below fc's, resnet56's within one decade.
+    from gradscope.train import ExperimentConfig, TrainConfig, run_experiment
+
+    train = TrainConfig(
+        data="synthetic", image_size=8, steps=12, batch_size=16, eval_every=12, record_every=1,
+        device="cpu",
+    )  # fmt: skip
+    config = ExperimentConfig(
+        model="resnet56", baselines=["plain56"], out=str(tmp_path), name="pair", train=train
+    )
+    result = run_experiment(config, progress=False)
+    paths = {r.model: r.run_path for r in result.results}
+    with (
+        gradscope.open_run(paths["resnet56"]) as resnet,
+        gradscope.open_run(paths["plain56"]) as plain,
+    ):
+        healthy, sick = diagnose(resnet), diagnose(plain)
+    assert healthy.findings == [], healthy.to_text()
+    assert {"signal_vanishing_depth", "signal_collapse"} <= set(kinds(sick)), sick.to_text()
+    assert sick.signal_ratio < 1e-3 < 0.1 < healthy.signal_ratio

@@ -1,5 +1,6 @@
 """Every example runs to the end (with small settings) and leaves a readable run file."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ def run_example(name: str, *args: str) -> str:
         text=True,
         timeout=300,
         cwd=ROOT,
+        # no example needs the Hugging Face Hub; one thread: on a shared 2-core machine OpenMP
+        # spin-waits made the Lightning example 36 s instead of 5 s
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -25,6 +29,8 @@ def test_every_example_is_tested():
     assert sorted(p.name for p in (ROOT / "examples").glob("*.py")) == [
         "01_attach_any_model.py",
         "02_resnet_vs_plain.py",
+        "03_lightning.py",
+        "04_hf_trainer.py",
     ]
 
 
@@ -47,3 +53,25 @@ def test_02_resnet_vs_plain(tmp_path):
         assert str(f) in stdout
         run = gradscope.open_run(f)
         assert len(run.steps) > 0 and run.attrs.get("synthetic") is True
+
+
+def test_03_lightning(tmp_path):
+    out = tmp_path / "lightning.h5"
+    args = ["--out", str(out), "--steps", "4", "--batch-size", "8", "--accumulate", "2"]
+    stdout = run_example("03_lightning.py", *args)
+    assert str(out) in stdout and "test_error" in stdout
+    run = gradscope.open_run(out)
+    assert list(run.steps) == [0, 2]  # every 2nd of 4 optimizer steps, 2 micro-batches each
+    assert run.attrs["framework"] == "lightning" and run.attrs["accumulate_grad_batches"] == 2
+    assert list(run.metrics["loss"].dropna().index) == [0, 1, 2, 3]
+    assert list(run.metrics["test_error"].dropna().index) == [0, 1, 2, 3]  # every 2 batches
+
+
+def test_04_hf_trainer(tmp_path):
+    out = tmp_path / "gpt2.h5"
+    stdout = run_example("04_hf_trainer.py", "--out", str(out), "--steps", "3", "--batch-size", "4")
+    assert str(out) in stdout
+    run = gradscope.open_run(out)
+    assert list(run.steps) == [0, 1, 2]
+    assert run.attrs["framework"] == "transformers" and run.attrs["model_type"] == "gpt2"
+    assert list(run.metrics["loss"].dropna().index) == [0, 1, 2]

@@ -119,4 +119,64 @@ def test_cli_export_step_between_records_says_which_it_drew(run_path, capsys, mo
     )
     (fig,) = drawn
     assert "nearest record to step 13 (step 10)" in fig.layout.title.text
-    assert "step 10" in fig.data[0].name
+    assert "step 10" in fig.data[0].legendgrouptitle.text
+
+
+@pytest.fixture(scope="module")
+def twin_paths(tmp_path_factory):
+    """A tiny resnet56/plain56 pair with the bundled nets' layer names (19 and 15 layers)."""
+    from tests.run_files import write_twin
+
+    folder = tmp_path_factory.mktemp("worked")
+    paths = [folder / "resnet56.h5", folder / "plain56.h5"]
+    for path in paths:
+        write_twin(path, path.stem)
+    return [str(p) for p in paths]
+
+
+def drawn_figures(monkeypatch):
+    """Figures the CLI would write, with their sizes, instead of rendering them."""
+    drawn = []
+    monkeypatch.setattr(
+        "gradscope.cli.export_cmd.write_png",
+        lambda fig, out, **kw: drawn.append((fig, kw)) or out,
+    )
+    return drawn
+
+
+def test_cli_export_ratio_of_nets_with_different_layers(twin_paths, tmp_path, capsys):
+    out = tmp_path / "ratio.png"
+    args = ["export", *twin_paths, "--figure", "ratio", "--types", "Conv2d", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    from gradscope.figures._heatmap import heatmap_height
+
+    # 7 convolutions both nets have (the 2 downsample convs are left out): readable rows
+    assert png_size(out.read_bytes()) == (export.DEFAULT_WIDTHS["ratio"], heatmap_height(7))
+
+
+def test_cli_export_paper_template_font_size_and_size_from_the_figure(
+    twin_paths, monkeypatch, capsys
+):
+    drawn = drawn_figures(monkeypatch)
+    base = ["export", *twin_paths, "--out", "x.png"]
+    assert main([*base, "--figure", "heatmap", "--template", "paper", "--font-size", "18"]) == 0
+    assert main([*base, "--figure", "curves"]) == 0
+    (heat, heat_size), (curves, curves_size) = drawn
+    assert heat.layout.font.size == 18 and heat.layout.title.font.size == round(18 * 1.3)
+    assert heat.layout.template.layout.paper_bgcolor == "white"
+    assert heat.layout.title.text == "Gradient norm by layer and step"  # in words
+    assert heat_size == {"width": 2 * export.PANEL_WIDTH + export.LABELS_WIDTH,
+                         "height": heat.layout.height, "scale": 1.0}  # fmt: skip
+    assert curves.layout.font.size == export.DEFAULT_FONT_SIZE
+    assert curves.layout.yaxis2.title.text == "error (%)"
+    assert curves_size["width"] == export.DEFAULT_WIDTHS["curves"]
+    code = main([*base, "--font-size", "200"])
+    assert code == 2 and "font size must be between" in capsys.readouterr().err
+
+
+def test_log_axes_have_decade_ticks_only(twin_paths, monkeypatch):
+    drawn = drawn_figures(monkeypatch)
+    assert main(["export", *twin_paths, "--figure", "flow", "--out", "x.png"]) == 0
+    ((flow, _),) = drawn
+    assert flow.layout.yaxis.type == "log" and flow.layout.yaxis.dtick == 1
+    assert flow.layout.yaxis.exponentformat == "power"

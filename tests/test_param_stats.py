@@ -57,7 +57,9 @@ def test_per_param_sums_match_brute_force(fused):
     if fused:
         assert torch.equal(flat, kept)  # the CPU kernel leaves the gradients as they were
     np.testing.assert_allclose(
-        P.per_param_sumsq(layout, kept, out[0]).double().numpy(), np.array(want)[:, 1], rtol=2e-6
+        P.per_param_sumsq(layout, kept, out[0], fused).double().numpy(),
+        np.array(want)[:, 1],
+        rtol=2e-6,
     )
 
 

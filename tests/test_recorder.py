@@ -703,3 +703,85 @@ def test_attach_to_a_path_that_cannot_be_written_fails_at_attach(tmp_path):
 def test_open_run_says_what_it_expected(bad):
     with pytest.raises(TypeError, match="open_run needs the path of a run file"):
         gradscope.open_run(bad)
+
+
+# ----- manual_gradients: optimizer.step(closure), as Lightning calls it --------------------------
+
+
+def closure_training(tmp_path, steps, accumulate, manual, every=1):
+    """Lightning's order: each micro-batch runs forward, zero_grad (first only), backward; the
+    last one inside optimizer.step(closure), whose step pre-hook runs before the closure."""
+    torch.manual_seed(0)
+    model = mlp()
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
+    path = tmp_path / f"closure-{manual}.h5"
+    rec = gradscope.attach(
+        model, path, optimizer=opt, every=every, batch_sample=None, manual_gradients=manual
+    )
+    watched = {name: twin[int(name)] for name in rec.layer_names}
+    probe = ReferenceProbe(watched)
+    expected, recorded = {}, []
+    for step in range(steps):
+        probe.clear()
+        for micro in range(accumulate):
+            x, y = vector_batch(step, micro)
+
+            def closure(micro=micro, x=x, y=y):
+                loss = F.cross_entropy(model(x), y)
+                if micro == 0:
+                    opt.zero_grad()
+                loss.backward()
+                if micro == accumulate - 1 and manual:
+                    recorded.append(rec.read_gradients())  # on_before_optimizer_step
+                return loss
+
+            if micro == accumulate - 1:
+                opt.step(closure)
+            else:
+                closure()
+            F.cross_entropy(twin(x), y).backward()
+        ref = {name: grad_reference(m) for name, m in watched.items()}
+        before = {name: weight_copy(m) for name, m in watched.items()}
+        opt_twin.step()
+        opt_twin.zero_grad()
+        for name, m in watched.items():
+            ref[name].update(weight_reference(before[name], m))
+            ref[name].update(act_reference(probe.outputs[name], None))
+            ref[name]["act_grad_norm"] = act_grad_reference(probe.outputs[name])
+        expected[step] = ref
+    rec.close()
+    probe.remove()
+    return gradscope.open_run(path), expected, recorded
+
+
+def test_manual_gradients_are_read_where_read_gradients_is_called(tmp_path):
+    run, expected, recorded = closure_training(tmp_path, steps=3, accumulate=2, manual=True)
+    assert list(run.steps) == [0, 1, 2] and recorded == [True, True, True]
+    assert run.attrs["attach_args"]["manual_gradients"] is True
+    assert_matches(run, expected)
+
+
+def test_the_step_pre_hook_under_a_closure_sees_the_previous_gradients(tmp_path):
+    # Why manual_gradients exists: without it, optimizer.step(closure) records stale gradients.
+    run, expected, _ = closure_training(tmp_path, steps=2, accumulate=1, manual=False)
+    assert np.isnan(run.stat("grad_norm")[0]).all()  # step 0: no gradient existed yet
+    want = [expected[1][name]["grad_norm"] for name in run.layers["name"]]
+    assert not np.allclose(run.stat("grad_norm")[1], want, rtol=1e-3)
+
+
+def test_manual_gradients_with_every_and_misuse(tmp_path):
+    _, _, recorded = closure_training(tmp_path, steps=4, accumulate=1, manual=True, every=2)
+    assert recorded == [True, False, True, False]
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.attach(model, tmp_path / "auto.h5", optimizer=opt) as rec:
+        with pytest.raises(gradscope.UsageError, match="manual_gradients=True"):
+            rec.read_gradients()
+    rec = gradscope.attach(model, tmp_path / "manual.h5", optimizer=opt, manual_gradients=True)
+    x, y = vector_batch(0)
+    F.cross_entropy(model(x), y).backward()
+    with pytest.raises(gradscope.UsageError, match="without rec.read_gradients"):
+        opt.step()
+    rec.close()

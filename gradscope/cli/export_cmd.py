@@ -4,7 +4,15 @@ from contextlib import ExitStack
 
 from gradscope import figures
 from gradscope.errors import UsageError
-from gradscope.export import check_png_size, stop_renderer, write_png
+from gradscope.export import (
+    DEFAULT_FONT_SIZE,
+    TEMPLATES,
+    check_png_size,
+    default_size,
+    stop_renderer,
+    style_for_print,
+    write_png,
+)
 from gradscope.store import open_run
 
 FIGURES = ("heatmap", "flow", "curves", "ratio")
@@ -23,7 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--step",
         type=int,
-        help="flow only: step to show, or the nearest recorded one (default: latest)",
+        help="flow only: step to show, or the nearest recorded one (default: the latest step "
+        "every run has)",
     )
     parser.add_argument(
         "--window",
@@ -35,15 +44,47 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--depth-axis",
         choices=figures.DEPTH_AXES,
-        default="index",
-        help="flow only: x as layer index or normalized depth 0..1",
+        default="aligned",
+        help="flow only: x as layer index aligned by layer name across runs (default), each "
+        "run's own index, or normalized depth 0..1",
+    )
+    parser.add_argument(
+        "--lines",
+        choices=figures.FLOW_LINES,
+        default="by_type",
+        help="flow only: one line per layer type (default) or one through all layers",
+    )
+    parser.add_argument(
+        "--smoothing",
+        type=float,
+        default=figures.DEFAULT_SMOOTHING,
+        help="curves only: EMA weight of the training curves in [0, 1), 0 = off (default: "
+        f"{figures.DEFAULT_SMOOTHING:g})",
     )
     parser.add_argument("--types", nargs="+", help="keep layers of these classes, e.g. Conv2d")
     parser.add_argument("--pattern", help="keep layers whose name matches this glob")
     parser.add_argument("--out", required=True, metavar="FILE.png", help="output PNG path")
-    parser.add_argument("--width", type=int, help="width in layout pixels (default 700)")
-    parser.add_argument("--height", type=int, help="height in layout pixels (default 500)")
+    parser.add_argument(
+        "--width", type=int, help="width in layout pixels (default: fits the figure)"
+    )
+    parser.add_argument(
+        "--height",
+        type=int,
+        help="height in layout pixels (default: heatmaps fit their layers, others 550)",
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="pixel multiplier")
+    parser.add_argument(
+        "--font-size",
+        type=int,
+        default=DEFAULT_FONT_SIZE,
+        help=f"base font size in layout pixels (default: {DEFAULT_FONT_SIZE})",
+    )
+    parser.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default="plotly",
+        help="plotly (the dashboard's look) or paper (white, black axes)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -58,9 +99,12 @@ def run(args) -> int:
     check_png_size(args.width, args.height, args.scale)
     with ExitStack() as stack:
         runs = [stack.enter_context(open_run(path)) for path in args.runs]
-        fig = build_figure(args, runs)
+        fig = style_for_print(build_figure(args, runs), args.template, args.font_size)
+        width, height = default_size(fig, args.figure)
+        width, height = args.width or width, args.height or height
+        check_png_size(width, height, args.scale)
         try:
-            path = write_png(fig, args.out, width=args.width, height=args.height, scale=args.scale)
+            path = write_png(fig, args.out, width=width, height=height, scale=args.scale)
         finally:
             stop_renderer()  # close Chrome now, while the process can still tidy up after it
     print(path)
@@ -79,8 +123,9 @@ def build_figure(args, runs):
             step=args.step,
             window=args.window,
             depth_axis=args.depth_axis,
+            lines=args.lines,
             **selection,
         )
     if args.figure == "ratio":
         return figures.ratio_heatmap(runs[0], runs[1], args.stat, **selection)
-    return figures.training_curves(runs)
+    return figures.training_curves(runs, smoothing=args.smoothing)

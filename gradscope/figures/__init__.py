@@ -2,10 +2,12 @@
 
 import numpy as np
 
-from gradscope.figures._common import as_run_list, run_label
-from gradscope.figures._curves import training_curves
-from gradscope.figures._flow import DEPTH_AXES, flow_curve
+from gradscope.figures._colours import PALETTE, assign_colours, run_colours
+from gradscope.figures._common import as_run_list, run_label, run_model
+from gradscope.figures._curves import DEFAULT_SMOOTHING, training_curves
+from gradscope.figures._flow import DEPTH_AXES, FLOW_LINES, flow_curve
 from gradscope.figures._heatmap import depth_step_heatmap, ratio_heatmap
+from gradscope.figures._words import stat_words
 
 
 def available_steps(runs) -> np.ndarray:
@@ -14,12 +16,25 @@ def available_steps(runs) -> np.ndarray:
     return np.unique(np.concatenate([np.asarray(run.steps, dtype=np.int64) for run in runs]))
 
 
+def latest_common_step(runs) -> int:
+    """The latest step every run has reached: what "latest" means when comparing live runs."""
+    return min(int(run.steps[-1]) for run in as_run_list(runs))
+
+
 __all__ = [
+    "DEFAULT_SMOOTHING",
     "DEPTH_AXES",
+    "FLOW_LINES",
+    "PALETTE",
+    "assign_colours",
     "available_steps",
     "depth_step_heatmap",
     "flow_curve",
+    "latest_common_step",
     "ratio_heatmap",
+    "run_colours",
     "run_label",
+    "run_model",
+    "stat_words",
     "training_curves",
 ]

@@ -1,13 +1,10 @@
-"""Helpers shared by the figure builders: run lists, labels, colours, value cleaning."""
+"""Helpers shared by the figure builders: run lists, labels, value cleaning, finite checks."""
 
 from pathlib import Path
 
 import numpy as np
-import plotly.colors
 
 from gradscope.errors import UsageError
-
-RUN_COLOURS = plotly.colors.qualitative.Plotly  # one colour per run, in the order given
 
 
 def as_run_list(runs) -> list:
@@ -20,15 +17,29 @@ def as_run_list(runs) -> list:
     return runs
 
 
+def run_model(run) -> str:
+    """What the run is: the model name `gradscope record` stores, else the model class name."""
+    attrs = getattr(run, "attrs", {}) or {}
+    for key in ("model", "model_class"):
+        value = attrs.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return Path(run.path).stem
+
+
 def run_label(run) -> str:
-    """Short label of a run: "<parent folder>/<file stem>"."""
+    """Short label of a run: "<folder>/<file stem>", e.g. "worked/resnet56".
+
+    `gradscope record` names each file after its model, so the label names the model and its
+    experiment folder; a file whose stem is not its recorded model name adds the model, as in
+    "exp/lr01 (resnet56)".
+    """
     path = Path(run.path)
-    return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
-
-
-def run_colour(position: int) -> str:
-    """Colour of the run at `position` in the list given to a figure."""
-    return RUN_COLOURS[position % len(RUN_COLOURS)]
+    label = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+    model = (getattr(run, "attrs", {}) or {}).get("model")
+    if isinstance(model, str) and model and model != path.stem:
+        label = f"{label} ({model})"
+    return label
 
 
 def check_stat(run, stat: str) -> None:
@@ -82,7 +93,40 @@ def shared_range(arrays, symmetric: bool = False):
     return low, high
 
 
+def no_finite_sentence(run, stat: str, where: str = "at any layer or record") -> str:
+    """The one sentence that says `stat` of `run` holds no finite number."""
+    return f"{run_label(run)} has no finite {stat} value {where} (all NaN or inf)"
+
+
+def has_finite(values) -> bool:
+    """True when `values` hold at least one finite number."""
+    return bool(np.isfinite(np.asarray(values, dtype=np.float64)).any())
+
+
 def require_finite(run, stat: str, values: np.ndarray, where: str = "at any layer or record"):
     """Raise UsageError, in one sentence, when `values` of `stat` hold no finite number."""
-    if not np.isfinite(np.asarray(values, dtype=np.float64)).any():
-        raise UsageError(f"{run_label(run)} has no finite {stat} value {where} (all NaN or inf)")
+    if not has_finite(values):
+        raise UsageError(no_finite_sentence(run, stat, where))
+
+
+def add_notes(fig, notes) -> None:
+    """Write `notes` (sentences about runs a figure could not draw) above its plot area, and
+    keep them in `layout.meta["notes"]` so the dashboard can show them in the panel's message."""
+    notes = [n for n in notes if n]
+    if not notes:
+        return
+    fig.add_annotation(
+        text="<br>".join(notes),
+        xref="paper",
+        yref="paper",
+        x=0.0,
+        y=1.0,
+        xanchor="left",
+        yanchor="bottom",
+        showarrow=False,
+        align="left",
+        font={"color": "#a61b1b"},
+    )
+    meta = dict(fig.layout.meta or {})
+    meta["notes"] = list(meta.get("notes", [])) + notes
+    fig.update_layout(meta=meta)

@@ -1,29 +1,72 @@
 """Depth x step heatmaps: one panel per run on a shared log colour scale, and a two-run ratio."""
 
+import math
+
 import numpy as np
 import plotly.graph_objects as go
 
 from gradscope.errors import UsageError
+from gradscope.figures._colours import run_colours
 from gradscope.figures._common import (
     as_run_list,
     check_has_records,
     check_stat,
+    has_finite,
     log10_magnitude,
+    no_finite_sentence,
     require_finite,
     run_label,
     shared_range,
 )
 from gradscope.figures._layer_filter import select_layers
+from gradscope.figures._layers import common_layers, layer_names, merged_layer_order, share_layers
+from gradscope.figures._words import decade_ticks, stat_words
+
+ROW_PX = 6  # pixels per layer row: 115 rows of ResNet-56 make a 690 px plot
+MIN_PLOT_PX, MAX_PLOT_PX = 260, 1800  # plot-area height limits (deeper nets get thinner rows)
+LABEL_PX = 12  # a row label needs this much height: fewer rows get a label when rows are thin
+LABEL_FONT_PX = 10  # font size of the row labels
+CHAR_PX = 6.2  # width of one label character at LABEL_FONT_PX, for the gap between panels
+NOMINAL_WIDTH_PX = 1100  # figure width assumed for that gap when the layout gives none
+MARGIN_PX = {"t": 100, "b": 60}  # title, panel titles and notes above; step axis below
+
+
+def heatmap_height(n_rows: int) -> int:
+    """Figure height in pixels for `n_rows` layer rows: readable rows, within limits."""
+    plot = min(max(n_rows * ROW_PX, MIN_PLOT_PX), MAX_PLOT_PX)
+    return int(plot + MARGIN_PX["t"] + MARGIN_PX["b"])
+
+
+def row_ticks(names: list[str], height: int) -> dict:
+    """y-axis ticks naming every k-th row so that labels never overlap (k = 1 when they fit)."""
+    plot = height - MARGIN_PX["t"] - MARGIN_PX["b"]
+    every = max(1, math.ceil(LABEL_PX * len(names) / max(plot, 1)))
+    shown = names[::every]
+    return {
+        "tickmode": "array",
+        "tickvals": shown,
+        "ticktext": shown,
+        "tickfont": {"size": LABEL_FONT_PX},
+    }
 
 
 def depth_step_heatmap(
-    runs, stat: str, types=None, pattern=None, max_steps: int = 2000, log_color: bool = True
+    runs,
+    stat: str,
+    types=None,
+    pattern=None,
+    max_steps: int = 2000,
+    log_color: bool = True,
+    colours=None,
 ) -> go.Figure:
     """Layers (rows, input at the top) x steps (columns) of a statistic, one panel per run.
 
     Panels share one colour scale, log10(|value|) by default; NaN, inf and zero cells are left
-    blank. Each run is read block-averaged down to at most `max_steps` columns; hover gives
-    the layer name, step and raw value.
+    blank. Runs whose layers line up by name share their rows (a layer only one run has is a
+    blank row in the others), so the row labels are drawn once, on the left. The height grows
+    with the number of rows. Each run is read block-averaged down to at most `max_steps`
+    columns; hover gives the layer name, step and raw value. A run with no finite value says
+    so in its panel (an error if no run has one).
     """
     runs = as_run_list(runs)
     panels = []
@@ -35,31 +78,37 @@ def depth_step_heatmap(
         values = np.asarray(values, dtype=np.float32)
         if len(idx) != values.shape[1]:
             values = values[:, idx]
-        require_finite(run, stat, values)
-        if log_color:
-            colour = log10_magnitude(values)
-        else:
-            colour = values.copy()
-            colour[~np.isfinite(colour)] = np.nan
-        names = run.layers["name"].astype(str).to_numpy()[idx].tolist()
-        # Transposed views: layers are rows, records are columns.
-        panels.append((run, np.asarray(steps), names, colour.T, values.T))
+        panels.append((run, np.asarray(steps), layer_names(run, idx), values))
+    finite = [has_finite(values) for *_, values in panels]
+    if not any(finite):
+        raise UsageError("; ".join(no_finite_sentence(p[0], stat) for p in panels))
 
-    traces = []
+    name_lists = [names for _, _, names, _ in panels]
+    shared = len(panels) == 1 or share_layers(name_lists)
+    rows = merged_layer_order(name_lists) if shared else None
+    n_rows = len(rows) if shared else max(len(n) for n in name_lists)
+    height = heatmap_height(n_rows)
+    longest = max(len(name) for names in name_lists for name in names)
+    gap = 0.02 if shared else min(0.3, 0.03 + longest * CHAR_PX / NOMINAL_WIDTH_PX)
+    width, gap = _panel_widths(len(panels), gap)
+
+    traces, notes = [], []
     layout = {"annotations": []}
-    # Panels after the first repeat no layer labels when their layers are the same.
-    same_layers = all(p[2] == panels[0][2] for p in panels)
-    width, gap = _panel_widths(len(panels), gap=0.03 if same_layers else 0.15)
-    for k, (run, steps, names, z, raw) in enumerate(panels):
+    colour_of = run_colours(runs, colours)
+    for k, (run, steps, names, values) in enumerate(panels):
         suffix = "" if k == 0 else str(k + 1)
         left = k * (width + gap)
+        y_names = rows if shared else names
+        if shared and names != rows:
+            values = _on_rows(values, names, rows)
+        colour = log10_magnitude(values) if log_color else _finite_copy(values)
         traces.append(
             {
                 "type": "heatmap",
                 "x": steps,
-                "y": names,
-                "z": z,
-                "customdata": raw,
+                "y": y_names,
+                "z": colour.T,  # layers are rows, records are columns
+                "customdata": values.T,
                 "coloraxis": "coloraxis",
                 "xaxis": f"x{suffix}",
                 "yaxis": f"y{suffix}",
@@ -77,33 +126,54 @@ def depth_step_heatmap(
         layout[f"yaxis{suffix}"] = {
             "anchor": f"x{suffix}",
             "autorange": "reversed",
-            "showticklabels": k == 0 or not same_layers,
+            "automargin": True,
+            "showticklabels": k == 0 or not shared,
             "title": {"text": "layer (input at top)" if k == 0 else ""},
+            **row_ticks(y_names, height),
+            **({"matches": "y", "ticks": ""} if shared and k > 0 else {}),
         }
-        layout["annotations"].append(
-            {
-                "text": _panel_title(run, steps),
-                "x": left + width / 2,
-                "y": 1.0,
-                "xref": "paper",
-                "yref": "paper",
-                "xanchor": "center",
-                "yanchor": "bottom",
-                "showarrow": False,
-            }
-        )
-    colour_title = f"log10 |{stat}|" if log_color else stat
-    coloraxis = {"colorscale": "Viridis", "colorbar": {"title": {"text": colour_title}}}
-    bounds = shared_range([z for *_, z, _ in panels])
-    if bounds is not None:
-        coloraxis["cmin"], coloraxis["cmax"] = bounds
+        layout["annotations"].append(_panel_title(run, steps, left + width / 2, colour_of[k]))
+        if not finite[k]:
+            sentence = no_finite_sentence(run, stat)
+            notes.append(sentence)
+            layout["annotations"].append(_panel_message(sentence, left + width / 2))
     layout.update(
-        title={"text": f"{stat} by layer and step"},
-        coloraxis=coloraxis,
+        title={"text": f"{stat_words(stat)} by layer and step"},
+        coloraxis=_colour_axis(stat, [t["z"] for t in traces], log_color),
+        height=height,
+        margin=MARGIN_PX,
         uirevision=f"heatmap:{stat}",
     )
     # One Figure call with plain dicts: each big array is validated and copied once.
-    return go.Figure({"data": traces, "layout": layout})
+    fig = go.Figure({"data": traces, "layout": layout})
+    if notes:  # each is said in its own panel; the dashboard lists them in the panel's message
+        fig.update_layout(meta={"notes": notes})
+    return fig
+
+
+def _on_rows(values: np.ndarray, names: list[str], rows: list[str]) -> np.ndarray:
+    """`values` [records, names] spread onto `rows` (a superset), NaN where a run lacks a row."""
+    out = np.full((values.shape[0], len(rows)), np.nan, dtype=np.float32)
+    where = {name: i for i, name in enumerate(rows)}
+    out[:, [where[name] for name in names]] = values
+    return out
+
+
+def _finite_copy(values: np.ndarray) -> np.ndarray:
+    out = values.copy()
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _colour_axis(stat: str, zs, log_color: bool) -> dict:
+    """One colour scale over every panel: log10 values, ticks at decades labelled 10^k."""
+    axis = {"colorscale": "Viridis", "colorbar": {"title": {"text": stat}}}
+    bounds = shared_range(zs)
+    if bounds is not None:
+        axis["cmin"], axis["cmax"] = bounds
+        if log_color:
+            axis["colorbar"].update(decade_ticks(*bounds))
+    return axis
 
 
 def _panel_widths(n_panels: int, gap: float) -> tuple[float, float]:
@@ -112,48 +182,82 @@ def _panel_widths(n_panels: int, gap: float) -> tuple[float, float]:
     return (1.0 - gap * (n_panels - 1)) / n_panels, gap
 
 
+def _panel_title(run, steps, x: float, colour: str) -> dict:
+    """The run's name over its panel, after a swatch of the run's colour."""
+    records = len(run.steps)
+    text = f'<span style="color:{colour}">■</span> {run_label(run)}'
+    if len(steps) < records:
+        text += f" ({records} records in {len(steps)} block means)"
+    return {
+        "text": text,
+        "x": x,
+        "y": 1.0,
+        "xref": "paper",
+        "yref": "paper",
+        "xanchor": "center",
+        "yanchor": "bottom",
+        "showarrow": False,
+    }
+
+
+def _panel_message(sentence: str, x: float) -> dict:
+    """A sentence in the middle of a panel that has nothing to draw."""
+    return {
+        "text": sentence.replace(" has no", "<br>has no"),
+        "x": x,
+        "y": 0.5,
+        "xref": "paper",
+        "yref": "paper",
+        "showarrow": False,
+        "font": {"color": "#a61b1b"},
+    }
+
+
 def ratio_heatmap(
     run_a, run_b, stat: str, types=None, pattern=None, max_steps: int = 2000
 ) -> go.Figure:
-    """log10(A / B) of a statistic by layer and step for two runs with the same layers.
+    """log10(A / B) of a statistic by layer and step, over the layers both runs have.
 
-    Steps are those of run A within the range both runs cover; each is paired with run B's
-    nearest column. The colour scale is centred at 0 (equal values). Raises UsageError when
-    the (filtered) layer names differ or the runs share no steps.
+    Layers are matched by name (in A's depth order); the title says how many of each run's
+    layers were left out. Steps are those of run A within the range both runs cover; each is
+    paired with run B's nearest column. The colour scale is centred at 0 (equal values).
+    Raises UsageError when the runs share no (selected) layer name or no steps.
     """
     for run in (run_a, run_b):
         check_stat(run, stat)
         check_has_records(run)
     idx_a = select_layers(run_a.layers, types=types, pattern=pattern)
     idx_b = select_layers(run_b.layers, types=types, pattern=pattern)
-    names_a = run_a.layers["name"].astype(str).to_numpy()[idx_a]
-    names_b = run_b.layers["name"].astype(str).to_numpy()[idx_b]
-    if len(names_a) != len(names_b) or not (names_a == names_b).all():
+    label_a, label_b = run_label(run_a), run_label(run_b)
+    names_a, names_b = layer_names(run_a, idx_a), layer_names(run_b, idx_b)
+    keep_a, keep_b = common_layers(names_a, names_b)
+    if not keep_a:
         raise UsageError(
-            f"{run_label(run_a)} and {run_label(run_b)} have different layers "
-            f"({len(names_a)} vs {len(names_b)} selected); a ratio needs the same architecture "
-            "(or choose common layers with types/pattern)"
+            f"{label_a} and {label_b} have no layer name in common "
+            f"({len(names_a)} and {len(names_b)} layers selected); a ratio compares layers "
+            "of the same name"
         )
     low = max(int(run_a.steps[0]), int(run_b.steps[0]))
     high = min(int(run_a.steps[-1]), int(run_b.steps[-1]))
     if low > high:
-        raise UsageError(f"{run_label(run_a)} and {run_label(run_b)} share no range of steps")
+        raise UsageError(f"{label_a} and {label_b} share no range of steps")
     steps_a, values_a = _read_range(run_a, stat, low, high, max_steps)
     steps_b, values_b = _read_range(run_b, stat, low, high, max_steps)
     nearest = _nearest_positions(steps_b, steps_a)
-    a = values_a[:, idx_a].T.astype(np.float64)  # [layers, records]
-    b = values_b[nearest][:, idx_b].T.astype(np.float64)
+    a = values_a[:, idx_a[keep_a]].T.astype(np.float64)  # [layers, records]
+    b = values_b[nearest][:, idx_b[keep_b]].T.astype(np.float64)
     require_finite(run_a, stat, a)
     require_finite(run_b, stat, b)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = a / b
     z = log10_magnitude(ratio)
     bound = shared_range([z], symmetric=True) or (-1.0, 1.0)
-    label_a, label_b = run_label(run_a), run_label(run_b)
+    names = [names_a[i] for i in keep_a]
+    height = heatmap_height(len(names))
     fig = go.Figure(
         go.Heatmap(
             x=steps_a,
-            y=names_a,
+            y=names,
             z=z,
             customdata=np.stack([ratio, a, b], axis=-1),
             coloraxis="coloraxis",
@@ -164,26 +268,40 @@ def ratio_heatmap(
         )
     )
     fig.update_layout(
-        title=f"{stat} ratio by layer and step: A = {label_a} / B = {label_b}",
+        title={
+            "text": f"{stat_words(stat)} ratio A / B by layer and step: "
+            f"A = {label_a}, B = {label_b}"
+            f"<br><sup>{_left_out(label_a, names_a, label_b, names_b, len(names))}</sup>"
+        },
         xaxis_title="step",
-        yaxis={"title": {"text": "layer (input at top)"}, "autorange": "reversed"},
+        yaxis={
+            "title": {"text": "layer (input at top)"},
+            "autorange": "reversed",
+            "automargin": True,
+            **row_ticks(names, height),
+        },
         coloraxis={
             "colorscale": "RdBu_r",
             "cmid": 0.0,
             "cmin": bound[0],
             "cmax": bound[1],
-            "colorbar": {"title": {"text": "log10 |A / B|"}},
+            "colorbar": {"title": {"text": "A / B"}, **decade_ticks(*bound)},
         },
+        height=height,
+        margin=MARGIN_PX,
         uirevision=f"ratio:{stat}",
     )
     return fig
 
 
-def _panel_title(run, steps) -> str:
-    records = len(run.steps)
-    if len(steps) < records:
-        return f"{run_label(run)} ({records} records in {len(steps)} block means)"
-    return run_label(run)
+def _left_out(label_a, names_a, label_b, names_b, n_common: int) -> str:
+    """What the ratio compares: the layers both runs have, and how many each had besides."""
+    parts = [f"{n_common} layers both runs have"]
+    for label, names in ((label_a, names_a), (label_b, names_b)):
+        extra = len(names) - n_common
+        if extra:
+            parts.append(f"{extra} only in {label} left out")
+    return "; ".join(parts)
 
 
 def _read_range(run, stat: str, low: int, high: int, max_steps: int):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from gradscope.recorder import _stats as S
-from gradscope.recorder._kernels import KernelChoice, OutputSums, grad_norm_into
+from gradscope.recorder._kernels import KernelChoice, SampleGroup, grad_norm_into
 
 INITIAL_HOST_ROWS = 256
 
@@ -53,44 +53,15 @@ def _numba_kernels():
     return _cpu_kernels
 
 
-class DeviceRows:
-    """A float32 buffer [rows, width] on one device, grown by doubling, reused from record to
-    record: the device path writes each call's sums into a row of it, so no tensor is made per
-    call and nothing is copied to the host before the record is packed."""
-
-    def __init__(self, device: torch.device, width: int):
-        self.device = device
-        self.width = width
-        self.buffer = torch.zeros((INITIAL_HOST_ROWS, width), device=device)
-        self.used = 0
-
-    def next_row(self) -> torch.Tensor:
-        """A view of the next free row (valid until the buffer next grows)."""
-        if self.used == len(self.buffer):
-            grown = torch.zeros((2 * len(self.buffer), self.width), device=self.device)
-            grown[: self.used] = self.buffer
-            self.buffer = grown
-        row = self.buffer[self.used]
-        self.used += 1
-        return row
-
-    def drop_first(self, count: int) -> None:
-        """Forget the first `count` used rows; the rest move up, in order."""
-        kept = self.used - count
-        if kept:
-            self.buffer[:kept] = self.buffer[count : self.used].clone()
-        self.used = kept
-
-
 class ActivationSums:
     """Per call of a watched module: [total, sum of squares, max |x|, nonzeros] of its outputs
     (first `batch_sample` rows), the element count and the layer.
 
     CPU tensors (kernel mode auto): one fused numba pass over the output writes the four straight
     into a reused host table. Elsewhere (and with GRADSCOPE_KERNELS=torch everywhere) the device
-    path: one fused reduction per output tensor, compiled (`_kernels.OutputSums`), written into a
-    reused buffer on the output's device (`DeviceRows`). Either way no tensor is made per call;
-    rows are merged per layer once per record.
+    path: each output's sampled rows are copied (one op) into a reused buffer of outputs of
+    its size (`_kernels.SampleGroup`), and each group is reduced in a few batched ops when the
+    record is packed (or when its buffer is full). Rows are merged per layer once per record.
 
     `backpropagated` counts the leading calls that a backward pass has since reached: when the
     gradients are zeroed, those calls' gradients are gone, so their rows go too
@@ -101,12 +72,13 @@ class ActivationSums:
         self.batch_sample = batch_sample
         self._kernels = kernels
         self._host = HostRows(S.ACT_SUMS_SIZE)  # the numba rows, in call order
-        # row i: call i's element count, layer, slot (-1: host table, else a device's rows)
-        # and its row there
-        self._calls = HostRows(4, np.int64)
-        self._devices: list[DeviceRows] = []  # the device path's buffers, by slot
+        # row i: call i's element count, layer, and its row in the host table (-1: a device
+        # row, in a sample group or a reduced chunk)
+        self._calls = HostRows(3, np.int64)
+        self._first_call = 0  # the number of calls dropped since the record began
+        self._groups: dict[tuple, SampleGroup] = {}  # (device, numel) -> its sample group
+        self._chunks: list[tuple[torch.Tensor, list[int]]] = []  # reduced rows, their calls
         self._numba = None
-        self._fused = None  # the device path's kernel, made on first use
         self.backpropagated = 0  # leading calls whose forward pass a backward has reached
 
     def __len__(self) -> int:
@@ -132,38 +104,51 @@ class ActivationSums:
                 row = self._host.next_row()
                 self._numba.sums_into(x.numpy(), self._host.table[row])
                 call = self._calls.next_row()  # first: it may grow the table
-                self._calls.table[call] = (x.numel(), position, -1, row)
+                self._calls.table[call] = (x.numel(), position, row)
                 return
         for t in tensors:  # the device path: one row per output tensor (merged per layer)
             t = t.detach()
             if self.batch_sample is not None and t.dim() > 0 and t.shape[0] > self.batch_sample:
                 t = t[: self.batch_sample]
-            slot = self._slot(t.device)
-            rows = self._devices[slot]
-            row = rows.used
-            self._fused_kernel()(t, rows.next_row())
-            call = self._calls.next_row()  # first: it may grow the table
-            self._calls.table[call] = (t.numel(), position, slot, row)
+            call = self._calls.next_row()
+            self._calls.table[call] = (t.numel(), position, -1)
+            if t.numel() == 0:  # no rows: every sum is 0 (and so is the count)
+                zeros = t.new_zeros((1, S.ACT_SUMS_SIZE), dtype=torch.float64)
+                self._chunks.append((zeros, [self._first_call + call]))
+                continue
+            group = self._group(t)
+            if group.full:
+                calls = group.calls
+                self._chunks.append((group.reduce(), calls))
+            group.add(t, self._first_call + call)
 
     def per_call(self, device) -> torch.Tensor:
-        """All calls' sums as one float32 tensor [calls, 4] on `device`, in call order."""
-        slots = self._calls.column(2)
-        n = len(self)
-        if (slots == -1).all():  # all on CPU through numba: the host table holds every row
+        """All calls' sums as one tensor [calls, 4] on `device` (float32 from the numba
+        table, float64 from the device path), in call order."""
+        host_rows = self._calls.column(2)
+        if (host_rows >= 0).all():  # all on CPU through numba: the host table holds every row
             return self._host.values().to(device)
-        if len(self._devices) == 1 and (slots == 0).all():  # all on one device, in order
-            rows = self._devices[0]
-            return rows.buffer[:n].to(device)
-        table = torch.zeros((n, S.ACT_SUMS_SIZE), device=device)
-        numba = np.flatnonzero(slots == -1)
-        if numba.size:
-            table[torch.from_numpy(numba)] = self._host.values().to(device)
-        for slot, rows in enumerate(self._devices):
-            calls = np.flatnonzero(slots == slot)
-            if calls.size:
-                where = torch.from_numpy(self._calls.column(3)[calls].copy())
-                table[torch.from_numpy(calls)] = rows.buffer[where.to(rows.device)].to(device)
-        return table
+        self._reduce_groups()
+        parts = [rows.to(device) for rows, _ in self._chunks]
+        reduced = parts[0] if len(parts) == 1 else torch.cat(parts)
+        calls = np.concatenate([np.asarray(c, dtype=np.int64) for _, c in self._chunks])
+        keep = calls >= self._first_call  # rows of dropped calls are left out
+        order = np.argsort(calls[keep] - self._first_call, kind="stable")
+        if (host_rows < 0).all():
+            positions = np.flatnonzero(keep)[order]
+            if keep.all() and (positions == np.arange(len(positions))).all():
+                return reduced
+            return reduced[S.host_to_device(positions, torch.long, device)]
+        table = self._host.values().to(device, torch.float64)  # mixed: numba rows, then ...
+        full = torch.zeros((len(self), S.ACT_SUMS_SIZE), dtype=torch.float64, device=device)
+        numba = np.flatnonzero(host_rows >= 0)
+        full[S.host_to_device(numba, torch.long, device)] = table[: len(numba)]
+        device_calls = np.flatnonzero(host_rows < 0)
+        positions = np.flatnonzero(keep)[order]
+        full[S.host_to_device(device_calls, torch.long, device)] = reduced[
+            S.host_to_device(positions, torch.long, device)
+        ]
+        return full
 
     def mark_backpropagated(self) -> None:
         """A backward pass is running: every call so far has had (or is having) its backward."""
@@ -173,38 +158,34 @@ class ActivationSums:
         """Forget the calls a backward pass has reached (their gradients are being zeroed)."""
         count = self.backpropagated
         if count:
-            slots = self._calls.column(2)[:count]
-            self._host.drop_first(int((slots == -1).sum()))
-            for slot, rows in enumerate(self._devices):
-                rows.drop_first(int((slots == slot).sum()))
+            host_rows = self._calls.column(2)[:count]
+            self._host.drop_first(int((host_rows >= 0).sum()))
             self._calls.drop_first(count)
-            self._renumber_rows()
+            kept = self._calls.table[: self._calls.used, 2]
+            kept[kept >= 0] = np.arange(int((kept >= 0).sum()))
+            self._first_call += count  # device rows of those calls are skipped when packed
         self.backpropagated = 0
 
     def clear(self) -> None:
         self._host.used = self._calls.used = 0
-        for rows in self._devices:
-            rows.used = 0
+        self._first_call = 0
+        for group in self._groups.values():
+            group.calls = []
+        self._chunks = []
         self.backpropagated = 0
 
-    def _slot(self, device: torch.device) -> int:
-        for slot, rows in enumerate(self._devices):
-            if rows.device == device:
-                return slot
-        self._devices.append(DeviceRows(device, S.ACT_SUMS_SIZE))
-        return len(self._devices) - 1
+    def _group(self, t: torch.Tensor) -> SampleGroup:
+        key = (t.device, t.numel())
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = SampleGroup(t.device, t.numel())
+        return group
 
-    def _fused_kernel(self) -> OutputSums:
-        if self._fused is None:
-            self._fused = OutputSums(compiled=self._kernels.compiled)
-        return self._fused
-
-    def _renumber_rows(self) -> None:
-        """After rows were dropped: each call's row is its rank among the calls of its slot."""
-        table = self._calls.table[: self._calls.used]
-        for slot in np.unique(table[:, 2]):
-            calls = table[:, 2] == slot
-            table[calls, 3] = np.arange(int(calls.sum()))
+    def _reduce_groups(self) -> None:
+        for group in self._groups.values():
+            if group.calls:
+                calls = group.calls
+                self._chunks.append((group.reduce(), calls))
 
 
 class OutputGradSums:

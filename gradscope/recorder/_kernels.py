@@ -1,36 +1,36 @@
-"""Which kernels a recorder runs ($GRADSCOPE_KERNELS), and the device path's fused reductions."""
+"""Which kernels a recorder runs ($GRADSCOPE_KERNELS), and the device path's batched reductions."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 
 import torch
 
 from gradscope.errors import UsageError
 
 KERNELS_ENV = "GRADSCOPE_KERNELS"
-# auto: numba passes for CPU tensors, the device path (compiled) elsewhere; torch: the device
-# path on every device, numba never imported; eager: the device path with plain torch ops, no
-# compilation (for debugging, or where no compiler is at hand).
-KERNEL_MODES = ("auto", "torch", "eager")
+# auto: one-pass numba kernels for CPU tensors, the device path elsewhere; torch: the device
+# path on every device (numba is never imported), as a GPU runs it.
+KERNEL_MODES = ("auto", "torch")
+SAMPLE_GROUP_BYTES = 32 * 1024 * 1024  # a sample group's buffer at most; reduced when full
+EXACT_FLOAT32_COUNT = 2**24  # float32 holds every integer count up to here exactly
 
 
-@dataclass(frozen=True)
 class KernelChoice:
     """The kernels of one recorder, fixed at attach from $GRADSCOPE_KERNELS."""
 
-    mode: str  # one of KERNEL_MODES
+    def __init__(self, mode: str):
+        if mode not in KERNEL_MODES:
+            raise ValueError(f"kernel mode must be one of {KERNEL_MODES}, not {mode!r}")
+        self.mode = mode
 
     def numba_for(self, device: torch.device) -> bool:
         """Whether tensors on `device` go through the one-pass numba kernels (CPU, auto)."""
         return self.mode == "auto" and device.type == "cpu"
 
-    @property
-    def compiled(self) -> bool:
-        """Whether the device path runs compiled fused kernels (else plain torch ops)."""
-        return self.mode != "eager"
+    def __repr__(self) -> str:
+        return f"KernelChoice({self.mode!r})"
 
 
 def kernel_choice() -> KernelChoice:
@@ -43,62 +43,97 @@ def kernel_choice() -> KernelChoice:
     return KernelChoice(mode)
 
 
-def _output_sums(x: torch.Tensor, out: torch.Tensor) -> None:
-    """out[:4] = sum, sum of squares, max |x|, nonzero count of `x` (any shape and float dtype,
-    summed in float32): one fused kernel once compiled."""
-    x = x.float()
-    out.copy_(torch.stack([x.sum(), (x * x).sum(), x.abs().amax(), (x != 0).sum().float()]))
+class SampleGroup:
+    """Copies of sampled outputs of one size on one device, rows of a reused float32 buffer
+    [rows, numel], reduced together: one copy op per output in the hook (the value it had
+    then: in-place ops come later), and a handful of batched reductions for all of them.
 
-
-def _output_sums_eager(x: torch.Tensor, out: torch.Tensor) -> None:
-    """The same with plain torch reductions, each written in place into `out`."""
-    dims = tuple(range(x.dim()))
-    torch.sum(x, dim=dims, dtype=torch.float32, out=out[0])
-    torch.linalg.vector_norm(x, 2, dtype=torch.float32, out=out[1])
-    out[1].square_()
-    torch.linalg.vector_norm(x, float("inf"), dtype=torch.float32, out=out[2])
-    torch.linalg.vector_norm(x, 0, dtype=torch.float32, out=out[3])
-
-
-class OutputSums:
-    """Writes one output's four sums into a row of a device buffer, in one op once compiled.
-
-    The compiled function (inductor: C++ on CPU, Triton on CUDA) takes sizes symbolically, so it
-    compiles once per rank, layout and dtype of output, not per size or step. Called from a hook
-    while dynamo traces a user's compiled model, it stays out of their graph. If compiling
-    fails, a warning says why and plain torch ops take over (the same values).
+    Reducing one output at a time costs several ops each (or a compiled kernel whose call
+    alone costs more than those ops); copying its rows is one op, and the copy also turns
+    low-precision and channels-last outputs into float32 rows.
     """
 
-    def __init__(self, compiled: bool):
-        self._compiled = None
-        if compiled:
-            self._compiled = torch.compile(_output_sums, dynamic=True, fullgraph=True)
+    def __init__(self, device: torch.device, numel: int):
+        self.device = device
+        self.numel = numel
+        self.max_rows = max(1, SAMPLE_GROUP_BYTES // (4 * numel))
+        self.buffer = torch.empty((min(8, self.max_rows), numel), device=device)
+        self.calls: list[int] = []  # the call (row of the caller's table) of each used row
 
     @property
-    def is_compiled(self) -> bool:
-        """False for the eager ops (asked for, or after a failed compilation)."""
-        return self._compiled is not None
+    def full(self) -> bool:
+        """No room for another row: reduce before adding more."""
+        return len(self.calls) == self.max_rows
+
+    def add(self, x: torch.Tensor, call: int) -> None:
+        """Copy `x` (numel elements, any shape, layout and float dtype) into the next row."""
+        row = len(self.calls)
+        if row == len(self.buffer):
+            grown = torch.empty((min(2 * row, self.max_rows), self.numel), device=self.device)
+            grown[:row] = self.buffer
+            self.buffer = grown
+        self.buffer[row].view(x.shape).copy_(x)
+        self.calls.append(call)
+
+    def reduce(self) -> torch.Tensor:
+        """[rows, 4] float64 of the used rows: sum, sum of squares, max |x|, nonzero count;
+        the group is then empty. One compiled kernel reads the rows once (`group_sums`)."""
+        rows = self.buffer[: len(self.calls)]
+        self.calls = []
+        return group_sums(rows)
+
+
+def _group_sums(rows: torch.Tensor) -> torch.Tensor:
+    """[rows, 4]: per row sum, sum of squares, max |x| (NaN propagates) and nonzero count
+    (NaN counts), in float64 from float32 passes; compiled, one fused kernel."""
+    nonzeros = (rows != 0).sum(1, dtype=torch.float64)  # integer counts: exact
+    stats = [rows.sum(1), (rows * rows).sum(1), rows.abs().amax(1)]
+    return torch.stack([*(s.double() for s in stats), nonzeros], 1)
+
+
+def _group_sums_eager(rows: torch.Tensor) -> torch.Tensor:
+    """The same in plain torch ops, each a pass over the rows, which they overwrite (float64
+    sums run several times slower on CPU than float32 ones)."""
+    total = rows.sum(1)
+    sumsq = torch.linalg.vector_norm(rows, 2, dim=1).square_()
+    rows.abs_()
+    absmax = rows.amax(1)
+    torch.ne(rows, 0, out=rows)  # 1.0 where x != 0 (NaN too), else 0.0
+    exact = rows.shape[1] < EXACT_FLOAT32_COUNT  # a float32 count is exact below
+    nonzeros = rows.sum(1) if exact else rows.sum(1, dtype=torch.float64)
+    return torch.stack([total.double(), sumsq.double(), absmax.double(), nonzeros.double()], 1)
+
+
+class CompiledOrEager:
+    """A function compiled once with symbolic sizes (inductor: C++ on CPU, Triton on CUDA),
+    called once a record, not per layer, so its call overhead does not matter. Called from a
+    hook while dynamo traces a user's compiled model, it stays out of their graph. If compiling
+    fails, a warning says why and the plain torch version takes over, with the same values."""
+
+    def __init__(self, fn, eager, what: str):
+        self._compiled = torch.compile(fn, dynamic=True)
+        self._eager = eager
+        self._what = what
 
     @torch._dynamo.disable
-    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        if x.numel() == 0:
-            out.zero_()  # no rows: every sum is 0 (the element count, kept aside, is 0 too)
-            return
+    def __call__(self, *args):
         if self._compiled is not None:
             try:
-                self._compiled(x, out)
-                return
+                return self._compiled(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure: say so, run eagerly
                 first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 warnings.warn(
-                    f"gradscope: compiling the fused activation kernel failed "
-                    f"({type(e).__name__}: {first_line}); recording with plain torch ops "
-                    f"instead (set {KERNELS_ENV}=eager to choose them and silence this)",
+                    f"gradscope: compiling {self._what} failed ({type(e).__name__}: "
+                    f"{first_line}); recording with plain torch ops instead, which give the "
+                    "same values more slowly",
                     RuntimeWarning,
                     stacklevel=2,
                 )
                 self._compiled = None
-        _output_sums_eager(x, out)
+        return self._eager(*args)
+
+
+group_sums = CompiledOrEager(_group_sums, _group_sums_eager, "the activation sums")
 
 
 def grad_norm_into(g: torch.Tensor, out: torch.Tensor) -> None:

@@ -172,9 +172,10 @@ def per_param_sums(
     """[parameters, 4] in flat order: sum, sum of squares, max |x|, inf/NaN count.
 
     `numba` (CPU): one pass over `flat`, which it leaves as it was; float64 totals. Otherwise
-    (the device path) one reduction per distinct size and statistic, written into `out` (a
-    reused float32 [4, parameters] buffer), overwriting `flat` in place: |x| for the maxima,
-    then 1.0 at each non-finite element for the count.
+    (the device path), into `out` (a reused float32 [4, parameters] buffer), overwriting `flat`
+    in place: multi-tensor norms and maxima over the parameters' views, and one sum per
+    distinct size for the signed sums and the inf/NaN counts, so the number of ops does not
+    grow with the number of layers.
     """
     if numba:
         from gradscope.recorder._cpu_kernels import param_sums_into
@@ -183,11 +184,11 @@ def per_param_sums(
         param_sums_into(flat.numpy(), layout.bounds, table)
         return torch.from_numpy(table)
     sums, sumsq, absmax, nonfinite = out.unbind(0)
+    views = layout.views(flat)
     layout.per_param(flat, lambda block, o: torch.sum(block, 1, out=o), sums)
-    layout.per_param(flat, _block_norms, sumsq)
-    sumsq.square_()
+    torch.stack(torch._foreach_norm(views, 2), out=sumsq).square_()
     flat.abs_()
-    layout.per_param(flat, lambda block, o: torch.amax(block, 1, out=o), absmax)
+    torch.stack(torch._foreach_max(views), out=absmax)  # NaN propagates
     # |x| - |x| is NaN exactly where x is inf or NaN, else 0; "!= 0" turns those into 1.0
     flat.sub_(flat)
     torch.ne(flat, 0, out=flat)
@@ -195,13 +196,18 @@ def per_param_sums(
     return out.t()
 
 
-def per_param_sumsq(layout: FlatLayout, flat: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def per_param_sumsq(
+    layout: FlatLayout, flat: torch.Tensor, out: torch.Tensor, numba: bool
+) -> torch.Tensor:
     """[parameters] in flat order: each parameter's sum of squares, into `out`; `flat` kept.
 
-    One torch norm per distinct size on every device: on CPU it runs on all threads, which
-    beats the single-threaded kernel when only this one sum is wanted.
+    On CPU (`numba` mode) one torch norm per distinct size, which runs on every thread and
+    beats the single-threaded kernel when only this one sum is wanted; on the device path one
+    multi-tensor norm over the parameters' views.
     """
-    return layout.per_param(flat, _block_norms, out).square_()
+    if numba:
+        return layout.per_param(flat, _block_norms, out).square_()
+    return torch.stack(torch._foreach_norm(layout.views(flat), 2), out=out).square_()
 
 
 def _block_norms(block: torch.Tensor, out: torch.Tensor) -> None:
@@ -297,11 +303,12 @@ def weight_sums(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str
         return {"weight_sumsq": zero, "update_sumsq": zero}
 
     sumsq = groups.scratch("weight sums", (2, len(layout.params)), flat.device)
-    before_sq = per_param_sumsq(layout, flat, sumsq[0]).to(device)
+    numba = groups.kernels.numba_for(flat.device)
+    before_sq = per_param_sumsq(layout, flat, sumsq[0], numba).to(device)
     params = [local_part(p) for p in layout.params] if groups.sharded else layout.params
     with torch.no_grad():
         torch._foreach_sub_(layout.views(flat), params)
-    delta_sq = per_param_sumsq(layout, flat, sumsq[1]).to(device)
+    delta_sq = per_param_sumsq(layout, flat, sumsq[1], numba).to(device)
     return {
         "weight_sumsq": layout.per_layer_sum(before_sq),
         "update_sumsq": layout.per_layer_sum(delta_sq),

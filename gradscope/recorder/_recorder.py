@@ -41,6 +41,10 @@ class Recorder:
     one process would record on the global batch: each record's per-layer raw sums are added
     across ranks in a few collectives (`_distributed.RecordReduction`); rank 0 writes the file,
     and with `all_ranks=True` every rank also writes its local statistics to `rank_path`.
+
+    With `manual_gradients=True` the gradients are read when `read_gradients()` is called (a
+    framework's before-optimizer-step hook) instead of in the optimizer's step pre-hook, which
+    under `optimizer.step(closure)` runs before the closure's forward and backward.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class Recorder:
         attrs: dict | None = None,
         flush_interval: float = 2.0,
         all_ranks: bool = False,
+        manual_gradients: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"gradscope.attach needs a torch.nn.Module, got {type(model).__name__}")
@@ -110,6 +115,8 @@ class Recorder:
         }
         self._flush_interval = flush_interval
         self._data_parallel = D.data_parallel_kind(model) if self.world > 1 else None
+        self._manual_gradients = bool(manual_gradients)
+        self._attach_args["manual_gradients"] = self._manual_gradients
 
         self._first_call: dict[int, int] = {}  # module position -> order of first call
         self._order: list[int] | None = None  # module positions in depth order, fixed at 1st step
@@ -211,11 +218,29 @@ class Recorder:
             raise UsageError(
                 "this recorder follows optimizer.step() itself; do not call rec.step() as well"
             )
-        if self._due and self._want_grad:
+        if self._due and self._want_grad and not self._manual_gradients:
             self._grad_sums = P.gradient_sums(self._param_groups(), self._device)
         self._finish_step()
         if self._due and self._want_weight:
             self._before = P.weight_snapshot(self._param_groups(), self._device)
+
+    def read_gradients(self) -> bool:
+        """Read the gradient statistics of the step in progress now; True if the step is recorded.
+
+        Only with `manual_gradients=True`: call it after the step's last backward (and AMP
+        unscaling) and before the update, e.g. from Lightning's `on_before_optimizer_step`.
+        """
+        self._check_open()
+        if not self._manual_gradients:
+            raise UsageError(
+                "read_gradients() is for a recorder attached with manual_gradients=True; "
+                "this one reads the gradients at optimizer.step() (or rec.step())"
+            )
+        if not self._due:
+            return False
+        if self._want_grad:
+            self._grad_sums = P.gradient_sums(self._param_groups(), self._device)
+        return True
 
     def log(self, step: int | None = None, **metrics: float) -> None:
         """Store scalar metrics against `step` (default: the step in progress or just finished)."""
@@ -327,12 +352,14 @@ class Recorder:
         """The gradients are being zeroed: forget the passes whose backward already ran."""
         self._act.drop_backpropagated()
         self._act_grad.clear()
+        if self._manual_gradients:
+            self._grad_sums = None  # read from the gradients being wiped (a skipped step)
 
     def _before_update(self, optimizer, args, kwargs) -> None:
         if not self._due:
             return
         groups = self._param_groups()
-        if self._want_grad:
+        if self._want_grad and not self._manual_gradients:
             self._grad_sums = P.gradient_sums(groups, self._device)
         if self._want_weight:
             self._before = P.weight_snapshot(groups, self._device)
@@ -343,6 +370,12 @@ class Recorder:
     # ----- step boundary ----------------------------------------------------------------------
 
     def _finish_step(self) -> None:
+        if self._due and self._want_grad and self._manual_gradients and self._grad_sums is None:
+            raise UsageError(
+                f"{self.path}: step {self._step} was updated without rec.read_gradients() "
+                "(attached with manual_gradients=True): call it after the backward, before the "
+                "optimizer step"
+            )
         if self._order is None:
             self._fix_depth_order()
         if self._due:

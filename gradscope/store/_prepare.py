@@ -84,7 +84,7 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
         plain = {
             "format": schema.FORMAT_NAME,
             "format_version": schema.FORMAT_VERSION,
-            "gradscope_version": _package_version("gradscope"),
+            "gradscope_version": _gradscope_version(),
             "torch_version": _package_version("torch"),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **_writer_attrs(),
@@ -99,6 +99,14 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
         raise RunFileError(f"{path}: cannot create run file: {e}") from e
     no_rows = np.empty((len(stats), 0, len(layers)), np.float32)
     return WritableRun(f, 0, 0, 0, no_rows, None, None)
+
+
+def _gradscope_version() -> str:
+    # Not the installed distribution's metadata: ours is torch-gradscope, and "gradscope" on
+    # PyPI is another project.
+    from gradscope import __version__
+
+    return __version__
 
 
 def _package_version(name: str) -> str:

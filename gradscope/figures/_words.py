@@ -1,0 +1,48 @@
+"""Titles in words for the statistics, and tick marks for log scales (decades only)."""
+
+import math
+
+import numpy as np
+
+# What each recorded statistic is, for figure titles ("Gradient norm by layer and step").
+STAT_WORDS = {
+    "grad_norm": "Gradient norm",
+    "grad_mean": "Gradient mean",
+    "grad_std": "Gradient standard deviation",
+    "grad_absmax": "Largest gradient magnitude",
+    "grad_nonfinite": "Non-finite gradient count",
+    "weight_norm": "Weight norm",
+    "update_ratio": "Update-to-weight ratio",
+    "act_mean": "Activation mean",
+    "act_std": "Activation standard deviation",
+    "act_absmax": "Largest activation magnitude",
+    "act_zero_frac": "Fraction of zero activations",
+    "act_grad_norm": "Backpropagated signal norm",
+}
+
+
+def stat_words(stat: str) -> str:
+    """The statistic in words ("Gradient norm"); a name gradscope does not know stays as is."""
+    return STAT_WORDS.get(stat, stat)
+
+
+def decade_ticks(low: float, high: float) -> dict:
+    """Colour-bar ticks for log10 values in [low, high]: one per decade, labelled 10^k."""
+    first, last = math.ceil(low), math.floor(high)
+    if last < first:  # less than a decade: label both ends
+        values = [low, high]
+        return {"tickvals": values, "ticktext": [f"{10**v:.3g}" for v in values]}
+    step = max(1, math.ceil((last - first + 1) / 12))  # at most about a dozen labels
+    values = list(range(first, last + 1, step))
+    return {"tickvals": values, "ticktext": [f"10<sup>{v}</sup>" for v in values]}
+
+
+def log_axis(values) -> dict:
+    """Layout of a log axis over `values`: ticks at decades only, written as powers of ten,
+    when the finite positive values span at least one decade (else plotly's own ticks)."""
+    axis = {"type": "log", "exponentformat": "power"}
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size and np.log10(values.max()) - np.log10(values.min()) >= 1:
+        axis["dtick"] = 1
+    return axis

@@ -1,0 +1,79 @@
+"""The CUDA-only branches: no host sync on any step, pinned non-blocking record copies, bf16
+autocast and channels_last in the trainer. Skipped without CUDA (scripts/gpu-check.sh runs them);
+their CPU twins are tested against the brute-force reference in test_act_sums/test_recorder."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradscope
+from gradscope.recorder import ALL_STATS
+from tests.test_recorder import SmallCNN, image_batch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def train(model, path, steps, every, device, kernels_env, monkeypatch, sync_check=False):
+    """Train `model` on `device` for `steps` steps, recording into `path`; return the run."""
+    monkeypatch.setenv("GRADSCOPE_KERNELS", kernels_env)
+    model = model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    batches = [tuple(t.to(device) for t in image_batch(step)) for step in range(steps)]
+    rec = gradscope.attach(model, path, optimizer=opt, every=every, batch_sample=None)
+    if sync_check:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any host sync from here on raises
+    try:
+        for x, y in batches:
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            rec.log(lr=0.1)  # a float: no sync
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    rec.close()
+    return gradscope.open_run(path)
+
+
+def test_no_host_sync_on_any_step_recorded_or_not(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    run = train(SmallCNN(inplace=False), tmp_path / "r.h5", 6, 2, "cuda", "auto", monkeypatch, True)
+    assert list(run.steps) == [0, 2, 4]
+    for stat in ALL_STATS:
+        values = run.stat(stat)
+        assert values.shape == (3, len(run.layers)), stat
+
+
+def test_cuda_records_equal_the_cpu_ones(tmp_path, monkeypatch):
+    # The CPU run is checked against brute force elsewhere; the CUDA run (the device path,
+    # pinned non-blocking copies of each record) must give the same numbers.
+    torch.manual_seed(0)
+    model = SmallCNN(inplace=True)
+    twin = SmallCNN(inplace=True)
+    twin.load_state_dict(model.state_dict())
+    on_cuda = train(model, tmp_path / "cuda.h5", 3, 1, "cuda", "auto", monkeypatch)
+    on_cpu = train(twin, tmp_path / "cpu.h5", 3, 1, "cpu", "auto", monkeypatch)
+    for stat in ALL_STATS:
+        np.testing.assert_allclose(
+            on_cuda.stat(stat), on_cpu.stat(stat), rtol=2e-3, atol=1e-6, err_msg=stat
+        )
+
+
+def test_trainer_on_cuda_uses_bf16_autocast_and_channels_last(tmp_path):
+    from gradscope.data import load_dataset
+    from gradscope.train import TrainConfig, Trainer
+
+    dataset = load_dataset("synthetic", image_size=8, device="cuda")
+    config = TrainConfig(
+        data="synthetic", image_size=8, steps=4, batch_size=16, eval_every=4, record_every=1,
+        device="cuda",
+    )  # fmt: skip
+    with Trainer("resnet20", config, dataset, tmp_path, progress=False) as trainer:
+        assert trainer.amp  # on by default on CUDA
+        assert trainer.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        result = trainer.run()
+    assert result.finished and np.isfinite(result.train_loss)
+    with gradscope.open_run(tmp_path / "resnet20.h5") as run:
+        for stat in ("grad_norm", "act_mean", "act_grad_norm", "update_ratio"):
+            assert np.isfinite(run.stat(stat)).all(), stat
