@@ -1,9 +1,8 @@
 """Helpers for tests with real torch.distributed processes (gloo on CPU), bounded in time."""
 
-import os
-import socket
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -11,16 +10,25 @@ import torch.multiprocessing as mp
 RANK_TIMEOUT = timedelta(seconds=60)  # a collective that waits longer fails the test
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def rendezvous_file(folder) -> str:
+    """A fresh file for the ranks to meet through (`init_method="file://..."`): no TCP port,
+    so no race with other processes for a free one."""
+    path = Path(folder) / "rendezvous"
+    if path.exists():
+        path.unlink()  # a file left by an earlier group would confuse the new one
+    return str(path)
 
 
-def init_gloo(rank: int, world: int, port: int) -> None:
-    """Join a gloo process group on localhost, with a collective timeout a test can afford."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=RANK_TIMEOUT)
+def init_gloo(rank: int, world: int, rendezvous: str) -> None:
+    """Join a gloo process group through the file `rendezvous`, with a collective timeout a
+    test can afford."""
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
+        world_size=world,
+        timeout=RANK_TIMEOUT,
+    )
 
 
 def run_ranks(fn, args=(), world: int = 2, timeout: float = 240.0) -> None:

@@ -13,7 +13,7 @@ from torch import nn
 
 import gradscope
 from gradscope.recorder import ALL_STATS
-from tests.ranks import free_port, init_gloo, run_ranks
+from tests.ranks import init_gloo, rendezvous_file, run_ranks
 from tests.reference import (
     ReferenceProbe,
     act_grad_reference,
@@ -87,8 +87,8 @@ def no_sync(kind: str, model):
     return model.no_sync()
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
-    init_gloo(rank, WORLD, port)
+def _worker(rank: int, rendezvous: str, folder: str) -> None:
+    init_gloo(rank, WORLD, rendezvous)
     torch.set_num_threads(1)
     reductions = {}
     for name, (kind, every, steps, batch_sample, micros, all_ranks) in PHASES.items():
@@ -195,7 +195,7 @@ class _count_all_reduces:
 def recorded(tmp_path_factory):
     """Every phase recorded once by two gloo ranks (one spawn for the whole module)."""
     folder = tmp_path_factory.mktemp("ranks")
-    run_ranks(_worker, args=(free_port(), str(folder)), world=WORLD)
+    run_ranks(_worker, args=(rendezvous_file(folder), str(folder)), world=WORLD)
     return folder
 
 
