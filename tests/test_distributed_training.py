@@ -107,7 +107,8 @@ def pair(tmp_path_factory):
     run_dir = out / "pair"
     flags = ["--model", "resnet20", "--baseline", "plain20", *TINY]
     flags += ["--batch-size", str(PAIR_BATCH), "--steps", str(PAIR_STEPS)]
-    flags += ["--every", str(PAIR_EVERY), "--eval-every", str(PAIR_STEPS)]
+    # one evaluation at step 40 on 500 images, one batch: rank 1 has none (and must not wait)
+    flags += ["--every", str(PAIR_EVERY), "--eval-every", "40", "--eval-subset", "500"]
     flags += ["--out", str(out), "--name", "pair"]
     first = gradscope_cli(
         "record", *flags, "--nproc-per-node", "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -160,7 +161,8 @@ def test_torchrun_resume_completes_the_pair_with_the_plain_models_layer_names(pa
             assert run.attrs["world_size"] == 2 and run.attrs["data_parallel"] == "DDP"
             np.testing.assert_array_equal(run.steps, range(0, PAIR_STEPS, PAIR_EVERY))
             assert list(run.metrics.index) == list(range(PAIR_STEPS))
-            assert run.metrics["test_images"].dropna().tolist() == [1000]  # the whole test set
+            # an intermediate evaluation on a subset, the last on the whole test set
+            assert run.metrics["test_images"].dropna().tolist() == [500, 1000]
             for stat in ALL_STATS:
                 assert np.isfinite(run.stat(stat)).all(), stat
         assert load_checkpoint(pair.run_dir / f"{model}.ckpt.pt")["done"]

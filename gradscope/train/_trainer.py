@@ -124,6 +124,11 @@ class Trainer:
             trained = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         # the recorder watches the modules inside a compiled forward too (see README: compile)
         self.forward = torch.compile(trained) if config.compile else trained
+        # evaluation bypasses DDP: its forward broadcasts buffers, a collective that would wait
+        # for ranks with one evaluation batch fewer (evaluate() broadcasts them once instead)
+        self.eval_forward = self.forward
+        if self.ranks.distributed:
+            self.eval_forward = torch.compile(self.model) if config.compile else self.model
         self.recorder = None
         if config.record:
             import gradscope
@@ -231,7 +236,7 @@ class Trainer:
             for done, (x, y) in enumerate(mine):
                 if self.amp:
                     x = x.contiguous(memory_format=torch.channels_last)
-                logits = self.forward(x).float()
+                logits = self.eval_forward(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
                 wrong += (logits.argmax(1) != y).sum()
                 count += y.shape[0]
