@@ -168,6 +168,15 @@ def test_torchrun_resume_completes_the_pair_with_the_plain_models_layer_names(pa
         assert load_checkpoint(pair.run_dir / f"{model}.ckpt.pt")["done"]
 
 
+def test_resume_on_another_number_of_ranks_says_how_to_resume(pair, capsys):
+    assert main(["record", "--resume", str(pair.run_dir), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"gradscope record: error: {pair.run_dir} trained on 2 processes (torchrun ranks), not "
+        f"1; resume it on as many (gradscope record --resume {pair.run_dir} --nproc-per-node 2), "
+        "so that BatchNorm sees the same slices and the numbers continue as an uninterrupted run"
+    )
+
+
 # float32 rounding grows through the plain net's 19 BatchNorms without shortcuts: one float32
 # process differs from float64 by 1e-3 in the first layers' gradients (2e-2 in their means),
 # so plain20's reference computes in float32 like the ranks, resnet20's in float64
