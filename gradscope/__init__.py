@@ -56,7 +56,9 @@ def attach(
             dropped first (a run resumed from a checkpoint at that step).
         attrs: extra JSON-able attributes stored in the file.
         flush_interval: seconds between the writer's flushes to disk (at most 10).
-        all_ranks: under torch.distributed, ranks other than 0 record nothing unless True.
+        all_ranks: under torch.distributed (where every rank calls attach, and rank 0 writes
+            `path` with the statistics of the global batch), also write each rank's local
+            statistics to `<path stem>.rank<r>.h5`.
         manual_gradients: read the gradients when `rec.read_gradients()` is called (from a
             framework's before-optimizer-step hook), not in `optimizer.step()`'s pre-hook, which
             under `optimizer.step(closure)` runs before the closure's backward.

@@ -564,21 +564,6 @@ def test_attach_before_compile_records_everything(tmp_path):
         np.testing.assert_allclose(got.stat(stat), want.stat(stat), rtol=1e-5, err_msg=stat)
 
 
-def test_ranks_other_than_zero_record_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr("gradscope.recorder._recorder._distributed_rank", lambda: 1)
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gradscope.attach(model, tmp_path / "rank1.h5", optimizer=opt) as rec:
-        assert not rec.active
-        F.cross_entropy(model(vector_batch(0)[0]), vector_batch(0)[1]).backward()
-        opt.step()
-        rec.log(loss=1.0)
-    assert not (tmp_path / "rank1.h5").exists()
-    assert not any(m._forward_hooks for m in model.modules())
-    with gradscope.attach(model, tmp_path / "asked.h5", optimizer=opt, all_ranks=True) as rec:
-        assert rec.active
-
-
 # ----- which forward passes a record covers: zero_grad order, accumulation, skipped steps ------
 
 ORDERS = ("zero-forward-backward", "forward-zero-backward", "accumulate")

@@ -206,14 +206,14 @@ def test_ctrl_c_checkpoints_closes_the_file_and_resumes_exactly(
 ):
     run_dir, result, state = uninterrupted
     trainer = Trainer("resnet20", tiny_config(), dataset, tmp_path, progress=False)
-    draw = trainer.batches.batch
+    draw = trainer.batches.rank_batch
 
-    def batch_then_ctrl_c(step):
+    def batch_then_ctrl_c(step, rank, world):
         if step == 2:
             signal.raise_signal(signal.SIGINT)  # lands mid-step; the step still completes
-        return draw(step)
+        return draw(step, rank, world)
 
-    monkeypatch.setattr(trainer.batches, "batch", batch_then_ctrl_c)
+    monkeypatch.setattr(trainer.batches, "rank_batch", batch_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     assert trainer.recorder is None  # closed

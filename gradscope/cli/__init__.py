@@ -41,7 +41,12 @@ def main(argv=None) -> int:
     # Import only the named command's module: some pull in torch, which takes seconds to load.
     known = {command_name(m) for m in COMMANDS}
     named = argv[0] if argv and argv[0] in known else None
-    args = build_parser(only=named).parse_args(argv)
+    try:
+        args = build_parser(only=named).parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while torch loads
+        print("interrupted", file=sys.stderr)
+        return 130
+    args.argv = argv  # the command line as given (`record --nproc-per-node` passes it on)
     try:
         code = args.func(args)
     except GradscopeError as e:

@@ -1,19 +1,26 @@
 """`gradscope record`: train a model and its baselines, recording gradient flow into run files."""
 
 import argparse
+import dataclasses
 
 from gradscope.errors import UsageError
 from gradscope.models import SHORTCUTS
 from gradscope.report import format_summary
 from gradscope.train import (
     ExperimentConfig,
+    PeerFailed,
     TrainConfig,
+    check_experiment,
+    check_resume,
+    launch_ranks,
+    process_rank,
     resume_experiment,
     run_experiment,
 )
 
 # flags `--resume` accepts besides itself: everything else comes from the saved config.json
-RESUME_FLAGS = ("resume", "device", "quiet", "command", "func")
+RESUME_FLAGS = ("resume", "device", "quiet", "nproc_per_node", "command", "func", "argv")
+INTERRUPTED = 130  # exit code after Ctrl-C
 
 
 def register(subparsers) -> None:
@@ -23,7 +30,8 @@ def register(subparsers) -> None:
         help="train a model and baselines, recording gradient flow",
         description="Train MODEL and each BASELINE with the same initialization seed and batch "
         "order (He et al. 2016 CIFAR recipe unless told otherwise), writing OUT/NAME/<model>.h5, "
-        "config.json and checkpoints. Ctrl-C checkpoints; --resume OUT/NAME continues.",
+        "config.json and checkpoints. Ctrl-C checkpoints; --resume OUT/NAME continues. "
+        "Under torchrun (or with --nproc-per-node N) the ranks share each global batch (DDP).",
     )
     add_arguments(parser)
     parser.set_defaults(func=run)
@@ -124,6 +132,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     dev.add_argument("--compile", action="store_true", help="torch.compile the forward")
 
+    ranks = parser.add_argument_group("several processes (DDP)")
+    ranks.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=None,
+        metavar="N",
+        help="start torchrun with N ranks on this machine, each training on its slice of every "
+        "global batch (--batch-size stays the global batch); or launch with "
+        "`torchrun --nproc-per-node N -m gradscope record ...`",
+    )
+    ranks.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="SyncBatchNorm: batch statistics over all ranks (CUDA only; without it each rank "
+        "normalizes its own slice)",
+    )
+
 
 def _eval_subset(text: str) -> int | None:
     """--eval-subset: a positive number of images, or "all" (None: the whole test set)."""
@@ -164,6 +189,7 @@ def config_from_args(args) -> ExperimentConfig:
         device=args.device or "auto",
         amp=args.amp,
         compile=args.compile,
+        sync_bn=args.sync_bn,
     )
     return ExperimentConfig(
         model=args.model, baselines=list(args.baseline), out=args.out, name=args.name, train=train
@@ -186,15 +212,52 @@ def _check_resume_flags(args, parser_defaults: dict) -> None:
 
 
 def run(args) -> int:
-    """Run (or resume) the experiment and print its summary."""
-    progress = not args.quiet
+    """Run (or resume) the experiment and print its summary (rank 0 under torchrun)."""
     if args.resume is not None:
         _check_resume_flags(args, _defaults())
-        result = resume_experiment(args.resume, device=args.device, progress=progress)
-    else:
-        result = run_experiment(config_from_args(args), progress=progress)
-    print(format_summary(result))
+    if args.nproc_per_node is not None:
+        return _launch(args)
+    is_main = process_rank() == 0  # under torchrun, rank 0 prints; the others only errors
+    progress = not args.quiet
+    try:
+        if args.resume is not None:
+            result = resume_experiment(args.resume, device=args.device, progress=progress)
+        else:
+            result = run_experiment(config_from_args(args), progress=progress)
+    except PeerFailed:
+        return 2  # the rank that failed printed why
+    except KeyboardInterrupt:
+        if not is_main:
+            return INTERRUPTED  # rank 0 prints how to resume
+        raise
+    if is_main:
+        print(format_summary(result))
     return 0
+
+
+def _launch(args) -> int:
+    """Check what can be checked here, then start torchrun with the same flags (but this one)."""
+    world = args.nproc_per_node
+    if args.resume is not None:
+        check_resume(args.resume, world, device=args.device)
+    else:
+        config = config_from_args(args)
+        train = dataclasses.replace(config.train, world_size=world)
+        check_experiment(dataclasses.replace(config, train=train))
+    return launch_ranks(world, ["record", *_without_nproc(args.argv[1:])])
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line without --nproc-per-node and its value."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc-per-node":
+            skip = True
+        elif not item.startswith("--nproc-per-node="):
+            kept.append(item)
+    return kept
 
 
 def _defaults() -> dict:

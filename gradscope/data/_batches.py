@@ -80,10 +80,23 @@ class TrainBatches:
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch `step`: float32 normalized images [B, 3, H, W] and int64 labels [B]."""
-        index = self.indices(step)
+        return self.rank_batch(step, 0, 1)
+
+    def rank_batch(self, step: int, rank: int, world: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank `rank`'s slice of batch `step` when `world` ranks share it: rows
+        [rank * B / world, (rank + 1) * B / world) of `batch(step)`, images and augmentation
+        alike, made without the other ranks' rows."""
+        if world < 1 or not 0 <= rank < world or self.batch_size % world:
+            raise UsageError(
+                f"a batch of {self.batch_size} cannot be split evenly over {world} ranks "
+                f"(rank {rank}); pick a batch size divisible by the number of ranks"
+            )
+        rows = slice(rank * self.batch_size // world, (rank + 1) * self.batch_size // world)
+        index = self.indices(step)[rows]
         images = self.dataset.train_images.index_select(0, index)  # much faster than [index]
         if self.augment:
-            images = augment_batch(images, self.augmentation(step), self.padding)
+            params = AugmentationParams(*(part[rows] for part in self.augmentation(step)))
+            images = augment_batch(images, params, self.padding)
         x = normalize(images, self._mean, self._std)
         return x, self.dataset.train_labels.index_select(0, index)
 

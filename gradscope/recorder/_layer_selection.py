@@ -7,8 +7,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from gradscope.errors import UsageError
-
-ROOT_NAME = "model"  # the name recorded for the root module when it is watched itself
+from gradscope.recorder._wrappers import user_named_modules
 
 
 def owns_parameters(module: nn.Module) -> bool:
@@ -19,11 +18,14 @@ def owns_parameters(module: nn.Module) -> bool:
 def select_modules(model: nn.Module, layers=None) -> list[tuple[str, nn.Module]]:
     """The watched (qualified name, module) pairs, in registration order.
 
+    Names are those of the model inside its wrappers (DDP, FSDP1, torch.compile): see
+    `_wrappers.user_named_modules`.
+
     `layers=None` watches every module that owns parameters directly. Otherwise `layers` is a
     glob on qualified names (`"layer1.*.conv*"`), a module type (`nn.ReLU`), or a list of them;
     a module is watched when any item matches it, and every item must match something.
     """
-    named = [(name or ROOT_NAME, module) for name, module in model.named_modules()]
+    named = user_named_modules(model)
     if layers is None:
         chosen = [(name, m) for name, m in named if owns_parameters(m)]
         if not chosen:

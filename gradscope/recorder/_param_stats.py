@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from gradscope.recorder._kernels import KernelChoice
-from gradscope.recorder._stats import GRAD_STATS, host_to_device
+from gradscope.recorder._stats import host_to_device
+from gradscope.recorder._wrappers import local_part
 
 
 class FlatLayout:
@@ -21,12 +22,14 @@ class FlatLayout:
     """
 
     def __init__(self, params, pairs, n_layers: int, device):
-        """`params`: (position, parameter) pairs to lay out; `pairs`: (position, layer) rows."""
-        params = sorted(params, key=lambda item: item[1].numel())  # stable: ties keep order
+        """`params`: (position, parameter) pairs to lay out; `pairs`: (position, layer) rows.
+
+        A sharded parameter (an FSDP2 DTensor) is laid out by the shard this rank holds."""
+        params = sorted(params, key=lambda item: local_part(item[1]).numel())  # ties keep order
         self.positions = tuple(position for position, _ in params)
         self.params = [p for _, p in params]  # in flat order
-        self.shapes = [p.shape for _, p in params]
-        sizes = [p.numel() for _, p in params]
+        self.shapes = [local_part(p).shape for _, p in params]
+        sizes = [shape.numel() for shape in self.shapes]
         self.size = sum(sizes)
         # parameter p (in flat order) is flat[bounds[p]:bounds[p + 1]]
         self.bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
@@ -104,7 +107,8 @@ class ParamGroups:
                     self.params.append(p)
                 pairs.append((position[id(p)], layer))
         self._pairs = pairs
-        self.nonempty = tuple(i for i, p in enumerate(self.params) if p.numel() > 0)
+        self.nonempty = tuple(i for i, p in enumerate(self.params) if local_part(p).numel() > 0)
+        self.sharded = any(local_part(p) is not p for p in self.params)  # FSDP2 DTensors
         self._owners = sorted({layer for _, layer in pairs})
         self._owner_masks: dict[str, torch.Tensor] = {}
         self._layouts: dict[tuple, FlatLayout] = {}
@@ -142,8 +146,11 @@ class ParamGroups:
     def gather(self, purpose: str, layout: FlatLayout, tensors: list[torch.Tensor], device):
         """Copy `tensors` (in `layout.positions` order) into the reused `purpose` float32 buffer.
 
-        Returns the flat buffer, valid until the next gather for the same purpose.
+        Returns the flat buffer, valid until the next gather for the same purpose. Sharded
+        tensors (DTensors) contribute this rank's shard.
         """
+        if self.sharded:
+            tensors = [local_part(t) for t in tensors]
         buffer = self._buffers.get(purpose)
         if buffer is None or buffer.numel() < layout.size or buffer.device != torch.device(device):
             buffer = self._buffers[purpose] = torch.empty(
@@ -213,31 +220,52 @@ def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
     One pass (CPU) or a few kernels per distinct parameter size over a flat copy of the
     gradients, whatever the number of layers; layers with no gradient get NaN.
     """
+    return gradient_stats_from_sums(gradient_sums(groups, device))
+
+
+def gradient_sums(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
+    """Per-layer raw gradient sums [L] (float64): grad_count, grad_total, grad_sumsq,
+    grad_nonfinite (to add across ranks) and grad_absmax (NaN for a layer with no gradient).
+
+    A sharded parameter contributes the gradient shard this rank holds.
+    """
     present = tuple(
-        i for i, p in enumerate(groups.params) if p.grad is not None and p.grad.numel() > 0
+        i
+        for i, p in enumerate(groups.params)
+        if p.grad is not None and local_part(p.grad).numel() > 0
     )
-    nan = _layer_nan(groups, device)
     if not present:
-        return {name: nan for name in GRAD_STATS}
+        zero = torch.zeros(groups.n_layers, dtype=torch.float64, device=device)
+        sums = dict.fromkeys(("grad_count", "grad_total", "grad_sumsq", "grad_nonfinite"), zero)
+        return {**sums, "grad_absmax": _layer_nan(groups, device)}
     layout = groups.layout(present, device)
     grads = [p.grad for p in layout.params]
     flat = groups.gather("grad", layout, grads, device)
     numba = groups.kernels.numba_for(flat.device)
     out = None if numba else groups.scratch("grad sums", (4, len(layout.params)), device)
     sums, sumsq, absmax, nonfinite = per_param_sums(layout, flat, numba, out).to(device).unbind(1)
-
-    count = layout.per_layer_sum(layout.numel)
-    has_grad = count > 0
-    total = layout.per_layer_sum(sums)
-    total_sq = layout.per_layer_sum(sumsq)
-    mean = total / count
-    variance = (total_sq / count - mean**2).clamp_min(0)
     return {
-        "grad_norm": torch.where(has_grad, total_sq.sqrt(), nan),
+        "grad_count": layout.per_layer_sum(layout.numel),
+        "grad_total": layout.per_layer_sum(sums),
+        "grad_sumsq": layout.per_layer_sum(sumsq),
+        "grad_nonfinite": layout.per_layer_sum(nonfinite),
+        "grad_absmax": layout.per_layer_max(absmax),
+    }
+
+
+def gradient_stats_from_sums(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """grad_* per layer [L] from `gradient_sums` (of one rank, or added across ranks)."""
+    count = sums["grad_count"]
+    nan = torch.full_like(count, float("nan"))
+    has_grad = count > 0
+    mean = sums["grad_total"] / count
+    variance = (sums["grad_sumsq"] / count - mean**2).clamp_min(0)
+    return {
+        "grad_norm": torch.where(has_grad, sums["grad_sumsq"].sqrt(), nan),
         "grad_mean": torch.where(has_grad, mean, nan),
         "grad_std": torch.where(has_grad, variance.sqrt(), nan),
-        "grad_absmax": layout.per_layer_max(absmax),
-        "grad_nonfinite": torch.where(has_grad, layout.per_layer_sum(nonfinite), nan),
+        "grad_absmax": torch.where(has_grad, sums["grad_absmax"], nan),
+        "grad_nonfinite": torch.where(has_grad, sums["grad_nonfinite"], nan),
     }
 
 
@@ -263,21 +291,36 @@ def weight_stats(groups: ParamGroups, before: WeightSnapshot, device) -> dict[st
     Overwrites the snapshot with the difference, to spare an allocation. A layer whose
     parameters are all empty has weight_norm 0 and update_ratio NaN; one with none, NaN for both.
     """
-    nan = _layer_nan(groups, device)
-    owns = groups.owner_mask(device)
+    return weight_stats_from_sums(weight_sums(groups, before, device), groups.owner_mask(device))
+
+
+def weight_sums(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str, torch.Tensor]:
+    """Per-layer raw sums [L] (float64) to add across ranks: weight_sumsq (of `before`) and
+    update_sumsq (of the change since). Overwrites the snapshot with the difference."""
     layout, flat = before.layout, before.flat
     if layout is None:
-        zero = torch.where(owns, 0.0, nan)
-        return {"weight_norm": zero, "update_ratio": nan}
+        zero = torch.zeros(groups.n_layers, dtype=torch.float64, device=device)
+        return {"weight_sumsq": zero, "update_sumsq": zero}
 
     sumsq = groups.scratch("weight sums", (2, len(layout.params)), flat.device)
     numba = groups.kernels.numba_for(flat.device)
     before_sq = per_param_sumsq(layout, flat, sumsq[0], numba).to(device)
+    params = [local_part(p) for p in layout.params] if groups.sharded else layout.params
     with torch.no_grad():
-        torch._foreach_sub_(layout.views(flat), layout.params)
+        torch._foreach_sub_(layout.views(flat), params)
     delta_sq = per_param_sumsq(layout, flat, sumsq[1], numba).to(device)
-    norm = layout.per_layer_sum(before_sq).sqrt()
-    change = layout.per_layer_sum(delta_sq).sqrt()
+    return {
+        "weight_sumsq": layout.per_layer_sum(before_sq),
+        "update_sumsq": layout.per_layer_sum(delta_sq),
+    }
+
+
+def weight_stats_from_sums(sums: dict[str, torch.Tensor], owns: torch.Tensor):
+    """weight_norm and update_ratio [L] from `weight_sums`; `owns`: the layers that own any
+    parameter (the others get NaN)."""
+    nan = torch.full_like(sums["weight_sumsq"], float("nan"))
+    norm = sums["weight_sumsq"].sqrt()
+    change = sums["update_sumsq"].sqrt()
     return {
         "weight_norm": torch.where(owns, norm, nan),
         "update_ratio": torch.where(owns, change / norm, nan),

@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 from gradscope.errors import UsageError
+from gradscope.recorder import _distributed as D
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
 from gradscope.recorder._kernels import kernel_choice
 from gradscope.recorder._layer_selection import select_modules
 from gradscope.recorder._schedule import make_schedule
+from gradscope.recorder._wrappers import unwrap, user_type_name
 from gradscope.store import RunWriter, open_run
 from gradscope.store._prepare import check_run_path
 
@@ -34,6 +36,11 @@ class Recorder:
     `optimizer.zero_grad()` wiped their gradients (a step the AMP GradScaler skipped). A forward
     whose backward is still to come when `zero_grad` runs counts, so the order of zero_grad,
     forward and backward within a step does not matter.
+
+    Under torch.distributed (DDP, FSDP2, FSDP1) every rank attaches, and a record holds what
+    one process would record on the global batch: each record's per-layer raw sums are added
+    across ranks in a few collectives (`_distributed.RecordReduction`); rank 0 writes the file,
+    and with `all_ranks=True` every rank also writes its local statistics to `rank_path`.
 
     With `manual_gradients=True` the gradients are read when `read_gradients()` is called (a
     framework's before-optimizer-step hook) instead of in the optimizer's step pre-hook, which
@@ -65,34 +72,36 @@ class Recorder:
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
         self.closed = False
-        # Under torch.distributed only rank 0 records unless asked: the other ranks' recorders
-        # are inert (no hooks, no file); their gradients after the all-reduce are rank 0's anyway.
-        self.active = all_ranks or _distributed_rank() == 0
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         self.path = os.fspath(path)
-        if not self.active:
-            return
-        if batch_sample is not None and (not isinstance(batch_sample, int) or batch_sample < 1):
-            raise UsageError(f"batch_sample must be a positive int or None, got {batch_sample!r}")
-        _check_not_being_recorded(self.path)
-        check_run_path(self.path, overwrite, resume)  # fail now, not at the first step
-        self.stats = S.resolve_stats(stats)
-        self._schedule = make_schedule(every)
-        self._batch_sample = batch_sample
-        self._optimizer = optimizer
-        if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
-            model = model._orig_mod  # torch.compile's wrapper: watch the modules it runs
-        self.model_class = type(model).__name__
-        self._modules = select_modules(model, layers)  # [(qualified name, module)]
-        _check_not_watched(self._modules)
+        self.rank, self.world = D.rank_and_world()
+        self._writes_global = self.rank == 0  # rank 0 writes the global statistics
+        # with all_ranks every rank also writes its own, local statistics
+        self.local_path = (
+            D.rank_path(self.path, self.rank) if all_ranks and self.world > 1 else None
+        )
+        self._reduction: D.RecordReduction | None = None
+        if self.world == 1:
+            self._check_and_select(model, optimizer, every, stats, layers, batch_sample)
+            self._check_paths(overwrite, resume)
+            self._step = self._initial_step(resume, start_step)
+            self._layer_numels = [
+                sum(p.numel() for p in m.parameters(recurse=False)) for _, m in self._modules
+            ]
+        else:
+            self._attach_on_every_rank(
+                model, optimizer, every, stats, layers, batch_sample, overwrite, resume, start_step
+            )
 
         self._want_act = any(s in S.ACT_STATS for s in self.stats)
         self._want_act_grad = "act_grad_norm" in self.stats
-        self._want_grad = any(s in S.GRAD_STATS for s in self.stats)
-        self._want_weight = any(s in S.WEIGHT_STATS for s in self.stats)
+        # Under DDP only rank 0 needs parameter sums (every rank holds the reduced gradient),
+        # unless this rank writes its own file or some layer is sharded.
+        needs_params = self._writes_global or all_ranks or any(self._sharded)
+        self._want_grad = needs_params and any(s in S.GRAD_STATS for s in self.stats)
+        self._want_weight = needs_params and any(s in S.WEIGHT_STATS for s in self.stats)
 
-        self._step = self._initial_step(resume, start_step)
         self._resume = resume
         self._overwrite = overwrite
         self._start_step = start_step if start_step is not None else self._step
@@ -105,12 +114,14 @@ class Recorder:
             "optimizer": type(optimizer).__name__ if optimizer is not None else None,
         }
         self._flush_interval = flush_interval
+        self._data_parallel = D.data_parallel_kind(model) if self.world > 1 else None
         self._manual_gradients = bool(manual_gradients)
         self._attach_args["manual_gradients"] = self._manual_gradients
 
         self._first_call: dict[int, int] = {}  # module position -> order of first call
         self._order: list[int] | None = None  # module positions in depth order, fixed at 1st step
-        self._writer: RunWriter | None = None
+        self._writer: RunWriter | None = None  # the global statistics (rank 0)
+        self._local_writer: RunWriter | None = None  # this rank's own (all_ranks)
         self._pending_metrics: list[tuple[int, dict]] = []
         self._in_step = False  # a grad-enabled forward ran since the last step boundary
         self.kernels = kernel_choice()  # from $GRADSCOPE_KERNELS, fixed for this recorder
@@ -121,15 +132,71 @@ class Recorder:
         self._groups: P.ParamGroups | None = None
         self._device_lists: dict[tuple, torch.Tensor] = {}
         self._before: P.WeightSnapshot | None = None
-        self._grad_stats: dict | None = None
+        self._grad_sums: dict | None = None
         self._device = _model_device(model)
         self._hooks = []
         self._install_hooks()
-        _LIVE_PATHS[os.path.realpath(self.path)] = self
+        for own in self._own_paths():
+            _LIVE_PATHS[os.path.realpath(own)] = self
         for name, module in self._modules:
             _WATCHED[module] = (self, name)
         if optimizer is None and self._due and self._want_weight:
             self._before = P.weight_snapshot(self._param_groups(), self._device)
+
+    def _check_and_select(self, model, optimizer, every, stats, layers, batch_sample) -> None:
+        """Check the arguments and choose the watched modules of the unwrapped model."""
+        if batch_sample is not None and (not isinstance(batch_sample, int) or batch_sample < 1):
+            raise UsageError(f"batch_sample must be a positive int or None, got {batch_sample!r}")
+        self.stats = S.resolve_stats(stats)
+        self._schedule = make_schedule(every)
+        self._batch_sample = batch_sample
+        self._optimizer = optimizer
+        # DDP's .module, FSDP1's wrapper, torch.compile's _orig_mod: the user's own model
+        root = unwrap(model)
+        self.model_class = user_type_name(root)
+        self._modules = select_modules(root, layers)  # [(qualified name, module)]
+        _check_not_watched(self._modules)
+        self._sharded = (
+            D.sharded_layers(model, self._modules, self.world)
+            if self.world > 1
+            else [False] * len(self._modules)
+        )
+
+    def _check_paths(self, overwrite: bool, resume: bool) -> None:
+        for own in self._own_paths():
+            _check_not_being_recorded(own)
+            check_run_path(own, overwrite, resume)  # fail now, not at the first step
+
+    def _own_paths(self) -> list[str]:
+        """The run files this process writes."""
+        own = [self.path] if self._writes_global else []
+        return own + ([self.local_path] if self.local_path is not None else [])
+
+    def _attach_on_every_rank(
+        self, model, optimizer, every, stats, layers, batch_sample, overwrite, resume, start_step
+    ) -> None:
+        """Check and select on this rank, then agree with the others (one collective): an
+        error on any rank stops every rank's attach, so no rank waits at a first record."""
+        failure = signature = numels = None
+        step = 0
+        try:
+            self._check_and_select(model, optimizer, every, stats, layers, batch_sample)
+            self._check_paths(overwrite, resume)
+            step = self._initial_step(resume and self._writes_global, start_step)
+            signature = (
+                [name for name, _ in self._modules],
+                self.stats,
+                every if isinstance(every, int) else "callable",
+                batch_sample,
+                self._sharded,
+            )
+            numels = D.contributed_numels(self._modules, self._sharded, self.rank)
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it, then it is raised
+            failure = e
+        self._layer_numels, self._step = D.agree_at_attach(signature, numels, failure, step)
+        self._reduction = D.RecordReduction(
+            self.rank, self.world, self._sharded, _model_device(model)
+        )
 
     # ----- public API -------------------------------------------------------------------------
 
@@ -147,14 +214,12 @@ class Recorder:
     def step(self) -> None:
         """Mark an optimizer step done (only without `optimizer=`: call it after each update)."""
         self._check_open()
-        if not self.active:
-            return
         if self._optimizer is not None:
             raise UsageError(
                 "this recorder follows optimizer.step() itself; do not call rec.step() as well"
             )
         if self._due and self._want_grad and not self._manual_gradients:
-            self._grad_stats = P.gradient_stats(self._param_groups(), self._device)
+            self._grad_sums = P.gradient_sums(self._param_groups(), self._device)
         self._finish_step()
         if self._due and self._want_weight:
             self._before = P.weight_snapshot(self._param_groups(), self._device)
@@ -171,17 +236,17 @@ class Recorder:
                 "read_gradients() is for a recorder attached with manual_gradients=True; "
                 "this one reads the gradients at optimizer.step() (or rec.step())"
             )
-        if not self.active or not self._due:
+        if not self._due:
             return False
         if self._want_grad:
-            self._grad_stats = P.gradient_stats(self._param_groups(), self._device)
+            self._grad_sums = P.gradient_sums(self._param_groups(), self._device)
         return True
 
     def log(self, step: int | None = None, **metrics: float) -> None:
         """Store scalar metrics against `step` (default: the step in progress or just finished)."""
         self._check_open()
-        if not self.active:
-            return
+        if not self._own_paths():
+            return  # a rank that writes no file (under torch.distributed, rank 0 writes)
         if step is None:
             step = self._step if self._in_step or self._step == self._start_step else self._step - 1
         values = {}
@@ -189,18 +254,16 @@ class Recorder:
             if isinstance(value, torch.Tensor):
                 value = value.item()  # note: a host sync; pass floats to avoid it
             values[name] = float(value)
-        if self._writer is None:
+        if not self._writers():
             self._pending_metrics.append((int(step), values))
-        else:
-            self._writer.log(int(step), values)
+        for writer in self._writers():
+            writer.log(int(step), values)
 
     def close(self) -> None:
-        """Remove every hook, flush and close the run file. Safe to call twice."""
+        """Remove every hook, flush and close the run file(s). Safe to call twice."""
         if self.closed:
             return
         self.closed = True
-        if not self.active:
-            return
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -212,10 +275,12 @@ class Recorder:
         _forget_compiled_code()
         try:
             self._ensure_writer()
-            self._writer.close()
+            for writer in self._writers():
+                writer.close()
         finally:
-            if _LIVE_PATHS.get(os.path.realpath(self.path)) is self:
-                del _LIVE_PATHS[os.path.realpath(self.path)]
+            for own in self._own_paths():
+                if _LIVE_PATHS.get(os.path.realpath(own)) is self:
+                    del _LIVE_PATHS[os.path.realpath(own)]
 
     def __enter__(self):
         return self
@@ -288,14 +353,14 @@ class Recorder:
         self._act.drop_backpropagated()
         self._act_grad.clear()
         if self._manual_gradients:
-            self._grad_stats = None  # read from the gradients being wiped (a skipped step)
+            self._grad_sums = None  # read from the gradients being wiped (a skipped step)
 
     def _before_update(self, optimizer, args, kwargs) -> None:
         if not self._due:
             return
         groups = self._param_groups()
         if self._want_grad and not self._manual_gradients:
-            self._grad_stats = P.gradient_stats(groups, self._device)
+            self._grad_sums = P.gradient_sums(groups, self._device)
         if self._want_weight:
             self._before = P.weight_snapshot(groups, self._device)
 
@@ -305,7 +370,7 @@ class Recorder:
     # ----- step boundary ----------------------------------------------------------------------
 
     def _finish_step(self) -> None:
-        if self._due and self._want_grad and self._manual_gradients and self._grad_stats is None:
+        if self._due and self._want_grad and self._manual_gradients and self._grad_sums is None:
             raise UsageError(
                 f"{self.path}: step {self._step} was updated without rec.read_gradients() "
                 "(attached with manual_gradients=True): call it after the backward, before the "
@@ -314,41 +379,90 @@ class Recorder:
         if self._order is None:
             self._fix_depth_order()
         if self._due:
-            self._write_record(self._pack_record())
+            self._take_record()
         self._step += 1
         self._due = self._schedule(self._step)
         self._in_step = False
         self._reset_accumulators()
 
-    def _pack_record(self) -> torch.Tensor:
-        """One [n_stats, n_layers] float32 tensor, layers in depth order, computed on the device."""
+    def _take_record(self) -> None:
+        """Pack this step's record and hand it to the writer(s); under torch.distributed every
+        rank joins the record's reductions, whether or not it writes."""
+        sums = self._layer_sums()
+        if self.local_path is not None:
+            self._write_record(self._ensure_writer()[1], self._pack_record(sums))
+        if self._reduction is not None:
+            sums = self._reduction.reduce(sums, self._act_spread if self._want_act else None)
+        if self._writes_global:
+            self._write_record(self._ensure_writer()[0], self._pack_record(sums))
+
+    def _layer_sums(self) -> dict[str, torch.Tensor]:
+        """This rank's raw per-layer sums for the record ([L] float64 each, module order): the
+        same keys on every rank, zeros (NaN maxima) where this rank saw nothing."""
+        n = len(self._modules)
+        device = self._device
+        sums: dict[str, torch.Tensor] = {}
+        if self._want_grad and self._grad_sums is not None:
+            sums.update(self._grad_sums)
+        if self._want_weight and self._before is not None:
+            sums.update(P.weight_sums(self._param_groups(), self._before, device))
+        self._act_calls = None
+        if self._want_act:
+            if len(self._act):
+                self._act_calls = (
+                    self._act.per_call(device),
+                    self._on_device(self._act.counts, torch.float64),
+                    self._on_device(self._act.layers, torch.long),
+                )
+                sums.update(S.activation_layer_sums(*self._act_calls, n))
+            else:
+                none = (torch.zeros((0, S.ACT_SUMS_SIZE), device=device),) + _no_calls(device)
+                sums.update(S.activation_layer_sums(*none, n))
+        if self._want_act_grad:
+            if len(self._act_grad):
+                sumsq = self._act_grad.per_grad(device)
+                layer_of = self._on_device(self._act_grad.layers, torch.long)
+            else:
+                sumsq, layer_of = _no_calls(device)
+            sums.update(S.output_grad_layer_sums(sumsq, layer_of, n))
+        self._grad_sums = None
+        self._before = None
+        return sums
+
+    def _act_spread(self, mean: torch.Tensor) -> torch.Tensor:
+        """Per layer, this rank's activations' squared deviations from `mean` [L]."""
+        if self._act_calls is None:
+            return torch.zeros_like(mean)
+        return S.activation_spread(*self._act_calls, mean)
+
+    def _pack_record(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One [n_stats, n_layers] float32 tensor, layers in depth order, computed on the device
+        from raw per-layer sums (this rank's, or added across ranks)."""
         n = len(self._modules)
         device = self._device
         values: dict[str, torch.Tensor] = {}
-        if self._want_grad:
-            values.update(self._grad_stats)
-        if self._want_weight and self._before is not None:
-            values.update(P.weight_stats(self._param_groups(), self._before, device))
-        if self._want_act and len(self._act):
-            sums = self._act.per_call(device)
-            counts = self._on_device(self._act.counts, torch.float64)
-            layer_of = self._on_device(self._act.layers, torch.long)
-            values.update(S.combine_activation_sums(sums, counts, layer_of, n))
-        if self._want_act_grad and len(self._act_grad):
-            sumsq = self._act_grad.per_grad(device)
-            layer_of = self._on_device(self._act_grad.layers, torch.long)
-            values["act_grad_norm"] = S.combine_output_grad_sumsq(sumsq, layer_of, n)
+        if "grad_count" in sums:
+            values.update(P.gradient_stats_from_sums(sums))
+        if "weight_sumsq" in sums:
+            owns = self._param_groups().owner_mask(device)
+            values.update(P.weight_stats_from_sums(sums, owns))
+        if "act_count" in sums:
+            if "act_spread" not in sums:  # this rank's own: the spread about its own mean
+                sums = {
+                    **sums,
+                    "act_spread": self._act_spread(sums["act_total"] / sums["act_count"]),
+                }
+            values.update(S.activation_stats(sums))
+        if "act_grad_sumsq" in sums:
+            values["act_grad_norm"] = S.output_grad_norm(sums)
         missing = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
         record = torch.stack([values.get(name, missing) for name in self.stats]).float()
         order = self._on_device(self._order, torch.long)
-        self._grad_stats = None
-        self._before = None
         return record[:, order]
 
-    def _write_record(self, record: torch.Tensor) -> None:
-        self._ensure_writer()
+    def _write_record(self, writer: RunWriter, record: torch.Tensor) -> None:
         if record.device.type == "cpu":
-            self._writer.append(self._step, record.numpy())
+            writer.append(self._step, record.numpy())
             return
         # Overlap the device->host copy with training: the writer thread waits for it.
         host = torch.empty(record.shape, dtype=record.dtype, pin_memory=True)
@@ -362,46 +476,58 @@ class Recorder:
                 done.synchronize()
             return host.numpy()
 
-        self._writer.append(self._step, fetch)
+        writer.append(self._step, fetch)
 
     def _fix_depth_order(self) -> None:
         called = sorted(self._first_call, key=self._first_call.get)
         never = [i for i in range(len(self._modules)) if i not in self._first_call]
         self._order = called + never
 
-    def _ensure_writer(self) -> None:
-        if self._writer is not None:
-            return
+    def _ensure_writer(self) -> tuple[RunWriter | None, RunWriter | None]:
+        """The (global, local) writers this rank has, opened on first use."""
+        if self._writers() or not self._own_paths():
+            return self._writer, self._local_writer
         if self._order is None:
             self._fix_depth_order()
         layers = []
         for i in self._order:
             name, module = self._modules[i]
             layers.append(
-                {
-                    "name": name,
-                    "type": type(module).__name__,
-                    "params": sum(p.numel() for p in module.parameters(recurse=False)),
-                }
+                {"name": name, "type": user_type_name(module), "params": self._layer_numels[i]}
             )
         attrs = {
             "model_class": self.model_class,
             "attach_args": self._attach_args,
             **self._attrs,
         }
-        self._writer = RunWriter(
-            self.path,
-            layers=layers,
-            stats=list(self.stats),
-            attrs=attrs,
-            overwrite=self._overwrite,
-            resume=self._resume,
-            start_step=self._start_step if self._resume else None,
-            flush_interval=self._flush_interval,
-        )
+        if self.world > 1:
+            attrs.update(world_size=self.world, data_parallel=self._data_parallel)
+
+        def open_writer(path, extra):
+            return RunWriter(
+                path,
+                layers=layers,
+                stats=list(self.stats),
+                attrs={**attrs, **extra},
+                overwrite=self._overwrite,
+                resume=self._resume,
+                start_step=self._start_step if self._resume else None,
+                flush_interval=self._flush_interval,
+            )
+
+        if self._writes_global:
+            self._writer = open_writer(self.path, {})
+        if self.local_path is not None:
+            local = {"rank": self.rank, "statistics": f"local to rank {self.rank}"}
+            self._local_writer = open_writer(self.local_path, local)
         for step, values in self._pending_metrics:
-            self._writer.log(step, values)
+            for writer in self._writers():
+                writer.log(step, values)
         self._pending_metrics.clear()
+        return self._writer, self._local_writer
+
+    def _writers(self) -> list[RunWriter]:
+        return [w for w in (self._writer, self._local_writer) if w is not None]
 
     # ----- helpers ----------------------------------------------------------------------------
 
@@ -482,12 +608,12 @@ def _forget_compiled_code() -> None:
         dynamo.reset()
 
 
-def _distributed_rank() -> int:
-    """This process's rank under torch.distributed, or 0 when it is not in use."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return 0
+def _no_calls(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty per-call sums and layers: a rank that saw no call still joins a record."""
+    return (
+        torch.zeros(0, dtype=torch.float64, device=device),
+        torch.zeros(0, dtype=torch.long, device=device),
+    )
 
 
 def _model_device(model: nn.Module) -> torch.device:

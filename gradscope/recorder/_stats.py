@@ -81,23 +81,52 @@ def combine_activation_sums(
     Each call's mean and squared deviations are formed first and merged exactly (Chan et al.),
     which keeps act_std accurate when calls differ in mean.
     """
+    layer = activation_layer_sums(sums, counts, layer_of, n_layers)
+    mean = layer["act_total"] / layer["act_count"]
+    layer["act_spread"] = activation_spread(sums, counts, layer_of, mean)
+    return activation_stats(layer)
+
+
+def activation_layer_sums(
+    sums: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, n_layers: int
+) -> dict[str, torch.Tensor]:
+    """Per-layer raw sums [L] (float64) of per-call sums [C, 4]: act_count, act_total,
+    act_nonzeros (to add across ranks) and act_absmax (NaN for a layer never called)."""
     s, n = sums.double(), counts.double()
-    total, sumsq, call_absmax, nonzeros = s.unbind(1)
-    call_mean = total / n
-    call_m2 = (sumsq - total * call_mean).clamp_min(0)
-    count = n.new_zeros(n_layers).index_add_(0, layer_of, n)
-    mean = n.new_zeros(n_layers).index_add_(0, layer_of, total) / count  # NaN if never called
-    spread = call_m2 + n * (call_mean - mean[layer_of]) ** 2
-    m2 = n.new_zeros(n_layers).index_add_(0, layer_of, spread)
+    total, _, call_absmax, nonzeros = s.unbind(1)
     absmax = n.new_full((n_layers,), float("nan")).scatter_reduce_(
         0, layer_of, call_absmax, "amax", include_self=False
     )
-    zeros = count - n.new_zeros(n_layers).index_add_(0, layer_of, nonzeros)
     return {
-        "act_mean": mean,
-        "act_std": (m2 / count).sqrt(),
+        "act_count": n.new_zeros(n_layers).index_add_(0, layer_of, n),
+        "act_total": n.new_zeros(n_layers).index_add_(0, layer_of, total),
+        "act_nonzeros": n.new_zeros(n_layers).index_add_(0, layer_of, nonzeros),
         "act_absmax": absmax,
-        "act_zero_frac": zeros / count,
+    }
+
+
+def activation_spread(
+    sums: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, mean: torch.Tensor
+) -> torch.Tensor:
+    """Per layer, the sum of squared deviations of its calls' outputs from `mean` [L]: each
+    call's own spread plus its count times its mean's squared distance (exact, Chan et al.)."""
+    s, n = sums.double(), counts.double()
+    total, sumsq, _, _ = s.unbind(1)
+    call_mean = total / n
+    call_m2 = (sumsq - total * call_mean).clamp_min(0)
+    spread = call_m2 + n * (call_mean - mean[layer_of]) ** 2
+    return mean.new_zeros(mean.shape).index_add_(0, layer_of, spread)
+
+
+def activation_stats(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """act_mean/std/absmax/zero_frac [L] from per-layer raw sums (`activation_layer_sums` and
+    the act_spread about their mean); NaN for a layer never called."""
+    count = layer["act_count"]
+    return {
+        "act_mean": layer["act_total"] / count,
+        "act_std": (layer["act_spread"] / count).sqrt(),
+        "act_absmax": layer["act_absmax"],
+        "act_zero_frac": (count - layer["act_nonzeros"]) / count,
     }
 
 
@@ -105,8 +134,20 @@ def combine_output_grad_sumsq(
     sumsq: torch.Tensor, layer_of: torch.Tensor, n_layers: int
 ) -> torch.Tensor:
     """Per-layer L2 norm of all output gradients of that layer's calls: [L], NaN if none."""
+    return output_grad_norm(output_grad_layer_sums(sumsq, layer_of, n_layers))
+
+
+def output_grad_layer_sums(
+    sumsq: torch.Tensor, layer_of: torch.Tensor, n_layers: int
+) -> dict[str, torch.Tensor]:
+    """Per-layer raw sums [L] (float64) of output-gradient sums of squares: act_grad_sumsq and
+    act_grad_calls, the number of gradients seen (to add across ranks)."""
     total = sumsq.new_zeros(n_layers, dtype=torch.float64)
     total.index_add_(0, layer_of, sumsq.double())
-    seen = torch.zeros(n_layers, dtype=torch.bool, device=sumsq.device)
-    seen[layer_of] = True
-    return torch.where(seen, total.sqrt(), torch.nan)
+    calls = torch.zeros_like(total).index_add_(0, layer_of, torch.ones_like(total[layer_of]))
+    return {"act_grad_sumsq": total, "act_grad_calls": calls}
+
+
+def output_grad_norm(layer: dict[str, torch.Tensor]) -> torch.Tensor:
+    """act_grad_norm [L] from `output_grad_layer_sums`: NaN for a layer no gradient reached."""
+    return torch.where(layer["act_grad_calls"] > 0, layer["act_grad_sumsq"].sqrt(), torch.nan)

@@ -1,4 +1,5 @@
-"""Training: the loop and its config, checkpoints, resume, and the paired experiment (`record`)."""
+"""Training: the loop and its config, checkpoints, resume, the paired experiment (`record`),
+and torchrun ranks."""
 
 from gradscope.train._config import (
     TrainConfig,
@@ -7,27 +8,43 @@ from gradscope.train._config import (
     plan_steps,
     resolve_device,
 )
+from gradscope.train._distributed import (
+    PeerFailed,
+    Ranks,
+    current_ranks,
+    launched_by_torchrun,
+    process_rank,
+)
 from gradscope.train._experiment import (
     ExperimentConfig,
     ExperimentResult,
     check_experiment,
+    check_resume,
     read_config,
     resume_experiment,
     run_experiment,
 )
+from gradscope.train._launch import launch_ranks
 from gradscope.train._trainer import Trainer, TrainResult, finished_result
 
 __all__ = [
     "ExperimentConfig",
     "ExperimentResult",
+    "PeerFailed",
+    "Ranks",
     "TrainConfig",
     "TrainPlan",
     "TrainResult",
     "Trainer",
     "check_experiment",
+    "check_resume",
+    "current_ranks",
     "check_train_config",
     "finished_result",
+    "launch_ranks",
+    "launched_by_torchrun",
     "plan_steps",
+    "process_rank",
     "read_config",
     "resolve_device",
     "resume_experiment",

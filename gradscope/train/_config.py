@@ -38,6 +38,8 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"
     amp: bool | None = None  # bf16 autocast + channels_last (None: on for CUDA only)
     compile: bool = False  # run the forward through torch.compile
+    sync_bn: bool = False  # SyncBatchNorm: batch statistics over all ranks (CUDA only)
+    world_size: int = 1  # processes sharing each global batch (torchrun ranks; set by the run)
     eval_batch_size: int = 500  # images per test-evaluation batch
     eval_subset: int | None = 2000  # test images of intermediate evaluations (every k-th image;
     # the same ones every time); the last evaluation uses the whole test set. None: always all
@@ -77,12 +79,22 @@ def check_train_config(config: TrainConfig) -> None:
         raise UsageError("--weight-decay must be >= 0 and --momentum in [0, 1)")
     if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
         raise UsageError(f"--warmup-steps must be 0 or more, got {config.warmup_steps!r}")
+    if config.batch_size % config.world_size:
+        raise UsageError(
+            f"--batch-size {config.batch_size} is the global batch: it must split evenly over "
+            f"the {config.world_size} ranks"
+        )
     if config.shortcut not in SHORTCUTS:
         raise UsageError(f"--shortcut must be A or B, got {config.shortcut!r}")
     try:
-        resolve_device(config.device)
+        device = resolve_device(config.device)
     except UsageError as e:  # "device 'x': ..." as the flag that sets it
         raise UsageError(f"--{e}") from None
+    if config.sync_bn and device.type == "cpu":
+        raise UsageError(
+            "--sync-bn: torch's SyncBatchNorm runs on CUDA devices only; on CPU each rank's "
+            "BatchNorm normalizes its own slice of the batch (drop --sync-bn)"
+        )
 
 
 def plan_steps(config: TrainConfig, steps_per_epoch: int) -> TrainPlan:

@@ -12,7 +12,8 @@ from gradscope.data import TrainBatches, load_dataset
 from gradscope.errors import UsageError
 from gradscope.models import get_model_spec
 from gradscope.train._checkpoint import checkpoint_path
-from gradscope.train._config import TrainConfig, check_train_config, plan_steps, resolve_device
+from gradscope.train._config import TrainConfig, check_train_config, plan_steps
+from gradscope.train._distributed import Ranks, planned_world, rank_device, training_processes
 from gradscope.train._trainer import Trainer, TrainResult, finished_result
 
 CONFIG_FILE = "config.json"  # the experiment's full configuration, inside its folder
@@ -54,27 +55,55 @@ def run_experiment(config: ExperimentConfig, *, progress=True, stop_at_step=None
     Writes `OUT/NAME/<model>.h5` per model, `config.json` and checkpoints. Every input is
     checked before the folder is created. `stop_at_step` pauses each model at that step
     (continue with `resume_experiment`). Returns an ExperimentResult.
+
+    Under torchrun every rank calls it: each trains on its slice of the global batches, rank 0
+    writes the folder and prints; an error on any rank stops them all.
     """
-    check_experiment(config)
-    config = dataclasses.replace(config, name=config.name or _timestamp())
-    run_dir = Path(config.out) / config.name
-    if run_dir.exists():
-        raise UsageError(
-            f"{run_dir} already exists; choose another --name, or continue it with "
-            f"--resume {run_dir}"
-        )
-    _check_writable(Path(config.out))
-    dataset = _load_checked_data(config.train)
-    run_dir.mkdir(parents=True)
-    _write_config(run_dir, config)
-    return _train_models(config, run_dir, dataset, progress, stop_at_step)
+    with training_processes(config.train.device) as ranks:
+        train = dataclasses.replace(config.train, world_size=ranks.world)
+        config = dataclasses.replace(config, train=train)
+        check_experiment(config)
+        config = dataclasses.replace(config, name=ranks.share(config.name or _timestamp()))
+        run_dir = Path(config.out) / config.name
+
+        def prepare():
+            if ranks.is_main:
+                if run_dir.exists():
+                    raise UsageError(
+                        f"{run_dir} already exists; choose another --name, or continue it "
+                        f"with --resume {run_dir}"
+                    )
+                _check_writable(Path(config.out))
+            return _load_checked_data(config.train, ranks)  # rank 0 first: it fills the cache
+
+        dataset = ranks.main_first(prepare)
+        failure = None
+        if ranks.is_main:
+            try:
+                run_dir.mkdir(parents=True)
+                _write_config(run_dir, config)
+            except OSError as e:
+                failure = UsageError(f"cannot create {run_dir} ({e.strerror or e})")
+        ranks.agree(failure)
+        return _train_models(config, run_dir, dataset, progress, stop_at_step, ranks)
 
 
 def resume_experiment(run_dir, *, device=None, progress=True, stop_at_step=None):
     """Continue every unfinished model of `run_dir` from its checkpoint, appending to its run file.
 
     The configuration comes from `run_dir/config.json`; `device` may override where it runs.
+    Under torchrun, with as many ranks as the run started with.
     """
+    run_dir = Path(run_dir)
+    config = check_resume(run_dir, planned_world(), device=device)
+    with training_processes(config.train.device) as ranks:
+        dataset = ranks.main_first(lambda: _load_checked_data(config.train, ranks))
+        return _train_models(config, run_dir, dataset, progress, stop_at_step, ranks, resume=True)
+
+
+def check_resume(run_dir, world: int = 1, *, device=None) -> ExperimentConfig:
+    """The saved configuration of `run_dir` (with `device` if given), checked for resuming on
+    `world` processes: UsageError if there is nothing to resume or the rank count differs."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     if device is not None:
@@ -85,8 +114,13 @@ def resume_experiment(run_dir, *, device=None, progress=True, stop_at_step=None)
             f"resume: start a new run without --resume"
         )
     check_experiment(config)
-    dataset = _load_checked_data(config.train)
-    return _train_models(config, run_dir, dataset, progress, stop_at_step, resume=True)
+    if world != config.train.world_size:
+        raise UsageError(
+            f"{run_dir} trained on {_processes(config.train.world_size)}, not {world}; resume "
+            f"it on as many ({_resume_command(run_dir, config.train.world_size)}), so that "
+            "BatchNorm sees the same slices and the numbers continue as an uninterrupted run"
+        )
+    return config
 
 
 def check_experiment(config: ExperimentConfig) -> None:
@@ -135,7 +169,7 @@ def _write_config(run_dir: Path, config: ExperimentConfig) -> None:
     (run_dir / CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
 
 
-def _train_models(config, run_dir, dataset, progress, stop_at_step, resume=False):
+def _train_models(config, run_dir, dataset, progress, stop_at_step, ranks: Ranks, resume=False):
     """Train each model in turn; a finished one (per its checkpoint) is only reported."""
     attrs = {
         "experiment": config.name,
@@ -160,23 +194,23 @@ def _train_models(config, run_dir, dataset, progress, stop_at_step, resume=False
                 resume=resume,
                 attrs={**attrs, "model": name},
                 progress=progress,
+                ranks=ranks,
             )
             with trainer:
                 results.append(trainer.run(stop_at_step))
         except KeyboardInterrupt:
             step = trainer.checkpoint_step if trainer is not None else None
             where = f"{name} checkpointed at step {step}" if step is not None else name
-            print(
-                f"\ninterrupted ({where}); resume with:\n  gradscope record --resume {run_dir}",
-                file=sys.stderr,
-            )
+            if ranks.is_main:
+                command = _resume_command(run_dir, ranks.world)
+                print(f"\ninterrupted ({where}); resume with:\n  {command}", file=sys.stderr)
             raise
     return ExperimentResult(run_dir=run_dir, config=config, results=results)
 
 
-def _load_checked_data(train: TrainConfig):
-    """Load the dataset onto the run's device and check the recipe fits it."""
-    device = resolve_device(train.device)
+def _load_checked_data(train: TrainConfig, ranks: Ranks):
+    """Load the dataset onto the rank's device and check the recipe fits it."""
+    device = rank_device(train.device, ranks)
     dataset = load_dataset(
         train.data, root=train.data_root, device=device, image_size=train.image_size
     )
@@ -196,6 +230,16 @@ def _check_writable(out: Path) -> None:
             pass
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write in {existing} ({e.strerror})") from e
+
+
+def _resume_command(run_dir, world: int) -> str:
+    """The command that continues `run_dir` on `world` processes."""
+    ranks = f" --nproc-per-node {world}" if world > 1 else ""
+    return f"gradscope record --resume {run_dir}{ranks}"
+
+
+def _processes(world: int) -> str:
+    return "one process" if world == 1 else f"{world} processes (torchrun ranks)"
 
 
 def _timestamp() -> str:

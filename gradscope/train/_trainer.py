@@ -1,6 +1,7 @@
 """The training loop (He et al. 2016 CIFAR recipe by default), with checkpoints and exact resume."""
 
 import contextlib
+import itertools
 import math
 import os
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from gradscope.data import TrainBatches, eval_batches, eval_subset_stride
@@ -25,8 +27,8 @@ from gradscope.train._config import (
     TrainConfig,
     build_lr_scheduler,
     plan_steps,
-    resolve_device,
 )
+from gradscope.train._distributed import Ranks, current_ranks, rank_device
 from gradscope.train._interrupt import DeferredInterrupt
 
 SUMMARY_WINDOW = 100  # steps averaged for the final train loss and error
@@ -61,16 +63,31 @@ class Trainer:
     Files in `run_dir`: `<model>.h5` (the recorder's run file) and `<model>.ckpt.pt`.
     With `resume=True` the model, optimizer, scheduler and RNG states come from the checkpoint
     and the run file is appended to from the checkpoint's step.
+
+    Under torchrun (`ranks` with several processes) the model trains as DDP: each rank takes
+    its slice of every global batch, the same initialization everywhere; rank 0 writes the run
+    file and checkpoints and shows progress; train and test figures are of the global batch
+    and the whole test set (evaluation is split over the ranks).
     """
 
     def __init__(
-        self, model_name, config, dataset, run_dir, *, resume=False, attrs=None, progress=True
+        self,
+        model_name,
+        config,
+        dataset,
+        run_dir,
+        *,
+        resume=False,
+        attrs=None,
+        progress=True,
+        ranks: Ranks | None = None,
     ):
         self.model_name = model_name
         self.config = config
         self.dataset = dataset
-        self.progress = progress
-        self.device = resolve_device(config.device)
+        self.ranks = ranks if ranks is not None else current_ranks()
+        self.progress = progress and self.ranks.is_main
+        self.device = rank_device(config.device, self.ranks)
         self.amp = self.device.type == "cuda" if config.amp is None else config.amp
         self.batches = TrainBatches(dataset, batch_size=config.batch_size, seed=config.seed)
         self.plan = plan_steps(config, self.batches.steps_per_epoch)
@@ -80,6 +97,8 @@ class Trainer:
         torch.manual_seed(config.seed)  # every model of the pair starts from the same RNG stream
         shortcut = {"shortcut": config.shortcut} if get_model_spec(model_name).shortcuts else {}
         self.model = create_model(model_name, num_classes=dataset.num_classes, **shortcut)
+        if config.sync_bn:  # batch statistics over the global batch (parameters are kept)
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         memory_format = torch.channels_last if self.amp else torch.preserve_format
         self.model.to(self.device, memory_format=memory_format)
         self.optimizer = torch.optim.SGD(
@@ -96,10 +115,20 @@ class Trainer:
         self.checkpoint_step = None  # the step of the checkpoint on disk (None: none yet)
         self._train_seconds = 0.0  # this session's time inside training steps
         self._session_steps = 0
+        self._stop = False  # every rank agreed to stop after this step (Ctrl-C on some rank)
         if resume and self.checkpoint_path.is_file():
             self._load(load_checkpoint(self.checkpoint_path))
+        trained = self.model
+        if self.ranks.distributed:  # the constructor checks every rank holds rank 0's model
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            trained = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         # the recorder watches the modules inside a compiled forward too (see README: compile)
-        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.forward = torch.compile(trained) if config.compile else trained
+        # evaluation bypasses DDP: its forward broadcasts buffers, a collective that would wait
+        # for ranks with one evaluation batch fewer (evaluate() broadcasts them once instead)
+        self.eval_forward = self.forward
+        if self.ranks.distributed:
+            self.eval_forward = torch.compile(self.model) if config.compile else self.model
         self.recorder = None
         if config.record:
             import gradscope
@@ -125,7 +154,10 @@ class Trainer:
         self.done = state["done"]
 
     def save_checkpoint(self) -> None:
-        """Write model, optimizer, scheduler, RNG states and step, atomically."""
+        """Write model, optimizer, scheduler, RNG states and step, atomically (rank 0)."""
+        self.checkpoint_step = self.step
+        if not self.ranks.is_main:
+            return  # every rank holds the same state
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -139,16 +171,17 @@ class Trainer:
             "config": asdict(self.config),
         }
         save_checkpoint(self.checkpoint_path, state)
-        self.checkpoint_step = self.step
 
     def _autocast(self):
         if not self.amp:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimizer step on batch `self.step`; returns its (loss, error)."""
-        x, y = self.batches.batch(self.step)
+    def train_step(self, stop_requested=None) -> tuple[float, float]:
+        """One optimizer step on batch `self.step`; returns its (loss, error) over the global
+        batch. `stop_requested()` (Ctrl-C on this rank), asked once the step is done: if it is
+        True on any rank, every rank stops after this same step (`self._stop`)."""
+        x, y = self.batches.rank_batch(self.step, self.ranks.rank, self.ranks.world)
         if self.amp:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
@@ -160,9 +193,15 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         wrong = (logits.detach().argmax(1) != y).sum()
-        # note: the one CPU-GPU sync point per step (tqdm and the run file need the numbers)
-        loss_value, wrong_count = torch.stack([loss.detach().float(), wrong.float()]).tolist()
-        error = wrong_count / y.shape[0]
+        stop = torch.tensor(float(bool(stop_requested and stop_requested())), device=loss.device)
+        # note: the one CPU-GPU sync point per step (tqdm and the run file need the numbers),
+        # and under torchrun the one collective besides DDP's
+        loss_sum, wrong_count, stops = self.ranks.sum(
+            torch.stack([loss.detach().float(), wrong.float(), stop])
+        )
+        loss_value = loss_sum / self.ranks.world  # equal slices: the global batch's mean loss
+        error = wrong_count / self.config.batch_size
+        self._stop = stops > 0
         if self.recorder is not None:
             self.recorder.log(step=self.step, loss=loss_value, error=error, lr=lr)
         self.recent.append((loss_value, error))
@@ -176,6 +215,9 @@ class Trainer:
         limit = None if full else self.config.eval_subset
         total = len(self.dataset.test_labels)
         images = -(-total // eval_subset_stride(total, limit))  # ceil: every k-th image
+        rank, world = self.ranks.rank, self.ranks.world
+        size = self.config.eval_batch_size
+        self.ranks.broadcast_buffers(self.model)  # evaluate rank 0's model on every rank
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device)
@@ -189,17 +231,21 @@ class Trainer:
             dynamic_ncols=True,
         )
         with bar, self._autocast():  # the recorder ignores forwards without grad
-            batches = eval_batches(self.dataset, self.config.eval_batch_size, limit=limit)
-            for x, y in batches:
+            batches = eval_batches(self.dataset, size, limit=limit)
+            mine = itertools.islice(batches, rank, None, world)  # every world-th batch
+            for done, (x, y) in enumerate(mine):
                 if self.amp:
                     x = x.contiguous(memory_format=torch.channels_last)
-                logits = self.forward(x).float()
+                logits = self.eval_forward(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
                 wrong += (logits.argmax(1) != y).sum()
                 count += y.shape[0]
-                bar.update(y.shape[0])
+                # the images of this round of batches, one per rank (rank 0's bar shows)
+                bar.update(min(images, (done + 1) * world * size) - done * world * size)
         self.model.train()
-        test_loss, wrong_count = torch.stack([loss_sum, wrong]).tolist()
+        counted = torch.tensor(float(count), device=self.device)
+        test_loss, wrong_count, count = self.ranks.sum(torch.stack([loss_sum, wrong, counted]))
+        count = int(count)
         self.last_eval = (test_loss / count, wrong_count / count, count)
         if self.recorder is not None:
             self.recorder.log(
@@ -233,7 +279,7 @@ class Trainer:
         with bar, DeferredInterrupt() as interrupt:
             while self.step < end:
                 started = time.perf_counter()
-                loss, error = self.train_step()
+                loss, error = self.train_step(lambda: interrupt.requested)
                 self._train_seconds += time.perf_counter() - started
                 self._session_steps += 1
                 bar.set_postfix(loss=f"{loss:.3f}", err=f"{error:.3f}", refresh=False)
@@ -247,7 +293,7 @@ class Trainer:
                 self.done = self.step == total
                 if self.done or self.step % self.plan.checkpoint_every == 0:
                     self.save_checkpoint()
-                if interrupt.requested and not self.done:
+                if self._stop and not self.done:
                     self.save_checkpoint()
                     self.close()
                     raise KeyboardInterrupt

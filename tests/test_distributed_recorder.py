@@ -1,0 +1,304 @@
+"""DDP, FSDP2 and FSDP1 on two real gloo ranks: every statistic of rank 0's file against a
+one-process float64 autograd reference on the concatenated batch."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import gradscope
+from gradscope.recorder import ALL_STATS
+from tests.ranks import init_gloo, rendezvous_file, run_ranks
+from tests.reference import (
+    ReferenceProbe,
+    act_grad_reference,
+    act_reference,
+    grad_reference,
+    weight_copy,
+    weight_reference,
+)
+
+WORLD = 2
+ROWS = 4  # per rank and micro-batch
+LAYERS = ["embed", "act", "hidden", "head"]  # the plain model's names, in depth order
+WATCH = ["embed", "hidden", "head", nn.ReLU]
+LR, MOMENTUM = 0.1, 0.9
+# name: (wrapper, every, steps, batch_sample, micro-batches per step, all_ranks)
+PHASES = {
+    "ddp-every1": ("ddp", 1, 2, None, 1, False),
+    "ddp-every2": ("ddp", 2, 3, 2, 1, False),
+    "ddp-accumulate": ("ddp", 1, 2, None, 2, False),
+    "ddp-all-ranks": ("ddp", 1, 1, None, 1, True),
+    "fsdp2-every1": ("fsdp2", 1, 2, None, 1, False),
+    "fsdp2-every2": ("fsdp2", 2, 3, 2, 1, False),
+    "fsdp1-every1": ("fsdp1", 1, 2, None, 1, False),
+    "fsdp1-every2": ("fsdp1", 2, 3, 2, 1, False),
+    "fsdp1-accumulate": ("fsdp1", 1, 1, None, 2, False),
+}
+
+
+class Net(nn.Module):
+    """Odd row counts: FSDP shards `hidden` unevenly and leaves rank 1 no rows of `head`."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(5, 8)
+        self.act = nn.ReLU()
+        self.hidden = nn.Linear(8, 3)
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.hidden(self.act(self.embed(x)))))
+
+
+def batch(step: int, micro: int, rank: int):
+    g = torch.Generator().manual_seed(1000 * step + 10 * micro + rank)
+    return torch.randn(ROWS, 5, generator=g), torch.randn(ROWS, 1, generator=g)
+
+
+def wrap(kind: str, model: nn.Module) -> nn.Module:
+    if kind == "ddp":
+        return nn.parallel.DistributedDataParallel(model)
+    if kind == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        fully_shard(model.embed)
+        fully_shard(model.head)
+        return fully_shard(model)  # `hidden` is sharded with the root's parameters
+    from torch.distributed.fsdp import FullyShardedDataParallel
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    return FullyShardedDataParallel(
+        model,
+        use_orig_params=True,
+        device_id=torch.device("cpu"),
+        auto_wrap_policy=ModuleWrapPolicy({nn.Linear}),
+    )
+
+
+def no_sync(kind: str, model):
+    if kind == "fsdp2":
+        raise AssertionError("FSDP2 accumulates with set_requires_gradient_sync")
+    return model.no_sync()
+
+
+def _worker(rank: int, rendezvous: str, folder: str) -> None:
+    init_gloo(rank, WORLD, rendezvous)
+    torch.set_num_threads(1)
+    reductions = {}
+    for name, (kind, every, steps, batch_sample, micros, all_ranks) in PHASES.items():
+        torch.manual_seed(0)
+        model = wrap(kind, Net())
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        rec = gradscope.attach(
+            model,
+            f"{folder}/{name}.h5",
+            optimizer=opt,
+            every=every,
+            layers=WATCH,
+            batch_sample=batch_sample,
+            all_ranks=all_ranks,
+        )
+        calls = []
+        counted = _count_all_reduces(calls)
+        per_step = []
+        for step in range(steps):
+            opt.zero_grad()
+            for micro in range(micros):
+                x, y = batch(step, micro, rank)
+                if micro < micros - 1:
+                    with no_sync(kind, model):
+                        F.mse_loss(model(x), y).backward()
+                else:
+                    F.mse_loss(model(x), y).backward()
+            before = len(calls)
+            opt.step()
+            per_step.append(len(calls) - before)
+        counted.undo()
+        rec.close()
+        reductions[name] = per_step
+        dist.barrier()
+    errors = {name: _attach_error(make, rank, folder) for name, make in ATTACH_ERRORS.items()}
+    with open(f"{folder}/rank{rank}.json", "w") as f:
+        json.dump({"all_reduces": reductions, "errors": errors}, f)
+    dist.destroy_process_group()
+
+
+def _tensor_parallel(rank, folder):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, parallelize_module
+
+    mesh = init_device_mesh("cpu", (WORLD,))
+    return parallelize_module(Net(), mesh, {"embed": ColwiseParallel()}), f"{folder}/tp.h5", {}
+
+
+def _flat_parameters(rank, folder):
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    model = FullyShardedDataParallel(Net(), device_id=torch.device("cpu"))
+    return model, f"{folder}/flat.h5", {}
+
+
+def _rank_zero_file_exists(rank, folder):
+    if rank == 0:
+        open(f"{folder}/exists.h5", "w").close()
+    dist.barrier()
+    return nn.parallel.DistributedDataParallel(Net()), f"{folder}/exists.h5", {}
+
+
+def _ranks_watch_differently(rank, folder):
+    layers = ["embed"] if rank == 0 else ["head"]
+    model = nn.parallel.DistributedDataParallel(Net())
+    return model, f"{folder}/differ.h5", {"layers": layers}
+
+
+ATTACH_ERRORS = {
+    "tensor parallel": _tensor_parallel,
+    "flat parameters": _flat_parameters,
+    "rank 0's file exists": _rank_zero_file_exists,
+    "ranks watch differently": _ranks_watch_differently,
+}
+
+
+def _attach_error(make, rank, folder) -> str:
+    """The error gradscope.attach raises on this rank ("" if none)."""
+    model, path, kwargs = make(rank, folder)
+    try:
+        gradscope.attach(model, path, **kwargs).close()
+    except gradscope.GradscopeError as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+class _count_all_reduces:
+    """Counts torch.distributed.all_reduce calls (DDP's own reductions run in C++)."""
+
+    def __init__(self, calls: list):
+        self.original = dist.all_reduce
+
+        def counting(*args, **kwargs):
+            calls.append(1)
+            return self.original(*args, **kwargs)
+
+        dist.all_reduce = counting
+
+    def undo(self):
+        dist.all_reduce = self.original
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """Every phase recorded once by two gloo ranks (one spawn for the whole module)."""
+    folder = tmp_path_factory.mktemp("ranks")
+    run_ranks(_worker, args=(rendezvous_file(folder), str(folder)), world=WORLD)
+    return folder
+
+
+def reference(phase: str) -> dict[int, dict[str, list[float]]]:
+    """One process, float64, the ranks' rows concatenated: step -> stat -> value per layer."""
+    _, every, steps, batch_sample, micros, _ = PHASES[phase]
+    torch.manual_seed(0)
+    model = Net().double()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    modules = {name: getattr(model, name) for name in LAYERS}
+    probe = ReferenceProbe(modules)
+    records = {}
+    for step in range(steps):
+        probe.clear()
+        opt.zero_grad()
+        for micro in range(micros):
+            parts = [batch(step, micro, rank) for rank in range(WORLD)]
+            x = torch.cat([p[0] for p in parts]).double()
+            y = torch.cat([p[1] for p in parts]).double()
+            F.mse_loss(model(x), y).backward()
+        before = {name: weight_copy(m) for name, m in modules.items()}
+        grads = {name: grad_reference(m) for name, m in modules.items()}
+        opt.step()
+        if step % every:
+            continue
+        stats = {}
+        for name, module in modules.items():
+            # each rank's first batch_sample rows of each call
+            calls = [copy for call in probe.outputs[name] for _, copy in call]
+            per_rank = [[(None, rows)] for copy in calls for rows in copy.chunk(WORLD)]
+            stats[name] = {
+                **grads[name],
+                **weight_reference(before[name], module),
+                **act_reference(per_rank, batch_sample),
+                "act_grad_norm": act_grad_reference(probe.outputs[name]),
+            }
+        records[step] = {s: [stats[name][s] for name in LAYERS] for s in ALL_STATS}
+    probe.remove()
+    return records
+
+
+@pytest.mark.parametrize("phase", [p for p in PHASES if not PHASES[p][5]])
+def test_rank_zero_records_the_global_batch(recorded, phase):
+    want = reference(phase)
+    with gradscope.open_run(recorded / f"{phase}.h5") as run:
+        assert list(run.layers["name"]) == LAYERS
+        assert list(run.layers["type"]) == ["Linear", "ReLU", "Linear", "Linear"]
+        assert list(run.layers["params"]) == [48, 0, 27, 4]  # whole layers, all shards
+        assert list(run.steps) == sorted(want)
+        assert run.attrs["world_size"] == WORLD
+        for i, step in enumerate(run.steps):
+            for stat in ALL_STATS:
+                np.testing.assert_allclose(
+                    run.stat(stat)[i],
+                    want[step][stat],
+                    rtol=2e-5,
+                    atol=1e-7,
+                    err_msg=f"{phase} step {step} {stat}",
+                )
+    assert not (recorded / f"{phase}.rank1.h5").exists()
+
+
+def test_ddp_all_ranks_keeps_each_ranks_local_statistics(recorded):
+    want = reference("ddp-all-ranks")[0]
+    torch.manual_seed(0)
+    model = Net().double()
+    probe = ReferenceProbe({name: getattr(model, name) for name in LAYERS})
+    x, y = batch(0, 0, 1)
+    F.mse_loss(model(x.double()), y.double()).backward()  # rank 1 alone, its own loss
+    with gradscope.open_run(recorded / "ddp-all-ranks.rank1.h5") as run:
+        assert run.attrs["rank"] == 1 and run.attrs["world_size"] == WORLD
+        for i, name in enumerate(LAYERS):
+            local = act_reference(probe.outputs[name], None)
+            for stat, value in local.items():
+                assert math.isclose(run.stat(stat)[0, i], value, rel_tol=2e-5, abs_tol=1e-7)
+            norm = act_grad_reference(probe.outputs[name])
+            assert math.isclose(run.stat("act_grad_norm")[0, i], norm, rel_tol=2e-5)
+            # DDP: every rank holds the averaged gradient, the global one
+            assert math.isclose(
+                run.stat("grad_norm")[0, i], want["grad_norm"][i], rel_tol=2e-5
+            ) or (math.isnan(want["grad_norm"][i]) and math.isnan(run.stat("grad_norm")[0, i]))
+    with gradscope.open_run(recorded / "ddp-all-ranks.h5") as run:
+        np.testing.assert_allclose(run.stat("act_mean")[0], want["act_mean"], rtol=2e-5)
+    assert (recorded / "ddp-all-ranks.rank0.h5").exists()
+
+
+def test_collectives_only_on_record_steps(recorded):
+    counts = json.loads((recorded / "rank0.json").read_text())["all_reduces"]
+    # every=2 under DDP: a SUM, a MAX and the activation spread's SUM at steps 0 and 2
+    assert counts["ddp-every2"] == [3, 0, 3]
+    assert counts["ddp-every1"] == [3, 3]
+
+
+@pytest.mark.parametrize(
+    "case, rank0, rank1",
+    [
+        ("tensor parallel", "DTensor with placements (Shard(dim=0),)", "outside fully_shard"),
+        ("flat parameters", "use_orig_params=True", "use_orig_params=True"),
+        ("rank 0's file exists", "RunFileError: ", "failed on rank 0 (RunFileError"),
+        ("ranks watch differently", "rank 1 attaches differently", "attaches differently"),
+    ],
+)
+def test_attach_fails_on_every_rank_with_the_reason(recorded, case, rank0, rank1):
+    errors = [json.loads((recorded / f"rank{r}.json").read_text())["errors"] for r in range(2)]
+    assert rank0 in errors[0][case]
+    assert rank1 in errors[1][case]
