@@ -260,3 +260,39 @@ def test_the_device_path_compiles_once_not_per_step_or_size(tmp_path, monkeypatc
             opt.zero_grad()
             graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
     assert graphs[-1] - graphs[1] <= 1, graphs  # sizes are symbolic: no compile per step
+
+
+def test_the_fused_record_finish_matches_the_plain_one_nans_included():
+    from gradscope.recorder._record import finish_record, finish_record_fused
+    from gradscope.recorder._stats import ALL_STATS
+
+    g = torch.Generator().manual_seed(3)
+    n = 7
+    count = torch.tensor([0.0, 4, 9, 16, 1, 25, 36], dtype=torch.float64)
+    sums = {
+        "grad_count": count,
+        "grad_total": torch.randn(n, generator=g, dtype=torch.float64),
+        "grad_sumsq": torch.rand(n, generator=g, dtype=torch.float64) * 10,
+        "grad_absmax": torch.rand(n, generator=g, dtype=torch.float64),
+        "grad_nonfinite": torch.zeros(n, dtype=torch.float64),
+        "weight_sumsq": torch.rand(n, generator=g, dtype=torch.float64),
+        "update_sumsq": torch.rand(n, generator=g, dtype=torch.float64) * 1e-4,
+        "act_count": count,  # layer 0 never called: NaN moments
+        "act_total": torch.randn(n, generator=g, dtype=torch.float64),
+        "act_spread": torch.rand(n, generator=g, dtype=torch.float64),
+        "act_absmax": torch.rand(n, generator=g, dtype=torch.float64),
+        "act_nonzeros": count / 2,
+        "act_grad_sumsq": torch.rand(n, generator=g, dtype=torch.float64),
+        "act_grad_calls": torch.tensor([0.0, 1, 1, 2, 1, 1, 1], dtype=torch.float64),
+    }
+    for key in ("act_total", "act_spread"):  # what a layer never called holds
+        sums[key][0] = 0.0
+    sums["act_absmax"][0] = float("nan")
+    owns = torch.tensor([False, True, True, True, True, True, True])
+    order = torch.tensor([3, 1, 0, 2, 6, 5, 4])
+    for stats in (ALL_STATS, ("act_grad_norm", "grad_norm"), ("weight_norm",)):
+        plain = finish_record(sums, owns, order, stats)
+        fused = finish_record_fused(sums, owns, order, stats)
+        assert fused.shape == (len(stats), n) and fused.dtype == torch.float32
+        torch.testing.assert_close(fused, plain, equal_nan=True)
+        assert torch.isnan(plain[:, 2]).all()  # layer 0 (third in depth order) has no values

@@ -18,6 +18,7 @@ from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
 from gradscope.recorder._kernels import kernel_choice
 from gradscope.recorder._layer_selection import select_modules
+from gradscope.recorder._record import finish_record, finish_record_fused
 from gradscope.recorder._schedule import make_schedule
 from gradscope.recorder._wrappers import unwrap, user_type_name
 from gradscope.store import RunWriter, open_run
@@ -438,27 +439,13 @@ class Recorder:
     def _pack_record(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
         """One [n_stats, n_layers] float32 tensor, layers in depth order, computed on the device
         from raw per-layer sums (this rank's, or added across ranks)."""
-        n = len(self._modules)
         device = self._device
-        values: dict[str, torch.Tensor] = {}
-        if "grad_count" in sums:
-            values.update(P.gradient_stats_from_sums(sums))
-        if "weight_sumsq" in sums:
-            owns = self._param_groups().owner_mask(device)
-            values.update(P.weight_stats_from_sums(sums, owns))
-        if "act_count" in sums:
-            if "act_spread" not in sums:  # this rank's own: the spread about its own mean
-                sums = {
-                    **sums,
-                    "act_spread": self._act_spread(sums["act_total"] / sums["act_count"]),
-                }
-            values.update(S.activation_stats(sums))
-        if "act_grad_sumsq" in sums:
-            values["act_grad_norm"] = S.output_grad_norm(sums)
-        missing = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
-        record = torch.stack([values.get(name, missing) for name in self.stats]).float()
+        if "act_count" in sums and "act_spread" not in sums:  # this rank's own: about its mean
+            sums = {**sums, "act_spread": self._act_spread(sums["act_total"] / sums["act_count"])}
+        owns = self._param_groups().owner_mask(device) if "weight_sumsq" in sums else None
         order = self._on_device(self._order, torch.long)
-        return record[:, order]
+        finish = finish_record if self.kernels.numba_for(device) else finish_record_fused
+        return finish(sums, owns, order, self.stats)
 
     def _write_record(self, writer: RunWriter, record: torch.Tensor) -> None:
         if record.device.type == "cpu":
