@@ -7,6 +7,7 @@ from gradscope.errors import UsageError
 from gradscope.models import SHORTCUTS
 from gradscope.report import format_summary
 from gradscope.train import (
+    INTERRUPTED,
     ExperimentConfig,
     PeerFailed,
     TrainConfig,
@@ -20,7 +21,6 @@ from gradscope.train import (
 
 # flags `--resume` accepts besides itself: everything else comes from the saved config.json
 RESUME_FLAGS = ("resume", "device", "quiet", "nproc_per_node", "command", "func", "argv")
-INTERRUPTED = 130  # exit code after Ctrl-C
 
 
 def register(subparsers) -> None:

@@ -24,7 +24,7 @@ from gradscope.train._experiment import (
     resume_experiment,
     run_experiment,
 )
-from gradscope.train._launch import launch_ranks
+from gradscope.train._launch import INTERRUPTED, launch_ranks
 from gradscope.train._trainer import Trainer, TrainResult, finished_result
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "current_ranks",
     "check_train_config",
     "finished_result",
+    "INTERRUPTED",
     "launch_ranks",
     "launched_by_torchrun",
     "plan_steps",
