@@ -66,18 +66,36 @@ def test_every_path_gives_the_same_rows(kernels, monkeypatch):
     outputs.append(torch.randn(6, 4, 5, 3, generator=generator).transpose(1, 3))  # strided
     outputs.append(torch.randn(6, 7, generator=generator).bfloat16())  # AMP: summed in float32
     outputs.append(torch.zeros(0, 5))  # no rows
-    want = [brute_force(o[:4].float()) if o.numel() else [0, 0, 0, 0] for o in outputs]
+    outputs.append(torch.randn(6, 8, 5, generator=generator))  # 160 sampled, as outputs[1]
+    outputs.append(torch.randn(3, 4, generator=generator, requires_grad=True))  # 3 rows < 4
+    outputs.append(torch.tensor(-2.5))  # 0-d
+    sampled = [o.detach()[:4].float() if o.dim() else o for o in outputs]
+    want = [brute_force(o) if o.numel() else [0] * 4 for o in sampled]
     sums = ActivationSums(batch_sample=4, kernels=kernels)
     for _ in range(2):  # rows are reused from one record to the next
         for position, o in enumerate(outputs):
             sums.add([o], position)
         rows = sums.per_call("cpu")
         assert rows.shape == (len(outputs), S.ACT_SUMS_SIZE)
-        assert sums.counts.tolist() == [12, 160, 20, 360, 240, 28, 0]
+        assert sums.counts.tolist() == [12, 160, 20, 360, 240, 28, 0, 160, 12, 1]
         assert sums.layers.tolist() == list(range(len(outputs)))
         np.testing.assert_allclose(rows.double().numpy(), np.array(want), rtol=2e-5, atol=1e-6)
         sums.clear()
         assert len(sums) == 0
+
+
+@pytest.mark.parametrize("kernels", [AUTO, TORCH], ids=["numba", "device"])
+def test_a_call_with_several_outputs_is_one_row_per_output_or_call(kernels):
+    generator = torch.Generator().manual_seed(3)
+    a, b = torch.randn(6, 5, generator=generator), torch.randn(6, 2, generator=generator)
+    sums = ActivationSums(batch_sample=4, kernels=kernels)
+    sums.add([a, b], 0)
+    rows = sums.per_call("cpu").double().numpy()
+    both = torch.cat([a[:4].reshape(-1), b[:4].reshape(-1)])
+    if kernels is AUTO:  # one call: one row over both outputs
+        np.testing.assert_allclose(rows, [brute_force(both)], rtol=1e-5)
+    else:  # one row per output, merged per layer when the record is packed
+        np.testing.assert_allclose(rows, [brute_force(a[:4]), brute_force(b[:4])], rtol=1e-5)
 
 
 def test_numba_and_device_rows_mix_in_call_order(monkeypatch):
@@ -152,9 +170,10 @@ def test_output_grad_sums_match_brute_force():
         for position, g in enumerate(grads):
             sums.add(g, position)
         sums.add(grads[1].t(), 4)  # a strided gradient
-        assert sums.layers.tolist() == [0, 1, 2, 3, 4]
+        sums.add(grads[3].clone().requires_grad_(), 5)  # a gradient with a graph (create_graph)
+        assert sums.layers.tolist() == [0, 1, 2, 3, 4, 5]
         got = sums.per_grad("cpu").double().numpy()
-        np.testing.assert_allclose(got, [*want, want[1]], rtol=1e-5)
+        np.testing.assert_allclose(got, [*want, want[1], want[3]], rtol=1e-5)
         sums.clear()
         assert len(sums) == 0 and len(sums.per_grad("cpu")) == 0
 

@@ -70,7 +70,7 @@ class ActivationSums:
 
     def __init__(self, batch_sample: int | None, kernels: KernelChoice):
         self.batch_sample = batch_sample
-        self._kernels = kernels
+        self._numba_on_cpu = kernels.numba_for(torch.device("cpu"))
         self._host = HostRows(S.ACT_SUMS_SIZE)  # the numba rows, in call order
         # row i: call i's element count, layer, and its row in the host table (-1: a device
         # row, in a sample group or a reduced chunk)
@@ -96,15 +96,15 @@ class ActivationSums:
 
     def add(self, tensors: list[torch.Tensor], position: int) -> None:
         """The sums of one call's floating outputs (`tensors`, all of one module call)."""
-        if self._kernels.numba_for(tensors[0].device):
-            x = S.flat_sample(tensors, self.batch_sample)
-            if 0 < x.numel() < S.EXACT_FLOAT32_COUNT:  # the kernel's count is exact below
+        if self._numba_on_cpu and tensors[0].is_cpu:
+            x = S.host_sample(tensors, self.batch_sample)
+            if 0 < x.shape[0] < S.EXACT_FLOAT32_COUNT:  # the kernel's count is exact below
                 if self._numba is None:
                     self._numba = _numba_kernels()
                 row = self._host.next_row()
-                self._numba.sums_into(x.numpy(), self._host.table[row])
+                self._numba.sums_into(x, self._host.table[row])
                 call = self._calls.next_row()  # first: it may grow the table
-                self._calls.table[call] = (x.numel(), position, row)
+                self._calls.table[call] = (x.shape[0], position, row)
                 return
         for t in tensors:  # the device path: one row per output tensor (merged per layer)
             t = t.detach()
@@ -201,8 +201,10 @@ class OutputGradSums:
 
     def __init__(self, kernels: KernelChoice):
         self._kernels = kernels
+        self._dot_on_cpu = kernels.numba_for(torch.device("cpu"))
         self._layers: dict[torch.device, HostRows] = {}  # per device: the layer of each row
         self._buffers: dict[torch.device, torch.Tensor] = {}  # per device: rows of sums
+        self._slots: dict[torch.device, list[torch.Tensor]] = {}  # their rows, as 0-d views
 
     def __len__(self) -> int:
         return sum(rows.used for rows in self._layers.values())
@@ -223,14 +225,18 @@ class OutputGradSums:
             layers = self._layers[device] = HostRows(1, np.int64)
         row = layers.next_row()
         layers.table[row, 0] = position
-        out = self._buffer(device, row + 1)[row]
-        if self._kernels.numba_for(device):
-            g = grad.detach().reshape(-1)
-            if g.dtype != torch.float32:
+        slots = self._slots.get(device)
+        if slots is None or row == len(slots):
+            slots = self._grow(device, row + 1)
+        if grad.requires_grad:  # only under create_graph
+            grad = grad.detach()
+        if self._dot_on_cpu and grad.is_cpu:
+            g = grad.view(-1) if grad.is_contiguous() else grad.reshape(-1)
+            if g.dtype is not torch.float32:
                 g = g.float()
-            torch.dot(g, g, out=out)
+            torch.dot(g, g, out=slots[row])
         else:
-            grad_norm_into(grad.detach(), out)
+            grad_norm_into(grad, slots[row])
 
     def per_grad(self, device) -> torch.Tensor:
         """All gradients' sums of squares as one float32 tensor [grads] on `device`."""
@@ -249,13 +255,14 @@ class OutputGradSums:
         for rows in self._layers.values():
             rows.used = 0
 
-    def _buffer(self, device: torch.device, rows: int) -> torch.Tensor:
-        """The device's buffer with at least `rows` rows, grown by doubling (rows kept)."""
+    def _grow(self, device: torch.device, rows: int) -> list[torch.Tensor]:
+        """The device's buffer grown to at least `rows` rows by doubling (rows kept), and its
+        rows as 0-d views, made once (indexing a tensor in a hook costs more than the sum)."""
         buffer = self._buffers.get(device)
-        if buffer is None or len(buffer) < rows:
-            size = max(rows, INITIAL_HOST_ROWS, 0 if buffer is None else 2 * len(buffer))
-            grown = torch.zeros(size, device=device)
-            if buffer is not None:
-                grown[: len(buffer)] = buffer
-            buffer = self._buffers[device] = grown
-        return buffer
+        size = max(rows, INITIAL_HOST_ROWS, 0 if buffer is None else 2 * len(buffer))
+        grown = torch.zeros(size, device=device)
+        if buffer is not None:
+            grown[: len(buffer)] = buffer
+        self._buffers[device] = grown
+        slots = self._slots[device] = list(grown.unbind())
+        return slots

@@ -7,7 +7,9 @@ import numpy as np
 
 # Reassociation lets LLVM vectorize the running sums (several float32 lanes, so the sums are
 # about as accurate as torch's); no "nnan"/"ninf", so NaN and inf behave as in IEEE math: they
-# propagate into the sums, and a NaN counts as nonzero.
+# propagate into the sums, and a NaN counts as nonzero. numba widens integer arithmetic to 64
+# bits, and x86 has no vector max of unsigned 64-bit lanes: the magnitudes are cast back to
+# uint32 and maxed with a select, which LLVM turns into one vector max (1.5x faster a pass).
 _FAST = {"reassoc", "contract", "nsz", "arcp"}
 _MAGNITUDE_BITS = np.uint32(0x7FFFFFFF)  # a float32's bits without the sign
 
@@ -33,7 +35,8 @@ def sums_into(x: np.ndarray, out: np.ndarray) -> None:
         total += v
         sumsq += v * v
         nonzeros += np.float32(1.0) if v != 0 else np.float32(0.0)
-        top = max(top, bits[i] & _MAGNITUDE_BITS)
+        magnitude = np.uint32(bits[i] & _MAGNITUDE_BITS)
+        top = magnitude if magnitude > top else top
     out[0] = total
     out[1] = sumsq
     out.view(np.uint32)[2] = top
@@ -55,8 +58,8 @@ def _chunk_sums(x: np.ndarray, bits: np.ndarray):
         v = x[i]
         total += v
         sumsq += v * v
-        magnitude = bits[i] & _MAGNITUDE_BITS
-        top = max(top, magnitude)
+        magnitude = np.uint32(bits[i] & _MAGNITUDE_BITS)
+        top = magnitude if magnitude > top else top
         nonfinite += np.float32(1.0) if magnitude >= _INF_BITS else np.float32(0.0)
     return total, sumsq, top, nonfinite
 

@@ -59,6 +59,10 @@ class SampleGroup:
         self.max_rows = max(1, SAMPLE_GROUP_BYTES // (4 * numel))
         self.buffer = torch.empty((min(8, self.max_rows), numel), device=device)
         self.calls: list[int] = []  # the call (row of the caller's table) of each used row
+        # the buffer's rows as views shaped like the outputs seen first (made once, not in
+        # every hook: indexing and reshaping cost more than the copy on a small output)
+        self._shape: torch.Size | None = None
+        self._rows: list[torch.Tensor] = []
 
     @property
     def full(self) -> bool:
@@ -72,7 +76,15 @@ class SampleGroup:
             grown = torch.empty((min(2 * row, self.max_rows), self.numel), device=self.device)
             grown[:row] = self.buffer
             self.buffer = grown
-        self.buffer[row].view(x.shape).copy_(x)
+            self._rows = []
+        if self._shape is None:
+            self._shape = x.shape
+        if x.shape != self._shape:
+            self.buffer[row].view(x.shape).copy_(x)
+        else:
+            if not self._rows:
+                self._rows = list(self.buffer.view(-1, *self._shape).unbind())
+            self._rows[row].copy_(x)
         self.calls.append(call)
 
     def reduce(self) -> torch.Tensor:

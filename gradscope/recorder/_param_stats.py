@@ -229,11 +229,11 @@ def gradient_sums(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
 
     A sharded parameter contributes the gradient shard this rank holds.
     """
-    present = tuple(
-        i
-        for i, p in enumerate(groups.params)
-        if p.grad is not None and local_part(p.grad).numel() > 0
-    )
+    if groups.sharded:
+        grads = [local_part(p.grad) if p.grad is not None else None for p in groups.params]
+    else:
+        grads = [p.grad for p in groups.params]
+    present = tuple(i for i, g in enumerate(grads) if g is not None and g.numel() > 0)
     if not present:
         zero = torch.zeros(groups.n_layers, dtype=torch.float64, device=device)
         sums = dict.fromkeys(("grad_count", "grad_total", "grad_sumsq", "grad_nonfinite"), zero)

@@ -62,6 +62,20 @@ def flat_sample(tensors: list[torch.Tensor], batch_sample: int | None) -> torch.
     return x if x.dtype == torch.float32 else x.float()
 
 
+def host_sample(tensors: list[torch.Tensor], batch_sample: int | None) -> np.ndarray:
+    """`flat_sample` of CPU tensors as a 1-D float32 numpy array. One contiguous float32
+    output (the usual case) is read in place: its first rows are the array's first elements,
+    so the sample is a view, made without the torch ops (and their overhead) of a slice."""
+    t = tensors[0]
+    if len(tensors) == 1 and t.dtype is torch.float32 and t.is_contiguous():
+        x = (t.detach() if t.requires_grad else t).numpy().reshape(-1)
+        rows = t.shape[0] if t.dim() else 1
+        if batch_sample is not None and rows > batch_sample:
+            return x[: x.shape[0] // rows * batch_sample]
+        return x
+    return flat_sample(tensors, batch_sample).numpy()
+
+
 def host_to_device(values, dtype: torch.dtype, device) -> torch.Tensor:
     """A copy of small host values (a list or array) as a tensor on `device`, without a host
     sync: on CUDA through pinned memory and a non-blocking copy (the caching host allocator
