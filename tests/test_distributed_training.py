@@ -99,6 +99,26 @@ def test_launcher_checks_flags_before_starting_ranks(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("named", [True, False])
+def test_the_launcher_names_the_experiment_it_starts(tmp_path, monkeypatch, named):
+    # The ranks get the experiment's name from the launcher, which so knows the folder that a
+    # failed run resumes from (torchrun itself is not started here).
+    started = {}
+    monkeypatch.setattr(
+        "gradscope.cli.record_cmd.launch_ranks",
+        lambda world, command, run_dir: started.update(command=command, run_dir=run_dir) or 0,
+    )
+    flags = ["--model", "resnet20", *TINY, "--batch-size", "16", "--steps", "2"]
+    flags += ["--out", str(tmp_path), *(["--name", "mine"] if named else [])]
+    assert main(["record", *flags, "--nproc-per-node", "2"]) == 0
+    command = started["command"]
+    assert command[0] == "record" and "--nproc-per-node" not in command
+    assert command.count("--name") == 1
+    name = command[command.index("--name") + 1]
+    assert name == "mine" if named else len(name) == len("20261201-163000")
+    assert started["run_dir"] == tmp_path / name
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     """A resnet20/plain20 pair on two ranks: started with `--nproc-per-node 2`, stopped by
@@ -241,6 +261,7 @@ def test_a_killed_rank_stops_the_others_with_an_error(tmp_path):
     assert time.monotonic() - killed < 60
     assert proc.returncode == 1
     assert "gradscope record: error: rank 1 was killed by SIGKILL; torchrun stopped" in err
+    assert f"`gradscope record --resume {tmp_path / 'kill'} --nproc-per-node 2`" in err
     assert not Path(f"/proc/{survivor}").exists() or "Z" in _state(survivor)
 
 

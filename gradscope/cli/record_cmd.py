@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from gradscope.errors import UsageError
 from gradscope.models import SHORTCUTS
@@ -13,6 +14,7 @@ from gradscope.train import (
     TrainConfig,
     check_experiment,
     check_resume,
+    experiment_name,
     launch_ranks,
     process_rank,
     resume_experiment,
@@ -238,13 +240,19 @@ def run(args) -> int:
 def _launch(args) -> int:
     """Check what can be checked here, then start torchrun with the same flags (but this one)."""
     world = args.nproc_per_node
+    command = ["record", *_without_nproc(args.argv[1:])]
     if args.resume is not None:
         check_resume(args.resume, world, device=args.device)
+        run_dir = Path(args.resume)
     else:
         config = config_from_args(args)
         train = dataclasses.replace(config.train, world_size=world)
         check_experiment(dataclasses.replace(config, train=train))
-    return launch_ranks(world, ["record", *_without_nproc(args.argv[1:])])
+        if config.name is None:  # named here, so a failure can say which folder to resume
+            config = dataclasses.replace(config, name=experiment_name())
+            command += ["--name", config.name]
+        run_dir = Path(config.out) / config.name
+    return launch_ranks(world, command, run_dir)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

@@ -20,7 +20,9 @@ from gradscope.train._experiment import (
     ExperimentResult,
     check_experiment,
     check_resume,
+    experiment_name,
     read_config,
+    resume_command,
     resume_experiment,
     run_experiment,
 )
@@ -40,6 +42,7 @@ __all__ = [
     "check_resume",
     "current_ranks",
     "check_train_config",
+    "experiment_name",
     "finished_result",
     "INTERRUPTED",
     "launch_ranks",
@@ -48,6 +51,7 @@ __all__ = [
     "process_rank",
     "read_config",
     "resolve_device",
+    "resume_command",
     "resume_experiment",
     "run_experiment",
 ]

@@ -63,7 +63,7 @@ def run_experiment(config: ExperimentConfig, *, progress=True, stop_at_step=None
         train = dataclasses.replace(config.train, world_size=ranks.world)
         config = dataclasses.replace(config, train=train)
         check_experiment(config)
-        config = dataclasses.replace(config, name=ranks.share(config.name or _timestamp()))
+        config = dataclasses.replace(config, name=ranks.share(config.name or experiment_name()))
         run_dir = Path(config.out) / config.name
 
         def prepare():
@@ -117,7 +117,7 @@ def check_resume(run_dir, world: int = 1, *, device=None) -> ExperimentConfig:
     if world != config.train.world_size:
         raise UsageError(
             f"{run_dir} trained on {_processes(config.train.world_size)}, not {world}; resume "
-            f"it on as many ({_resume_command(run_dir, config.train.world_size)}), so that "
+            f"it on as many ({resume_command(run_dir, config.train.world_size)}), so that "
             "BatchNorm sees the same slices and the numbers continue as an uninterrupted run"
         )
     return config
@@ -202,7 +202,7 @@ def _train_models(config, run_dir, dataset, progress, stop_at_step, ranks: Ranks
             step = trainer.checkpoint_step if trainer is not None else None
             where = f"{name} checkpointed at step {step}" if step is not None else name
             if ranks.is_main:
-                command = _resume_command(run_dir, ranks.world)
+                command = resume_command(run_dir, ranks.world)
                 print(f"\ninterrupted ({where}); resume with:\n  {command}", file=sys.stderr)
             raise
     return ExperimentResult(run_dir=run_dir, config=config, results=results)
@@ -232,7 +232,7 @@ def _check_writable(out: Path) -> None:
         raise UsageError(f"--out {out}: cannot write in {existing} ({e.strerror})") from e
 
 
-def _resume_command(run_dir, world: int) -> str:
+def resume_command(run_dir, world: int) -> str:
     """The command that continues `run_dir` on `world` processes."""
     ranks = f" --nproc-per-node {world}" if world > 1 else ""
     return f"gradscope record --resume {run_dir}{ranks}"
@@ -242,5 +242,6 @@ def _processes(world: int) -> str:
     return "one process" if world == 1 else f"{world} processes (torchrun ranks)"
 
 
-def _timestamp() -> str:
+def experiment_name() -> str:
+    """A new experiment's name when --name is not given: the time it starts."""
     return datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -7,17 +7,19 @@ import sys
 
 from gradscope.errors import UsageError
 from gradscope.train._distributed import launched_by_torchrun
+from gradscope.train._experiment import resume_command
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C (128 + SIGINT)
 
 
-def launch_ranks(nproc: int, command: list[str]) -> int:
+def launch_ranks(nproc: int, command: list[str], run_dir) -> int:
     """Run `python -m gradscope COMMAND...` as `nproc` ranks under torchrun's agent (in this
     process, standalone rendezvous on localhost); returns the exit code for the shell.
 
     Ctrl-C reaches the agent, which forwards it once to every rank: they finish the step,
     checkpoint and stop (the agent kills them if that takes over 30 s). A rank that dies makes
-    the agent stop the others at once; this says which rank and how.
+    the agent stop the others at once; this says which rank and how, and the command that
+    continues the experiment in `run_dir`.
     """
     if not isinstance(nproc, int) or nproc < 1:
         raise UsageError(f"--nproc-per-node must be a positive integer, got {nproc!r}")
@@ -39,11 +41,11 @@ def launch_ranks(nproc: int, command: list[str]) -> int:
     except SignalException as e:
         return 128 + int(e.sigval)
     except ChildFailedError as e:
-        return _report_failure(*e.get_first_failure())
+        return _report_failure(*e.get_first_failure(), resume_command(run_dir, nproc))
     return 0
 
 
-def _report_failure(rank: int, failure) -> int:
+def _report_failure(rank: int, failure, resume: str) -> int:
     """Say which rank failed first and how (torchrun then stopped the others); returns the exit
     code for the shell. A rank's usage error or Ctrl-C was printed by the rank itself."""
     if failure.exitcode in (2, INTERRUPTED):
@@ -54,7 +56,7 @@ def _report_failure(rank: int, failure) -> int:
         how = f"exited with code {failure.exitcode}"
     print(
         f"gradscope record: error: rank {rank} {how}; torchrun stopped the other ranks "
-        "(continue from the last checkpoint with --resume OUT/NAME)",
+        f"(continue from the last checkpoint with `{resume}`)",
         file=sys.stderr,
     )
     return failure.exitcode if failure.exitcode > 0 else 1
