@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 
+import h5py
 import numpy as np
 
 from gradscope.errors import RunFileError, UsageError
@@ -49,6 +50,7 @@ class RunWriter:
         )
         self.path = str(path)
         self._file = opened.file
+        self._datasets = {}  # path -> open dataset, for the writer thread (see _dataset)
         self._n_records = opened.n_records
         self._n_metrics = opened.n_metrics
         self._sealed = opened.n_sealed
@@ -231,15 +233,23 @@ class RunWriter:
         else:
             self._commit(closed)
 
+    def _dataset(self, path: str):
+        """The open dataset at `path`, looked up once: a lookup by path costs more than the
+        write of a flush's few rows."""
+        ds = self._datasets.get(path)
+        if ds is None:
+            ds = self._datasets[path] = self._file[path]
+        return ds
+
     def _write_column(self, name, start, stop, values, dtype) -> None:
-        ds = self._file[name]
+        ds = self._dataset(name)
         ds.resize(stop, axis=0)
-        ds[start:stop] = np.array(values, dtype=dtype)
+        _write_rows(ds, start, np.array(values, dtype=dtype))
         ds.flush()
 
     def _append_stat_rows(self, block: np.ndarray) -> None:
         """Put [records, stats, layers] rows after the committed ones: tail or sealed chunks."""
-        tails = [self._file[schema.TAIL_GROUP][name] for name in self.stats]
+        tails = [self._dataset(f"{schema.TAIL_GROUP}/{name}") for name in self.stats]
         touched = False
         done = 0
         while done < len(block):
@@ -253,7 +263,7 @@ class RunWriter:
                 self._seal(closed=False)  # the chunk is full: its rows never touch the tail
             else:
                 for tail, stat_rows in zip(tails, rows, strict=True):
-                    tail[start : start + take] = stat_rows
+                    _write_rows(tail, start, stat_rows)
                 touched = True
         if touched:
             for tail in tails:
@@ -262,20 +272,31 @@ class RunWriter:
     def _seal(self, closed: bool) -> None:
         """Write the open chunk's records to the compressed datasets, flush, commit them sealed."""
         lo, hi = self._sealed, self._n_records
-        group = self._file[schema.STATS_GROUP]
-        bodies = [group[name] for name in self.stats]
+        bodies = [self._dataset(f"{schema.STATS_GROUP}/{name}") for name in self.stats]
         for body, rows in zip(bodies, self._open_rows, strict=True):
             body.resize(hi, axis=0)
-            body[lo:hi] = rows[: hi - lo]
+            _write_rows(body, lo, rows[: hi - lo])
         for body in bodies:
             body.flush()
         self._sealed = hi
         self._commit(closed)
 
     def _commit(self, closed: bool) -> None:
-        status = self._file[schema.STATUS]
+        status = self._dataset(schema.STATUS)
         status[0] = (int(closed), time.time(), self._n_records, self._n_metrics, self._sealed)
         status.flush()
+
+
+def _write_rows(ds, start: int, values: np.ndarray) -> None:
+    """Write `values` ([rows, ...], of the dataset's dtype) at row `start` of `ds` through
+    h5py's low-level API: its slicing parses a selection and checks dtypes on every call,
+    several times the cost of writing the few rows a flush adds."""
+    values = np.ascontiguousarray(values)
+    if not values.shape[0]:
+        return
+    space = ds.id.get_space()
+    space.select_hyperslab((start,) + (0,) * (values.ndim - 1), values.shape)
+    ds.id.write(h5py.h5s.create_simple(values.shape), space, values)
 
 
 def _check_step(step) -> int:
