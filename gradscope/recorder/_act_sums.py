@@ -70,7 +70,7 @@ class ActivationSums:
 
     def __init__(self, batch_sample: int | None, kernels: KernelChoice):
         self.batch_sample = batch_sample
-        self._numba_on_cpu = kernels.numba_for(torch.device("cpu"))
+        self._numba_on_cpu = kernels.numba_on_cpu
         self._host = HostRows(S.ACT_SUMS_SIZE)  # the numba rows, in call order
         # row i: call i's element count, layer, and its row in the host table (-1: a device
         # row, in a sample group or a reduced chunk)
@@ -201,7 +201,7 @@ class OutputGradSums:
 
     def __init__(self, kernels: KernelChoice):
         self._kernels = kernels
-        self._dot_on_cpu = kernels.numba_for(torch.device("cpu"))
+        self._dot_on_cpu = kernels.numba_on_cpu
         self._layers: dict[torch.device, HostRows] = {}  # per device: the layer of each row
         self._buffers: dict[torch.device, torch.Tensor] = {}  # per device: rows of sums
         self._slots: dict[torch.device, list[torch.Tensor]] = {}  # their rows, as 0-d views

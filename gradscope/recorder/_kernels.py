@@ -29,6 +29,11 @@ class KernelChoice:
         """Whether tensors on `device` go through the one-pass numba kernels (CPU, auto)."""
         return self.mode == "auto" and device.type == "cpu"
 
+    @property
+    def numba_on_cpu(self) -> bool:
+        """`numba_for` a CPU device: fixed at attach, so hooks test `tensor.is_cpu` only."""
+        return self.mode == "auto"
+
     def __repr__(self) -> str:
         return f"KernelChoice({self.mode!r})"
 
