@@ -564,6 +564,72 @@ def test_attach_before_compile_records_everything(tmp_path):
         np.testing.assert_allclose(got.stat(stat), want.stat(stat), rtol=1e-5, err_msg=stat)
 
 
+def hooked(model):
+    """The names of the modules of `model` that have a forward hook on."""
+    return [name for name, m in model.named_modules() if m._forward_hooks]
+
+
+@pytest.mark.parametrize("kernels", ["auto", "torch"])
+def test_between_records_only_the_first_module_keeps_its_forward_hook(
+    tmp_path, kernels, monkeypatch
+):
+    monkeypatch.setenv("GRADSCOPE_KERNELS", kernels)  # torch: its own compiled kernels
+    torch.manual_seed(0)
+    model = mlp()
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1)
+    rec = gradscope.attach(model, tmp_path / "c.h5", optimizer=opt, every=3)
+    rec_twin = gradscope.attach(twin, tmp_path / "eager.h5", optimizer=opt_twin)
+    before_forward = []
+    for step in range(7):
+        x, y = vector_batch(step)
+        before_forward.append(hooked(model))
+        for net, o in ((model, opt), (twin, opt_twin)):
+            F.cross_entropy(net(x), y).backward()
+            o.step()
+            o.zero_grad()
+        rec.log(loss=float(step))  # the step the first module's hook saw begin
+    rec.close()
+    rec_twin.close()
+    every, first = ["0", "2", "4"], ["0"]
+    assert before_forward == [every, first, first, every, first, first, every]
+    got, want = gradscope.open_run(tmp_path / "c.h5"), gradscope.open_run(tmp_path / "eager.h5")
+    assert list(got.steps) == [0, 3, 6]
+    assert list(got.metrics["loss"].index) == list(range(7))
+    for stat in ALL_STATS:
+        np.testing.assert_allclose(
+            got.stat(stat), want.stat(stat)[[0, 3, 6]], rtol=1e-5, err_msg=stat
+        )
+
+
+def test_a_model_compiled_between_records_is_recorded_in_full(tmp_path):
+    torch.manual_seed(0)
+    model = mlp()
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1)
+    rec = gradscope.attach(model, tmp_path / "c.h5", optimizer=opt, every=2)
+    rec_twin = gradscope.attach(twin, tmp_path / "eager.h5", optimizer=opt_twin, every=2)
+    net = model
+    for step in range(5):
+        if step == 1:  # not recorded: the hooks of all but the first module are off
+            assert hooked(model) == ["0"]
+            net = torch.compile(model, backend="eager")
+        x, y = vector_batch(step)
+        for m, o in ((net, opt), (twin, opt_twin)):
+            F.cross_entropy(m(x), y).backward()
+            o.step()
+            o.zero_grad()
+    assert hooked(model) == ["0", "2", "4"]  # once compiled, they stay on between records
+    rec.close()
+    rec_twin.close()
+    got, want = gradscope.open_run(tmp_path / "c.h5"), gradscope.open_run(tmp_path / "eager.h5")
+    assert list(got.steps) == [0, 2, 4]
+    for stat in ALL_STATS:
+        np.testing.assert_allclose(got.stat(stat), want.stat(stat), rtol=1e-5, err_msg=stat)
+
+
 # ----- which forward passes a record covers: zero_grad order, accumulation, skipped steps ------
 
 ORDERS = ("zero-forward-backward", "forward-zero-backward", "accumulate")

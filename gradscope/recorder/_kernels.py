@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from gradscope.errors import UsageError
+from gradscope.recorder._compiled_code import compiling_our_own
 
 KERNELS_ENV = "GRADSCOPE_KERNELS"
 # auto: one-pass numba kernels for CPU tensors, the device path elsewhere; torch: the device
@@ -136,7 +137,8 @@ class CompiledOrEager:
     def __call__(self, *args):
         if self._compiled is not None:
             try:
-                return self._compiled(*args)
+                with compiling_our_own():  # not the user's: see _forward_hooks
+                    return self._compiled(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure: say so, run eagerly
                 first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 warnings.warn(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import weakref
 from collections.abc import Callable
 
@@ -16,6 +15,8 @@ from gradscope.recorder import _distributed as D
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
+from gradscope.recorder._compiled_code import forget_compiled_code
+from gradscope.recorder._forward_hooks import ForwardHooks
 from gradscope.recorder._kernels import kernel_choice
 from gradscope.recorder._layer_selection import select_modules
 from gradscope.recorder._record import finish_record, finish_record_fused
@@ -135,7 +136,7 @@ class Recorder:
         self._before: P.WeightSnapshot | None = None
         self._grad_sums: dict | None = None
         self._device = _model_device(model)
-        self._hooks = []
+        self._hooks = []  # the optimizer's
         self._install_hooks()
         for own in self._own_paths():
             _LIVE_PATHS[os.path.realpath(own)] = self
@@ -265,6 +266,7 @@ class Recorder:
         if self.closed:
             return
         self.closed = True
+        self._forward_hooks.remove()
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -273,7 +275,7 @@ class Recorder:
                 del _WATCHED[module]
         if self._optimizer is not None and "zero_grad" in vars(self._optimizer):
             del self._optimizer.zero_grad
-        _forget_compiled_code()
+        forget_compiled_code()
         try:
             self._ensure_writer()
             for writer in self._writers():
@@ -292,9 +294,12 @@ class Recorder:
     # ----- hooks ------------------------------------------------------------------------------
 
     def _install_hooks(self) -> None:
-        self._output_grad_hooks = [self._output_grad_hook(i) for i in range(len(self._modules))]
-        for position, (_, module) in enumerate(self._modules):
-            self._hooks.append(module.register_forward_hook(self._forward_hook(position)))
+        positions = range(len(self._modules))
+        self._output_grad_hooks = [self._output_grad_hook(i) for i in positions]
+        self._forward_hooks = ForwardHooks(
+            [module for _, module in self._modules], [self._forward_hook(i) for i in positions]
+        )
+        self._forward_hooks.everywhere()
         opt = self._optimizer
         if opt is not None:
             self._hooks.append(opt.register_step_pre_hook(self._before_update))
@@ -309,7 +314,7 @@ class Recorder:
                 return original_zero_grad(*args, **kwargs)
 
             opt.zero_grad = zero_grad
-        _forget_compiled_code()
+        forget_compiled_code()
 
     def _forward_hook(self, position: int):
         def hook(module, inputs, output):
@@ -385,6 +390,10 @@ class Recorder:
         self._due = self._schedule(self._step)
         self._in_step = False
         self._reset_accumulators()
+        if self._due or not self._order:
+            self._forward_hooks.everywhere()
+        else:  # the first module's hook alone tells that the next step has begun
+            self._forward_hooks.only(self._order[0])
 
     def _take_record(self) -> None:
         """Pack this step's record and hand it to the writer(s); under torch.distributed every
@@ -581,18 +590,6 @@ def _check_not_watched(modules) -> None:
                 f"module {name!r} is already watched by the recorder writing {other.path}; "
                 "close that recorder first (rec.close()), or watch other layers"
             )
-
-
-def _forget_compiled_code() -> None:
-    """Drop torch.compile's cached code, which does not notice hooks added or removed later.
-
-    Dynamo skips guards on module hooks, so code compiled before attach (for this model or any
-    other instance of its classes) would run without the recorder's hooks, and code compiled
-    while attached would keep calling them after close. Compiled models recompile once.
-    """
-    dynamo = sys.modules.get("torch._dynamo")
-    if dynamo is not None:
-        dynamo.reset()
 
 
 def _no_calls(device) -> tuple[torch.Tensor, torch.Tensor]:
