@@ -12,9 +12,11 @@ GPU is. It also counts the device ops a record adds per watched layer (`device_o
 
 Every variant trains its own copy of the model on the same preloaded batch; one round steps the
 bare twin, then each variant, so drifts in machine speed hit all of them alike. The ratio is
-median over rounds of (variant step time / bare step time in that round); the ratio of the median
-step times and that of the means are given too (for `every=10` the mean counts the one recorded
-step in ten, which the medians hide).
+median over rounds of (variant step time / bare step time in that round), with a 95% interval
+for that median (distribution-free: the sign test's order statistics) that shows how far the
+machine's noise reaches: a goal inside it is not told apart from the noise. The ratio of the
+median step times and that of the means are given too (for `every=10` the mean counts the one
+recorded step in ten, which the medians hide).
 
 On CPU, glibc gives freed activation memory back to the OS and faults it in again on the next
 step, tens of thousands of page faults per ResNet-56 step, in amounts that depend on the heap's
@@ -31,6 +33,7 @@ import copy
 import ctypes
 import ctypes.util
 import json
+import math
 import os
 import resource
 import statistics
@@ -161,6 +164,21 @@ def run_rounds(variants: list[Variant], x, y, steps: int, warmup: int) -> None:
 RESULTS: list[dict] = []  # every report, for --json
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free interval for the median of `values`: the order statistics whose
+    sign-test coverage is at least `confidence` (from 6 values up; below that, the whole range)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    tail = (1 - confidence) / 2
+    lower, below = 0, 0.0
+    for k in range(n // 2):
+        below += math.comb(n, k) / 2**n  # P(at most k of n values fall below the median)
+        if below > tail:
+            break
+        lower = k  # [ordered[k], ordered[n - 1 - k]] covers it with 1 - 2 * below
+    return ordered[lower], ordered[n - 1 - lower]
+
+
 def report(variants: list[Variant], title: str) -> None:
     """Per variant: the median over rounds of its step time / the bare step time of the same
     round (paired: a drift in machine speed that lasts a few steps hits both sides), the ratio
@@ -173,17 +191,26 @@ def report(variants: list[Variant], title: str) -> None:
         f"{statistics.median(bare.faults):.0f} page faults"
     )
     print(
-        f"{'variant':<36} {'median ms':>10} {'paired':>7} {'medians':>8} {'means':>6} {'faults':>7}"
+        f"{'variant':<36} {'median ms':>10} {'paired':>7} {'95% interval':>13} {'medians':>8} "
+        f"{'means':>6} {'faults':>7}"
     )
     result = {"title": title, "bare_ms": base_median * 1e3, "variants": {}}
     RESULTS.append(result)
     for v in variants[1:]:
         med = statistics.median(v.times)
-        paired = statistics.median(t / b for t, b in zip(v.times, bare.times, strict=True))
-        result["variants"][v.name] = {"median_ms": med * 1e3, "paired": paired}
+        ratios = [t / b for t, b in zip(v.times, bare.times, strict=True)]
+        paired = statistics.median(ratios)
+        low, high = median_interval(ratios)
+        result["variants"][v.name] = {
+            "median_ms": med * 1e3,
+            "paired": paired,
+            "paired_interval": [low, high],
+            "ratios": ratios,
+        }
         print(
-            f"{v.name:<36} {med * 1e3:>10.0f} {paired:>7.3f} {med / base_median:>8.3f} "
-            f"{statistics.fmean(v.times) / base_mean:>6.3f} {statistics.median(v.faults):>7.0f}"
+            f"{v.name:<36} {med * 1e3:>10.0f} {paired:>7.3f} {f'{low:.3f}-{high:.3f}':>13} "
+            f"{med / base_median:>8.3f} {statistics.fmean(v.times) / base_mean:>6.3f} "
+            f"{statistics.median(v.faults):>7.0f}"
         )
 
 

@@ -2,6 +2,8 @@
 
 import copy
 import math
+import subprocess
+import sys
 from collections import namedtuple
 
 import numpy as np
@@ -547,6 +549,30 @@ def test_layers_by_type_and_glob(tmp_path):
     assert 0.2 < zero_frac < 0.8 and not math.isnan(zero_frac)
 
 
+COMPILED_IN_A_FRESH_PROCESS = """
+import sys, torch, torch.nn.functional as F, gradscope
+model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+compiled = torch.compile(model, backend="eager")
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+with gradscope.attach(compiled, sys.argv[1], optimizer=opt):
+    for step in range(3):
+        F.cross_entropy(compiled(torch.randn(8, 6)), torch.randint(0, 3, (8,))).backward()
+        opt.step()
+        opt.zero_grad()
+"""
+
+
+def test_a_compiled_model_records_in_a_process_whose_cpu_kernels_are_not_loaded_yet(tmp_path):
+    # The hooks' first numba call, traced by dynamo, used to crash the forward.
+    path = tmp_path / "fresh.h5"
+    subprocess.run(
+        [sys.executable, "-c", COMPILED_IN_A_FRESH_PROCESS, str(path)], check=True, timeout=300
+    )
+    run = gradscope.open_run(path)
+    assert list(run.steps) == [0, 1, 2]
+    assert not np.isnan(run.stat("act_mean")).any()
+
+
 def test_attach_before_compile_records_everything(tmp_path):
     torch.manual_seed(0)
     model = mlp()
@@ -569,65 +595,82 @@ def hooked(model):
     return [name for name, m in model.named_modules() if m._forward_hooks]
 
 
-@pytest.mark.parametrize("kernels", ["auto", "torch"])
-def test_between_records_only_the_first_module_keeps_its_forward_hook(
-    tmp_path, kernels, monkeypatch
-):
-    monkeypatch.setenv("GRADSCOPE_KERNELS", kernels)  # torch: its own compiled kernels
+def beside_a_twin(tmp_path, steps, every, twin_every=1, before_step=None):
+    """Train an mlp recorded with `every` beside its twin recorded with `twin_every`, on the
+    same batches. `before_step(step, model, twin)` runs before each step and may return what
+    to call in place of the model from then on. Returns the two runs (c.h5, eager.h5)."""
     torch.manual_seed(0)
     model = mlp()
     twin = copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1)
-    rec = gradscope.attach(model, tmp_path / "c.h5", optimizer=opt, every=3)
-    rec_twin = gradscope.attach(twin, tmp_path / "eager.h5", optimizer=opt_twin)
-    before_forward = []
-    for step in range(7):
-        x, y = vector_batch(step)
-        before_forward.append(hooked(model))
-        for net, o in ((model, opt), (twin, opt_twin)):
-            F.cross_entropy(net(x), y).backward()
-            o.step()
-            o.zero_grad()
-        rec.log(loss=float(step))  # the step the first module's hook saw begin
-    rec.close()
-    rec_twin.close()
-    every, first = ["0", "2", "4"], ["0"]
-    assert before_forward == [every, first, first, every, first, first, every]
-    got, want = gradscope.open_run(tmp_path / "c.h5"), gradscope.open_run(tmp_path / "eager.h5")
-    assert list(got.steps) == [0, 3, 6]
-    assert list(got.metrics["loss"].index) == list(range(7))
-    for stat in ALL_STATS:
-        np.testing.assert_allclose(
-            got.stat(stat), want.stat(stat)[[0, 3, 6]], rtol=1e-5, err_msg=stat
-        )
-
-
-def test_a_model_compiled_between_records_is_recorded_in_full(tmp_path):
-    torch.manual_seed(0)
-    model = mlp()
-    twin = copy.deepcopy(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    opt_twin = torch.optim.SGD(twin.parameters(), lr=0.1)
-    rec = gradscope.attach(model, tmp_path / "c.h5", optimizer=opt, every=2)
-    rec_twin = gradscope.attach(twin, tmp_path / "eager.h5", optimizer=opt_twin, every=2)
+    rec = gradscope.attach(model, tmp_path / "c.h5", optimizer=opt, every=every)
+    rec_twin = gradscope.attach(twin, tmp_path / "eager.h5", optimizer=opt_twin, every=twin_every)
     net = model
-    for step in range(5):
-        if step == 1:  # not recorded: the hooks of all but the first module are off
-            assert hooked(model) == ["0"]
-            net = torch.compile(model, backend="eager")
+    for step in range(steps):
+        if before_step is not None:
+            net = before_step(step, model, twin) or net
         x, y = vector_batch(step)
         for m, o in ((net, opt), (twin, opt_twin)):
             F.cross_entropy(m(x), y).backward()
             o.step()
             o.zero_grad()
-    assert hooked(model) == ["0", "2", "4"]  # once compiled, they stay on between records
+        rec.log(loss=float(step))  # the step that the first module's hook saw begin
     rec.close()
     rec_twin.close()
-    got, want = gradscope.open_run(tmp_path / "c.h5"), gradscope.open_run(tmp_path / "eager.h5")
-    assert list(got.steps) == [0, 2, 4]
+    return gradscope.open_run(tmp_path / "c.h5"), gradscope.open_run(tmp_path / "eager.h5")
+
+
+def assert_same_records(got, want, steps):
+    assert list(got.steps) == steps
+    rows = [list(want.steps).index(step) for step in steps]
     for stat in ALL_STATS:
-        np.testing.assert_allclose(got.stat(stat), want.stat(stat), rtol=1e-5, err_msg=stat)
+        np.testing.assert_allclose(got.stat(stat), want.stat(stat)[rows], rtol=1e-5, err_msg=stat)
+
+
+@pytest.mark.parametrize("kernels", ["auto", "torch"])
+def test_between_records_only_the_first_module_keeps_its_forward_hook(
+    tmp_path, kernels, monkeypatch
+):
+    monkeypatch.setenv("GRADSCOPE_KERNELS", kernels)  # torch: its own compiled kernels run
+    seen = []
+
+    def look(step, model, twin):
+        seen.append(hooked(model))
+
+    got, want = beside_a_twin(tmp_path, 7, every=3, before_step=look)
+    every, first = ["0", "2", "4"], ["0"]
+    assert seen == [every, first, first, every, first, first, every]
+    assert list(got.metrics["loss"].index) == list(range(7))
+    assert_same_records(got, want, [0, 3, 6])
+
+
+def test_a_model_compiled_between_records_is_recorded_in_full(tmp_path):
+    seen = []
+
+    def compile_at_step_1(step, model, twin):
+        seen.append(hooked(model))
+        if step == 1:  # not recorded: all hooks but the first module's are off
+            return torch.compile(model, backend="eager")
+
+    got, want = beside_a_twin(tmp_path, 5, every=2, twin_every=2, before_step=compile_at_step_1)
+    every = ["0", "2", "4"]
+    assert seen == [every, ["0"], every, every, every]  # compiled: they stay on
+    assert_same_records(got, want, [0, 2, 4])
+
+
+def test_forward_hooks_stay_on_when_a_hook_registered_later_may_replace_outputs(tmp_path):
+    seen = []
+
+    def double_the_middle_output(step, model, twin):
+        if step == 0:  # after the recorders' hooks, which see the Linear's own output
+            for net in (model, twin):
+                net[2].register_forward_hook(lambda module, inputs, output: output * 2)
+        seen.append(hooked(model))
+
+    got, want = beside_a_twin(tmp_path, 5, every=2, before_step=double_the_middle_output)
+    assert seen == [["0", "2", "4"]] * 5
+    assert_same_records(got, want, [0, 2, 4])
 
 
 # ----- which forward passes a record covers: zero_grad order, accumulation, skipped steps ------

@@ -19,10 +19,14 @@ class ForwardHooks:
     under way), so after a record the others come off (`only`) and before the next they go back
     on (`everywhere`).
 
-    torch.compile does not see hooks added or removed after it compiled (dynamo skips the
-    guards on module hooks): its code would miss hooks added later, or keep calling removed
-    ones. So once anything but gradscope's own kernels has been compiled since attach, every
-    hook stays on for good (`pinned`), and code compiled while some were off is dropped once.
+    Hooks stay on for good (`pinned`) where coming and going would change what they see:
+    - torch.compile does not see hooks added or removed after it compiled (dynamo skips the
+      guards on module hooks): its code would miss hooks added later, or keep calling removed
+      ones. So once anything but gradscope's own kernels has been compiled since attach, every
+      hook stays, and code compiled while some were off is dropped once;
+    - a forward hook registered on a watched module after ours runs after ours; ours, put
+      back, would run after it, and see the output that hook may return in place of the
+      module's.
     """
 
     def __init__(self, modules: list[nn.Module], hooks: list[Callable]):
@@ -45,8 +49,10 @@ class ForwardHooks:
 
     def only(self, position: int) -> None:
         """Leave the hook of the module at `position` alone on (unless pinned)."""
-        if not self.pinned and frames_compiled_by_others() != self._others_frames:
-            self.pinned = True  # the user compiles: hooks may not come and go from now on
+        if not self.pinned and (
+            frames_compiled_by_others() != self._others_frames or self._others_hook_after_ours()
+        ):
+            self.pinned = True  # hooks may not come and go from now on
         if self.pinned:
             return
         for other in [p for p in self._handles if p != position]:
@@ -55,6 +61,15 @@ class ForwardHooks:
             self._handles[position] = self._modules[position].register_forward_hook(
                 self._hooks[position]
             )
+
+    def _others_hook_after_ours(self) -> bool:
+        """Whether a module has a forward hook registered after ours: ours, put back, would run
+        after it and see the output it may have replaced, where until then it saw the module's
+        own."""
+        return any(
+            next(reversed(self._modules[position]._forward_hooks), None) != handle.id
+            for position, handle in self._handles.items()
+        )
 
     def remove(self) -> None:
         """Take every hook off (the recorder closes)."""
