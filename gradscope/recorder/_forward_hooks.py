@@ -34,7 +34,7 @@ class ForwardHooks:
         self._hooks = hooks  # the forward hook of each module, by position
         self._handles: dict[int, object] = {}  # position -> handle of its registered hook
         self.pinned = False
-        self._others_frames = frames_compiled_by_others()  # when attached, or hooks came off
+        self._others_frames = frames_compiled_by_others()  # as at attach: none since, or pinned
 
     def everywhere(self) -> None:
         """Put every module's hook on (a step to record, or depth order still to learn)."""
