@@ -34,33 +34,35 @@ class ForwardHooks:
         self._hooks = hooks  # the forward hook of each module, by position
         self._handles: dict[int, object] = {}  # position -> handle of its registered hook
         self.pinned = False
-        self._others_frames = frames_compiled_by_others()  # as at attach: none since, or pinned
+        self._others_frames = frames_compiled_by_others()  # at attach (once moved: pinned)
 
     def everywhere(self) -> None:
         """Put every module's hook on (a step to record, or depth order still to learn)."""
         if len(self._handles) == len(self._modules):
             return
-        if frames_compiled_by_others() != self._others_frames:
+        if self._compiled_since_attach():
             self.pinned = True  # compiled while hooks were off: that code lacks them
             forget_compiled_code()
-        for position, module in enumerate(self._modules):
-            if position not in self._handles:
-                self._handles[position] = module.register_forward_hook(self._hooks[position])
+        for position in range(len(self._modules)):
+            self._put_on(position)
 
     def only(self, position: int) -> None:
         """Leave the hook of the module at `position` alone on (unless pinned)."""
-        if not self.pinned and (
-            frames_compiled_by_others() != self._others_frames or self._others_hook_after_ours()
-        ):
+        if not self.pinned and (self._compiled_since_attach() or self._others_hook_after_ours()):
             self.pinned = True  # hooks may not come and go from now on
         if self.pinned:
             return
         for other in [p for p in self._handles if p != position]:
             self._handles.pop(other).remove()
+        self._put_on(position)
+
+    def _put_on(self, position: int) -> None:
         if position not in self._handles:
-            self._handles[position] = self._modules[position].register_forward_hook(
-                self._hooks[position]
-            )
+            module = self._modules[position]
+            self._handles[position] = module.register_forward_hook(self._hooks[position])
+
+    def _compiled_since_attach(self) -> bool:
+        return frames_compiled_by_others() != self._others_frames
 
     def _others_hook_after_ours(self) -> bool:
         """Whether a module has a forward hook registered after ours: ours, put back, would run
