@@ -590,6 +590,63 @@ def test_attach_before_compile_records_everything(tmp_path):
         np.testing.assert_allclose(got.stat(stat), want.stat(stat), rtol=1e-5, err_msg=stat)
 
 
+def cache_entries(fn):
+    """How many compiled versions of `fn` dynamo holds."""
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    return len(_debug_get_cache_entry_list(fn.__code__))
+
+
+def record_two_steps(path):
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.attach(model, path, optimizer=opt, batch_sample=None):
+        for step in range(2):
+            x, y = vector_batch(step)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+
+
+def test_gradscope_compiles_its_own_kernels_once_per_process_not_per_attach(tmp_path, monkeypatch):
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("GRADSCOPE_KERNELS", "torch")  # its compiled kernels run
+    record_two_steps(tmp_path / "a.h5")
+    frames = counters["frames"]["total"]
+    record_two_steps(tmp_path / "b.h5")  # attach and close leave compiled code alone
+    assert counters["frames"]["total"] == frames
+
+
+def test_close_drops_the_code_others_compiled_while_attached_and_keeps_gradscopes(
+    tmp_path, monkeypatch
+):
+    from gradscope.recorder._kernels import _group_sums
+
+    monkeypatch.setenv("GRADSCOPE_KERNELS", "torch")
+    torch.manual_seed(0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def users_step(x, y):
+        return F.cross_entropy(model(x), y)
+
+    rec = gradscope.attach(model, tmp_path / "c.h5", optimizer=opt)
+    compiled_step = torch.compile(users_step, backend="eager")
+    for step in range(2):
+        compiled_step(*vector_batch(step)).backward()
+        opt.step()
+        opt.zero_grad()
+    assert cache_entries(users_step) > 0 and cache_entries(_group_sums) > 0
+    rec.close()
+    assert cache_entries(users_step) == 0  # it called the hooks: it recompiles without them
+    assert cache_entries(_group_sums) > 0
+    x, y = vector_batch(9)
+    torch.testing.assert_close(compiled_step(x, y), users_step(x, y))
+    assert not model[0]._forward_hooks
+
+
 def hooked(model):
     """The names of the modules of `model` that have a forward hook on."""
     return [name for name, m in model.named_modules() if m._forward_hooks]

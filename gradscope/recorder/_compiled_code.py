@@ -1,11 +1,14 @@
-"""torch.compile's code in this process: how much of it others compiled, and dropping all of it."""
+"""torch.compile's code in this process: how much of it others compiled, and dropping theirs."""
 
 from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from types import CodeType
 
 _own_frames = 0  # frames compiled for gradscope's own kernels (`compiling_our_own`)
+_own_codes: set[CodeType] = set()  # the functions of those kernels, whose code is kept
+_others_frames_dropped = 0  # frames compiled by others when their code was last dropped
 
 
 def _compiled_frames() -> int:
@@ -24,9 +27,11 @@ def frames_compiled_by_others() -> int:
 
 
 @contextmanager
-def compiling_our_own():
-    """Count what dynamo compiles inside this block as gradscope's (not the user's)."""
+def compiling_our_own(code: CodeType):
+    """Count what dynamo compiles inside this block, for the function of `code`, as gradscope's
+    (not the user's): it is not counted as others' and `forget_compiled_code` keeps it."""
     global _own_frames
+    _own_codes.add(code)
     before = _compiled_frames()
     try:
         yield
@@ -35,12 +40,27 @@ def compiling_our_own():
 
 
 def forget_compiled_code() -> None:
-    """Drop torch.compile's cached code, which does not notice hooks added or removed later.
+    """Drop the code torch.compile compiled for others since this was last called, which does
+    not notice hooks added or removed later.
 
     Dynamo skips guards on module hooks, so code compiled before attach (for this model or any
     other instance of its classes) would run without the recorder's hooks, and code compiled
-    while attached would keep calling them after close. Compiled models recompile once.
+    while attached would keep calling them after close. Compiled code has to go, and dynamo
+    cannot tell which of it saw the model, so all of others' code goes and recompiles once.
+    Nothing else is touched: not the code of gradscope's own kernels, not dynamo's settings,
+    counters or learned dynamic shapes; and when nobody else has compiled anything since the
+    last call (most runs), nothing at all.
     """
-    dynamo = sys.modules.get("torch._dynamo")
-    if dynamo is not None:
-        dynamo.reset()
+    global _others_frames_dropped
+    others = frames_compiled_by_others()
+    if others == _others_frames_dropped:
+        return
+    from torch._C._dynamo.eval_frame import reset_code
+    from torch._dynamo import convert_frame
+
+    with convert_frame.compile_lock:
+        for weak_code in convert_frame.input_codes.seen + convert_frame.output_codes.seen:
+            code = weak_code()
+            if code is not None and code not in _own_codes:
+                reset_code(code)
+    _others_frames_dropped = others

@@ -130,6 +130,7 @@ class CompiledOrEager:
 
     def __init__(self, fn, eager, what: str):
         self._compiled = torch.compile(fn, dynamic=True)
+        self._code = fn.__code__
         self._eager = eager
         self._what = what
 
@@ -137,7 +138,7 @@ class CompiledOrEager:
     def __call__(self, *args):
         if self._compiled is not None:
             try:
-                with compiling_our_own():  # not the user's: see _forward_hooks
+                with compiling_our_own(self._code):  # not the user's: see _forward_hooks
                     return self._compiled(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure: say so, run eagerly
                 first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
