@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from types import CodeType
 
 _own_frames = 0  # frames compiled for gradscope's own kernels (`compiling_our_own`)
@@ -58,7 +58,7 @@ def forget_compiled_code() -> None:
     from torch._C._dynamo.eval_frame import reset_code
     from torch._dynamo import convert_frame
 
-    with convert_frame.compile_lock:
+    with getattr(convert_frame, "compile_lock", nullcontext()):  # older torch may lack it
         for weak_code in convert_frame.input_codes.seen + convert_frame.output_codes.seen:
             code = weak_code()
             if code is not None and code not in _own_codes:
