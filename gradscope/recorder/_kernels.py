@@ -138,7 +138,7 @@ class CompiledOrEager:
     def __call__(self, *args):
         if self._compiled is not None:
             try:
-                with compiling_our_own(self._code):  # not the user's: see _forward_hooks
+                with compiling_our_own(self._code):  # kept, and not counted as the user's
                     return self._compiled(*args)
             except Exception as e:  # noqa: BLE001 - any compiler failure: say so, run eagerly
                 first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
