@@ -24,6 +24,12 @@ layout and so differ from variant to variant at random (bare steps included). Th
 column shows the median per step. `--steady-heap` sets glibc's trim and mmap thresholds for this
 process (as MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_ would), so no variant pays those
 faults and the ratios show the recorder's own cost.
+
+`--floors` adds two variants that bound what any hook-based recorder can cost on this machine:
+"floor: hooks alone" puts a no-op forward hook on each module gradscope watches, and a no-op hook
+on each output (the dispatch alone); "floor: reads alone" has those hooks do only the reads the
+exact statistics need (each output's sampled rows and each output gradient, read once), with no
+bookkeeping, no record and no parameter statistics. A goal below the second is out of reach.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ import gradscope
 from gradscope.data import resolve_device
 from gradscope.models import create_model
 from gradscope.recorder import PARAM_STATS
+from gradscope.recorder._kernels import KERNELS_ENV, SAMPLE_GROUP_BYTES
+from gradscope.recorder._layer_selection import select_modules
+from gradscope.recorder._recorder import DEFAULT_BATCH_SAMPLE
 
 # Set by main(): where the models train and whether in bf16 autocast + channels_last.
 DEVICE = torch.device("cpu")
@@ -122,6 +131,70 @@ def naive_probe(variant: Variant):
 
     variant.opt.register_step_pre_hook(grad_probe)
     return None
+
+
+def floor(reads: bool):
+    """A floor variant's hooks on the modules gradscope watches (see the module's docstring).
+
+    The reads are the recorder's own kernels: on CPU (kernel mode auto) the one-pass numba sums
+    of each output's first rows and a dot of each gradient; on the device path a copy of those
+    rows into a reused buffer (one row per output, as the recorder keeps them until the record)
+    and a norm of each gradient."""
+
+    def setup(variant: Variant):
+        device_path = DEVICE.type != "cpu" or os.environ.get(KERNELS_ENV) == "torch"
+        slot = torch.zeros((), device=DEVICE)
+        sums = torch.zeros(4).numpy()
+        copies: dict[int, list] = {}  # numel -> [buffer rows, next row]
+        if not device_path:
+            from gradscope.recorder._cpu_kernels import sums_into
+
+        def read_output(t: torch.Tensor) -> None:
+            t = t.detach()[:DEFAULT_BATCH_SAMPLE]
+            if not device_path:
+                sums_into(t.float().numpy().reshape(-1), sums)  # .float(): no copy if float32
+                return
+            ring = copies.get(t.numel())
+            if ring is None:
+                rows = max(1, SAMPLE_GROUP_BYTES // (4 * t.numel()))
+                buffer = torch.empty((rows, *t.shape), device=DEVICE)
+                ring = copies[t.numel()] = [list(buffer.unbind()), 0]
+            ring[0][ring[1]].copy_(t)
+            ring[1] = (ring[1] + 1) % len(ring[0])
+
+        def read_grad(g: torch.Tensor) -> None:
+            if device_path:
+                torch.linalg.vector_norm(g, 2, dtype=torch.float32, out=slot)
+            else:
+                flat = g.reshape(-1)
+                torch.dot(flat, flat, out=slot)
+
+        def no_op(grad) -> None:
+            return None
+
+        def forward_hook(module, inputs, output):
+            if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor)):
+                return
+            if reads:
+                read_output(output)
+            if output.requires_grad:
+                output.register_hook(read_grad if reads else no_op)
+
+        for _, module in select_modules(variant.model):
+            module.register_forward_hook(forward_hook)
+        return None
+
+    return setup
+
+
+def floor_variants(args, base) -> list[Variant]:
+    """The two floor variants when --floors asks for them."""
+    if not args.floors:
+        return []
+    return [
+        Variant("floor: hooks alone", copy.deepcopy(base), floor(reads=False)),
+        Variant("floor: reads alone", copy.deepcopy(base), floor(reads=True)),
+    ]
 
 
 def recorded(folder: Path, **attach_kwargs):
@@ -245,6 +318,7 @@ def resnet56_rounds(args, folder: Path) -> None:
             recorded(folder, every=1, stats=list(PARAM_STATS)),
         ),
         Variant("naive .abs().mean().item() loop", copy.deepcopy(base), naive_probe),
+        *floor_variants(args, base),
     ]
     run_rounds(variants, x, y, args.steps, args.warmup)
     report(variants, f"ResNet-56, batch {args.batch}, {where()}")
@@ -349,6 +423,7 @@ def device_path_rounds(args, folder: Path) -> None:
         Variant("bare again (A/A control)", copy.deepcopy(base)),
         Variant("all stats, every=1", copy.deepcopy(base), recorded(folder, every=1)),
         Variant("all stats, every=10", copy.deepcopy(base), recorded(folder, every=10)),
+        *floor_variants(args, base),
     ]
     run_rounds(variants, x, y, args.steps, args.warmup)
     report(variants, f"ResNet-56, batch {args.batch}, device path on CPU (1 thread)")
@@ -377,6 +452,7 @@ def resnet1202_rounds(args, folder: Path) -> None:
         variants.append(
             Variant(f"all stats, every=1, batch_sample={rows}", copy.deepcopy(base), setup)
         )
+    variants += floor_variants(args, base)
     run_rounds(variants, x, y, args.steps_1202, 1)
     report(variants, f"ResNet-1202, batch 32, {where()}")
     bytes_per_value(variants)
@@ -416,6 +492,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--count-ops", action="store_true", help="also count the device ops a record adds per layer"
+    )
+    parser.add_argument(
+        "--floors",
+        action="store_true",
+        help="also time hooks alone, and hooks doing only the statistics' reads (lower bounds)",
     )
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     parser.add_argument(

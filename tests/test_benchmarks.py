@@ -16,7 +16,7 @@ def test_overhead_benchmark_runs_and_reports_every_variant(tmp_path, heap):
     command = [sys.executable, str(ROOT / "benchmarks" / "overhead.py")]
     command += ["--steps", "2", "--warmup", "1", "--batch", "4", "--skip-1202"]
     if heap == "steady heap":
-        command.append("--steady-heap")
+        command += ["--steady-heap", "--floors"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -25,6 +25,9 @@ def test_overhead_benchmark_runs_and_reports_every_variant(tmp_path, heap):
     for variant in ("all stats, every=1", "all stats, every=10", "parameter stats, every=1"):
         rows = re.findall(rf"^{re.escape(variant)}\s", out, flags=re.MULTILINE)
         assert len(rows) == 2  # a timing row and an on-disk row
+    if heap == "steady heap":  # the floors: a timing row each (they write no file)
+        for floor in ("floor: hooks alone", "floor: reads alone"):
+            assert len(re.findall(rf"^{re.escape(floor)}\s", out, flags=re.MULTILINE)) == 1
 
 
 def load_gpu_check():
@@ -101,10 +104,15 @@ def test_gpu_check_table_from_the_parts_results(tmp_path):
 
 def test_overhead_device_path_reports_ratios_and_device_ops(tmp_path):
     command = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--device-path"]
-    command += ["--steps", "2", "--warmup", "1", "--json", str(tmp_path / "o.json")]
+    command += ["--steps", "2", "--warmup", "1", "--floors", "--json", str(tmp_path / "o.json")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "device path on CPU (1 thread)" in result.stdout
     figures = json.loads((tmp_path / "o.json").read_text())["runs"][0]
-    assert set(figures["variants"]) >= {"all stats, every=1", "all stats, every=10"}
+    assert set(figures["variants"]) >= {
+        "all stats, every=1",
+        "all stats, every=10",
+        "floor: hooks alone",
+        "floor: reads alone",
+    }
     assert 0 < figures["device_ops_per_layer"] < 20
