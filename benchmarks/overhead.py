@@ -54,7 +54,8 @@ import gradscope
 from gradscope.data import resolve_device
 from gradscope.models import create_model
 from gradscope.recorder import PARAM_STATS
-from gradscope.recorder._kernels import KERNELS_ENV, SAMPLE_GROUP_BYTES
+from gradscope.recorder import _stats as S
+from gradscope.recorder._kernels import SAMPLE_GROUP_BYTES, kernel_choice
 from gradscope.recorder._layer_selection import select_modules
 from gradscope.recorder._recorder import DEFAULT_BATCH_SAMPLE
 
@@ -142,7 +143,7 @@ def floor(reads: bool):
     and a norm of each gradient."""
 
     def setup(variant: Variant):
-        device_path = DEVICE.type != "cpu" or os.environ.get(KERNELS_ENV) == "torch"
+        device_path = not kernel_choice().numba_for(DEVICE)  # as the recorders choose
         slot = torch.zeros((), device=DEVICE)
         sums = torch.zeros(4).numpy()
         copies: dict[int, list] = {}  # numel -> [buffer rows, next row]
@@ -150,10 +151,10 @@ def floor(reads: bool):
             from gradscope.recorder._cpu_kernels import sums_into
 
         def read_output(t: torch.Tensor) -> None:
-            t = t.detach()[:DEFAULT_BATCH_SAMPLE]
             if not device_path:
-                sums_into(t.float().numpy().reshape(-1), sums)  # .float(): no copy if float32
+                sums_into(S.host_sample([t], DEFAULT_BATCH_SAMPLE), sums)
                 return
+            t = t.detach()[:DEFAULT_BATCH_SAMPLE]
             ring = copies.get(t.numel())
             if ring is None:
                 rows = max(1, SAMPLE_GROUP_BYTES // (4 * t.numel()))
