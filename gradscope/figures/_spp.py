@@ -110,7 +110,7 @@ def _x_title(layers: str, all_title: str | None, fallback: list[bool]) -> str:
     if all(fallback):
         return "layer (input = 0)"
     if any(fallback):
-        return "block, or layer for runs without blocks (input = 0)"
+        return "block, or layer (input = 0)"
     return "block (input = 0)"
 
 
