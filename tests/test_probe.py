@@ -219,6 +219,27 @@ def test_resnet56_and_plain56_show_the_known_difference_and_plain56_is_flagged(t
     assert 2.5 < decades["plain56"] < 3.6  # three
 
 
+def test_a_resnet_without_normalization_has_dominating_branches_and_exploding_activations():
+    # Brock et al. 2021: without normalization, He-initialised branches as large as their skip
+    # double the variance block after block
+    torch.manual_seed(0)
+    model = create_model("resnet56", width=4)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(module, name, nn.Identity())
+    with gradscope.probe(model, batch_size=8) as probe:
+        frame = probe.record_frame()
+        blocks = probe_info(probe)["residual_blocks"]
+        findings = {f.kind: f for f in gradscope.diagnose(probe).findings}
+    ratios = frame.loc[blocks, "res_ratio"]
+    assert findings["residual_dominates"].value == pytest.approx(float(np.median(ratios)))
+    assert findings["residual_dominates"].value > 1
+    growth = math.sqrt(frame.loc[blocks[-1], "chan_var"] / frame.loc[blocks[0], "chan_var"])
+    assert findings["activations_exploding_depth"].value == pytest.approx(growth, rel=1e-5)
+    assert growth > 100
+
+
 def test_post_ln_gradients_near_the_output_are_larger_than_pre_ln_ones():
     # Xiong et al. 2020: at initialization the gradient of the last layers' weights is
     # O(d sqrt(ln d)) in post-LN, O(d sqrt(ln d / L)) in pre-LN; and grows with the layer

@@ -188,8 +188,9 @@ def _residual_dominates(ratio, names, thresholds: Thresholds) -> list[Finding]:
             f"residual branches dominate the skip: branch / skip variance above {limit:g} in "
             f"{above} of {len(blocks)} residual blocks (median {median:.3g}, largest "
             f"{float(ratio[worst]):.3g} at {names[worst]}); the blocks do not start near the "
-            "identity, so the signal grows block after block (scale each branch down, e.g. "
-            "zero-initialise its last normalization's weight)",
+            "identity, so the signal grows block after block (scale each branch down: "
+            "zero-initialise its last normalization's weight or layer, or multiply the branch "
+            "by a small or zero-initialised scalar, as SkipInit and NF-ResNets do)",
         )
     ]
 
