@@ -26,7 +26,13 @@ from gradscope.diagnosis import (
     _signal_through_depth,
     _vanishing,
 )
-from gradscope.store import probe_info, probe_layout, probe_values, width_exponents
+from gradscope.store import (
+    probe_info,
+    probe_layout,
+    probe_summary,
+    probe_values,
+    width_exponents,
+)
 
 WIDTH_STAT = "act_abs_mean"  # the coordinate size a width-stable layer keeps (muP)
 # Statistics scanned for non-finite values at initialization: a count of inf/NaN gradient
@@ -76,14 +82,9 @@ def diagnose_probe(run, thresholds: Thresholds) -> Diagnosis:
 def probe_heading(diagnosis: Diagnosis) -> str:
     """The first line of a probe's diagnosis text."""
     path = Path(diagnosis.path)
-    info = diagnosis.probe or {}
-    widths = info.get("widths")
-    what = f"widths {', '.join(str(w) for w in widths)}" if widths else "one model"
-    steps = int(info.get("steps", 0))
-    trained = f", then {steps} step{'s' * (steps != 1)}" if steps else ""
     return (
-        f"diagnosis at initialization of {path.parent.name}/{path.stem}: probe of {what}"
-        f"{trained}, {diagnosis.layers} layers; {info.get('blocks_found', 'no blocks recorded')}"
+        f"diagnosis at initialization of {path.parent.name}/{path.stem} ({diagnosis.layers} "
+        f"layers): probe of {probe_summary(diagnosis.probe or {})}"
     )
 
 

@@ -138,14 +138,17 @@ def _measure(net, opt, batches, steps, loss, layers, residual_branches, seed, re
     hooks = _ProbeHooks(watched, blocks, device)
     rows, losses = [], []
     try:
-        with gradscope.attach(
-            net,
-            recorder_path,
-            optimizer=opt,
-            every=1,
-            stats=list(RECORDER_STATS),
-            layers=[m for _, m in watched],
-            batch_sample=None,
+        with (
+            torch.enable_grad(),
+            gradscope.attach(
+                net,
+                recorder_path,
+                optimizer=opt,
+                every=1,
+                stats=list(RECORDER_STATS),
+                layers=[m for _, m in watched],
+                batch_sample=None,
+            ),
         ):
             for step in range(steps + 1):
                 x, y = batches.get(step, net, device)
@@ -282,7 +285,8 @@ def _describe_optimizer(optimizer) -> str:
         shown = {k: group[k] for k in ("lr", "momentum", "weight_decay") if k in group}
         settings = ", ".join(f"{k}={float(v):g}" for k, v in shown.items())
         return f"{type(optimizer).__name__}({settings})"
-    return f"made by {getattr(optimizer, '__name__', type(optimizer).__name__)}"
+    name = getattr(optimizer, "__name__", type(optimizer).__name__)
+    return "made by a callable" if name == "<lambda>" else name
 
 
 def _describe(measured, layout, batches, loss, optimizer, layers, seed) -> dict:

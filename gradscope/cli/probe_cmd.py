@@ -189,7 +189,7 @@ def _sgd(lr: float):
     def make(model):
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
 
-    make.__name__ = f"SGD(lr={lr:g}, momentum=0.9, weight_decay=0.0001)"
+    make.__name__ = f"SGD(lr={lr:g}, momentum=0.9, weight_decay=0.0001)"  # in the probe file
     return make
 
 

@@ -10,6 +10,7 @@ from gradscope.store._probe import (
     is_probe,
     probe_info,
     probe_layout,
+    probe_summary,
     probe_values,
     width_exponents,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "open_run",
     "probe_info",
     "probe_layout",
+    "probe_summary",
     "probe_values",
     "width_exponents",
 ]

@@ -77,6 +77,22 @@ def probe_layout(run) -> ProbeLayout:
     return ProbeLayout(widths, steps)
 
 
+def probe_summary(info: dict) -> str:
+    """A probe file's `probe` attribute in one line: what was probed, on what batches."""
+    widths = info.get("widths")
+    what = f"widths {', '.join(str(w) for w in widths)}" if widths else "one model"
+    steps = int(info.get("steps", 0))
+    if steps:
+        what += f", then {steps} step{'s' * (steps != 1)}"
+    batch = info.get("batch")
+    if batch == "gaussian":
+        on = f"a Gaussian batch of {info.get('batch_size')}"
+    else:
+        on = "the batches given" if batch == "callable" else "the batch given"
+    found = info.get("blocks_found", "")
+    return f"{what} on {on} (seed {info.get('seed')}); {found}" if found else f"{what} on {on}"
+
+
 def probe_values(run, stat: str, step: int = 0) -> tuple[tuple, np.ndarray]:
     """(widths, values [widths, layers] float64) of `stat` at sweep step `step` of each width.
 
