@@ -61,7 +61,7 @@ def diagnose_probe(run, thresholds: Thresholds) -> Diagnosis:
     init = {stat: probe_values(run, stat, 0)[1] for stat in stats}  # [widths, layers] each
     for i, width in enumerate(layout.widths):
         at = {stat: values[i : i + 1] for stat, values in init.items()}  # [1, layers]
-        found = _init_findings(at, names, has_params, info, thresholds, result)
+        found = _init_findings(at, names, has_params, info, thresholds)
         if layout.is_sweep:
             for finding in found:
                 finding.message = f"width {width}: {finding.message}"
@@ -88,7 +88,7 @@ def probe_heading(diagnosis: Diagnosis) -> str:
     )
 
 
-def _init_findings(at, names, has_params, info, thresholds, result) -> list[Finding]:
+def _init_findings(at, names, has_params, info, thresholds) -> list[Finding]:
     """The findings at one width's record at initialization (arrays [1, layers])."""
     steps = np.zeros(1, dtype=np.int64)
     found = _nonfinite(at, names)

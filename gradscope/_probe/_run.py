@@ -63,6 +63,19 @@ class _Measured:
     params: int
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """What every width's probe shares."""
+
+    batches: ProbeBatches
+    steps: int
+    loss: Callable | None
+    optimizer: object  # None, an optimizer of the model, or a callable model -> optimizer
+    layers: object  # None or a `layers=` selection as attach takes it
+    residual_branches: dict | None
+    seed: int
+
+
 def run_probe(
     model,
     batch=None,
@@ -87,51 +100,46 @@ def run_probe(
     name = name or _default_name(model, widths)
     path = _output_path(path, name)
     batches = ProbeBatches(batch, batch_size, input_shape, seed)
-    measured = []
+    settings = _Settings(batches, steps, loss, optimizer, layers, residual_branches, seed)
     with tempfile.TemporaryDirectory(prefix="gradscope-probe-") as scratch:
-        for i, width in enumerate(widths):
-            recorder_path = Path(scratch) / f"width{i}.h5"
-            measured.append(
-                _probe_model(
-                    model, width, batches, steps, loss, optimizer, layers, residual_branches,
-                    seed, recorder_path,
-                )
-            )  # fmt: skip
+        measured = [
+            _probe_model(model, width, settings, Path(scratch) / f"width{i}.h5")
+            for i, width in enumerate(widths)
+        ]
     _check_same_layers(measured, widths)
     layout = ProbeLayout(tuple(widths), steps)
-    info = _describe(measured, layout, batches, loss, optimizer, layers, seed)
+    info = _describe(measured, layout, settings)
     _write(path, measured, layout, {"model": name, "model_class": measured[0].model_class}, info)
     return open_run(path)
 
 
-def _probe_model(
-    model, width, batches, steps, loss, optimizer, layers, residual_branches, seed, recorder_path
-) -> _Measured:
+def _probe_model(model, width, settings: _Settings, recorder_path: Path) -> _Measured:
     """Build (at a width) or take the model, probe it, and leave it as it was."""
     if width is None:
         net = model
     else:
         with torch.random.fork_rng(devices=_cuda_devices()):
-            torch.manual_seed(seed)  # the same initialization seed at every width
+            torch.manual_seed(settings.seed)  # the same initialization seed at every width
             net = model(width=width)
         if not isinstance(net, nn.Module):
             raise UsageError(
                 f"the model factory returned a {type(net).__name__} at width {width}, "
                 "not a torch.nn.Module"
             )
-    opt = _optimizer(optimizer, net)
-    given = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+    opt = _optimizer(settings.optimizer, net)
+    given = opt if opt is settings.optimizer else None  # the caller's: its state is put back
     with left_as_it_was(net, given):
-        torch.manual_seed(seed)  # dropout and other draws of the forward: the same each width
+        torch.manual_seed(settings.seed)  # the forward's random draws: the same at each width
         net.train()
-        return _measure(net, opt, batches, steps, loss, layers, residual_branches, seed,
-                        recorder_path)  # fmt: skip
+        return _measure(net, opt, settings, recorder_path)
 
 
-def _measure(net, opt, batches, steps, loss, layers, residual_branches, seed, recorder_path):
+def _measure(net, opt, settings: _Settings, recorder_path: Path) -> _Measured:
+    """The probe's steps on `net` with the recorder and the probe's hooks attached."""
+    steps = settings.steps
     everything = select_modules(net, nn.Module)  # (name as the recorder names it, module)
-    blocks = find_blocks(everything, residual_branches)
-    watched = _watched(net, everything, blocks, layers)
+    blocks = find_blocks(everything, settings.residual_branches)
+    watched = _watched(net, everything, blocks, settings.layers)
     watched_ids = {id(m) for _, m in watched}
     blocks = [b for b in blocks if id(b.module) in watched_ids]
     device = model_device(net)
@@ -151,9 +159,9 @@ def _measure(net, opt, batches, steps, loss, layers, residual_branches, seed, re
             ),
         ):
             for step in range(steps + 1):
-                x, y = batches.get(step, net, device)
+                x, y = settings.batches.get(step, net, device)
                 opt.zero_grad(set_to_none=True)
-                value = probe_loss(loss, net(x), y, seed, step)
+                value = probe_loss(settings.loss, net(x), y, settings.seed, step)
                 value.backward()
                 opt.step()
                 rows.append(hooks.take())
@@ -167,7 +175,8 @@ def _measure(net, opt, batches, steps, loss, layers, residual_branches, seed, re
             raise GradscopeError(
                 f"the recorder took {len(recorded.steps)} records for {steps + 1} probe steps"
             )
-    order = [hooks.names.index(layer["name"]) for layer in layer_dicts]
+    position = {name: i for i, name in enumerate(hooks.names)}
+    order = [position[layer["name"]] for layer in layer_dicts]
     probe_values = torch.stack(rows).cpu().numpy()[:, order, :].transpose(0, 2, 1)
     return _Measured(
         layers=layer_dicts,
@@ -191,7 +200,8 @@ class _ProbeHooks:
         block_names = [b.name for b in blocks if b.residual]
         self._branch = CallAverages(block_names, 1, device)
         self._skip = CallAverages(block_names, 1, device)
-        self._block_rows = [self.names.index(b) for b in block_names]
+        position = {name: i for i, name in enumerate(self.names)}
+        self._block_rows = [position[b] for b in block_names]
         self._handles = [m.register_forward_hook(self._output_hook(n, m)) for n, m in watched]
         for block in blocks:
             if block.residual:
@@ -289,9 +299,11 @@ def _describe_optimizer(optimizer) -> str:
     return "made by a callable" if name == "<lambda>" else name
 
 
-def _describe(measured, layout, batches, loss, optimizer, layers, seed) -> dict:
-    first = measured[0]
-    if loss is not None:
+def _describe(measured, layout: ProbeLayout, settings: _Settings) -> dict:
+    """The probe file's `probe` attribute."""
+    first, batches = measured[0], settings.batches
+    if settings.loss is not None:
+        loss = settings.loss
         loss_text = f"given ({getattr(loss, '__name__', type(loss).__name__)})"
     elif batches.source == "gaussian":
         loss_text = "cross-entropy against labels drawn uniformly from the seed"
@@ -303,10 +315,10 @@ def _describe(measured, layout, batches, loss, optimizer, layers, seed) -> dict:
         "batch": batches.source,
         "batch_size": batches.batch_size if batches.source == "gaussian" else None,
         "input_shape": list(batches.input_shape) if batches.input_shape else None,
-        "seed": seed,
+        "seed": settings.seed,
         "loss": loss_text,
-        "optimizer": _describe_optimizer(optimizer),
-        "layers": "default" if layers is None else "given",
+        "optimizer": _describe_optimizer(settings.optimizer),
+        "layers": "default" if settings.layers is None else "given",
         "blocks": first.blocks,
         "residual_blocks": first.residual,
         "blocks_found": first.blocks_found,
