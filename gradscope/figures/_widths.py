@@ -9,12 +9,15 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from gradscope.errors import UsageError
-from gradscope.figures._colours import assign_colours
+from gradscope.figures._colours import PALETTE, assign_colours
 from gradscope.figures._common import add_notes_above_panels, as_run_list, check_stat, run_label
 from gradscope.figures._words import log_axis_labelled, stat_words
 from gradscope.store import probe_layout, probe_values, width_exponents
 
 DEFAULT_WIDTH_STAT = "act_abs_mean"  # mean |activation|: the coordinate size muP keeps
+MIN_HEIGHT = 550  # layout pixels; taller when the legend needs it
+DASHES = ("solid", "dash", "dot", "dashdot")  # past the palette's colours, groups differ by dash
+LEGEND_ROW, LEGEND_MARGIN = 22, 260  # pixels per legend entry; the title and axes besides
 _BLOCK_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")  # a whole dotted name part made of digits
 
 
@@ -48,6 +51,7 @@ def width_check(runs, stat: str = DEFAULT_WIDTH_STAT, step=None, colours=None) -
     groups = list(dict.fromkeys(g for panel in panels for g in panel.groups))
     palette = assign_colours(groups, taken=())
     palette.update(colours or {})
+    dashes = {g: DASHES[(i // len(PALETTE)) % len(DASHES)] for i, g in enumerate(groups)}
     notes, drawn = [], []
     for col, panel in enumerate(panels, start=1):
         notes += panel.notes
@@ -63,7 +67,7 @@ def width_check(runs, stat: str = DEFAULT_WIDTH_STAT, step=None, colours=None) -
                     name=f"{group} (width^{exponent:+.2f})",
                     legendgroup=f"{col}",
                     legendgrouptitle={"text": panel.label} if len(runs) > 1 else None,
-                    line={"color": palette[group]},
+                    line={"color": palette[group], "dash": dashes[group]},
                     marker={"color": palette[group]},
                     hovertemplate=f"{group}<br>width %{{x}}<br>{stat} = %{{y:.4g}}"
                     f"<extra>{panel.label}</extra>",
@@ -81,7 +85,9 @@ def width_check(runs, stat: str = DEFAULT_WIDTH_STAT, step=None, colours=None) -
         fig.update_yaxes(log_axis_labelled(np.concatenate(drawn)), row=1, col=col)
     steps = sorted({panel.step for panel in panels})
     when = "at initialization" if steps == [0] else f"at step {', '.join(map(str, steps))}"
+    entries = sum(len(panel.groups) for panel in panels) + (len(runs) if len(runs) > 1 else 0)
     fig.update_layout(
+        height=max(MIN_HEIGHT, LEGEND_MARGIN + LEGEND_ROW * entries),  # the legend, uncut
         title={"text": f"{stat_words(stat)} across widths, {when} (coordinate check)"},
         hovermode="closest",
         legend={"groupclick": "toggleitem"},
