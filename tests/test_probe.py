@@ -339,6 +339,11 @@ def test_probe_refuses_what_it_cannot_do(tmp_path):
         gradscope.probe(model, path=tmp_path / "run.h5")
     with pytest.raises(UsageError, match="residual_branches: 'nothing.*' matches no module"):
         gradscope.probe(model, residual_branches={"nothing.*": ("0", None)})
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own error, exit code 2
+        cli_main(["probe", "resnet20", "--widths", "8"])
+    assert exit_info.value.code == 2
+    two_into_one = ["probe", "resnet20", "plain20", "--out", str(tmp_path / "one.h5")]
+    assert cli_main(two_into_one) == 2
     # a probe file is replaced; the Gaussian batch's shape comes from the first Linear
     first = gradscope.probe(model, path=tmp_path / "p.h5", batch_size=4)
     first.close()

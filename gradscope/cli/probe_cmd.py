@@ -1,5 +1,6 @@
 """`gradscope probe`: signal propagation at initialization, and width sweeps, before training."""
 
+import argparse
 import json
 import shlex
 import sys
@@ -81,22 +82,31 @@ def register(subparsers) -> None:
 
 
 def _widths(text: str) -> list[int]:
+    """--widths: at least two distinct positive whole numbers, comma-separated."""
     try:
         widths = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UsageError(
-            f"--widths takes whole numbers separated by commas, got {text!r}"
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas, got {text!r}"
         ) from None
     if len(set(widths)) < 2 or min(widths) < 1:
-        raise UsageError(f"--widths needs at least two distinct positive widths, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected at least two distinct positive widths, got {text!r}"
+        )
     return widths
 
 
 def _shape(text: str) -> tuple[int, ...]:
+    """--input-shape: positive sizes, comma-separated."""
     try:
-        return tuple(int(part) for part in text.split(","))
+        shape = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise UsageError(f"--input-shape takes sizes separated by commas, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected sizes separated by commas, got {text!r}"
+        ) from None
+    if min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
+    return shape
 
 
 def run(args) -> int:
