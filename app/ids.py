@@ -46,3 +46,32 @@ CONTROL_VALUES = {
     "lines": (LINES, "value"),
     "smoothing": (SMOOTHING, "value"),
 }
+
+# The probe view: probe files (gradscope probe), listed and shown apart from training runs.
+PROBE_LIST = "probe-list"  # the probe files table in the sidebar
+PROBE_RUNS = "probe-runs"  # dropdown: probe files to show
+SPP_STAT = "spp-stat"  # dropdown: Brock et al.'s panels, or one statistic
+SPP_LAYERS = "spp-layers"  # radio: the blocks' outputs, or every layer
+WIDTH_STAT = "width-stat"  # dropdown: the coordinate check's statistic
+WIDTH_STEP = "width-step"  # dropdown: the coordinate check's sweep step
+PROBE_DIAGNOSIS = "probe-diagnosis"  # the diagnosis at initialization of each probe shown
+PROBE_PANELS = {
+    "spp": "Signal propagation at initialization",
+    "widths": "Width sweep: coordinate check",
+}
+
+
+def probe_panel_id(part: str, panel: str) -> dict:
+    """The id of one part of a probe panel (other keys than `panel_id`: the training panels'
+    pattern-matching callbacks do not match it)."""
+    return {"part": part, "probe_panel": panel}
+
+
+# The probe view's control values, (component id, property) by name.
+PROBE_VALUES = {
+    "probes": (PROBE_RUNS, "value"),
+    "spp_stat": (SPP_STAT, "value"),
+    "spp_layers": (SPP_LAYERS, "value"),
+    "width_stat": (WIDTH_STAT, "value"),
+    "width_step": (WIDTH_STEP, "value"),
+}

@@ -22,7 +22,7 @@ recorder.close()"""
 
 def newest_runs(entries: list[RunEntry], count: int = DEFAULT_SELECTED_RUNS) -> list[str]:
     """The relative paths of the `count` most recently modified readable runs, newest first."""
-    readable = [e for e in entries if e.error is None]
+    readable = [e for e in entries if e.error is None and not e.probe]  # probes: probe_view
     readable.sort(key=lambda e: e.mtime, reverse=True)
     return [e.rel for e in readable[:count]]
 
@@ -44,7 +44,7 @@ def run_options(entries: list[RunEntry], colours: dict) -> list[dict]:
     """Options of the runs dropdown, each with its run's swatch; unreadable files cannot be
     chosen. Search matches the label, model and file path."""
     options = []
-    for e in entries:
+    for e in (e for e in entries if not e.probe):  # probe files have their own picker
         text = e.label if e.error is None else f"{e.rel} (unreadable)"
         options.append(
             {
@@ -83,7 +83,9 @@ def run_table(
     entries: list[RunEntry], root_label: str, colours: dict, selected=None, search=None
 ) -> list:
     """The runs as a table (swatch, model, folder, records, live or complete), filtered by
-    `search`; the selected runs are highlighted, an unreadable file shows its error."""
+    `search`; the selected runs are highlighted, an unreadable file shows its error. Probe
+    files are listed apart (probe_view.probe_table)."""
+    entries = [e for e in entries if not e.probe]
     if not entries:
         return [
             html.P(f"No run files (*.h5) under {root_label} yet. Record one from Python:"),
@@ -286,6 +288,8 @@ def figure_panel(panel: str, title: str) -> dbc.Card:
 
 def page(index: RunIndex, root_label: str) -> dbc.Container:
     """The whole page, scanned fresh on each load so new runs and the newest selection show."""
+    from gradscope.app.probe_view import probe_section, probe_sidebar  # it imports this module
+
     entries = index.scan()
     colours = index.colours()
     selected = newest_runs(entries)
@@ -302,6 +306,7 @@ def page(index: RunIndex, root_label: str) -> dbc.Container:
                 debounce=False,
             ),
             html.Div(run_table(entries, root_label, colours, selected), id=ids.RUN_LIST),
+            probe_sidebar(entries, root_label, colours),
             html.Hr(),
             controls(entries, selected, colours),
         ],
@@ -322,6 +327,7 @@ def page(index: RunIndex, root_label: str) -> dbc.Container:
                 ],
                 className="mb-3",
             ),
+            probe_section(entries, root_label, colours),
         ],
         className="pt-1",
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gradscope.errors import GradscopeError, RunFileError, UsageError
 from gradscope.figures import assign_colours, run_label, run_model
-from gradscope.store import open_run
+from gradscope.store import is_probe, open_run, probe_layout
 
 RUN_SUFFIX = ".h5"
 READ_WAIT_SECONDS = 10.0  # a request waits this long for a run another request is reading
@@ -32,6 +32,8 @@ class RunEntry:
     records: int | None = None  # number of recorded steps, when the file opened
     is_live: bool = False  # the writer has not closed the file yet
     error: str | None = None  # why the file could not be opened, if it could not
+    probe: bool = False  # a probe file (gradscope probe): listed apart from training runs
+    widths: tuple = ()  # a probe's widths swept (empty: a probe of one model)
 
 
 def _signature(stat: os.stat_result) -> tuple[int, int, int]:
@@ -129,7 +131,10 @@ class RunIndex:
                     created=str(run.attrs.get("created", "")),
                     records=len(run.steps),
                     is_live=bool(run.is_live),
+                    **_probe_fields(run),
                 )
+            except GradscopeError as e:  # a malformed probe attribute
+                entry = RunEntry(**base, error=self.relative_message(str(e), rel))
             finally:
                 run.close()
         if not entry.is_live:  # a live file may stop being live without changing: check again
@@ -216,6 +221,14 @@ class RunIndex:
             for entry in self._runs.values():
                 _close_when_free(entry)
             self._runs.clear()
+
+
+def _probe_fields(run) -> dict:
+    """RunEntry's probe and widths of an open run."""
+    if not is_probe(run):
+        return {}
+    layout = probe_layout(run)
+    return {"probe": True, "widths": layout.widths if layout.is_sweep else ()}
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pandas as pd
 
 from gradscope._json import json_records
 from gradscope.diagnosis import diagnose
-from gradscope.store import Run, open_run
+from gradscope.store import PROBE_ATTR, Run, open_run, probe_summary
 
 if TYPE_CHECKING:  # the training side imports torch; `inspect` must not
     from gradscope.train import ExperimentResult, TrainResult
@@ -75,6 +75,8 @@ def summary_text(run: Run) -> str:
         f"records:   {step_range}",
     ]
     extras = {k: v for k, v in attrs.items() if k not in _SHOWN_ATTRS}
+    if isinstance(extras.get(PROBE_ATTR), dict):  # a probe file: its description, in words
+        extras[PROBE_ATTR] = probe_summary(extras[PROBE_ATTR])
     lines += [f"{key + ':':<10} {value}" for key, value in sorted(extras.items())]
     return "\n".join(lines)
 

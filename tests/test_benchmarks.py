@@ -116,3 +116,17 @@ def test_overhead_device_path_reports_ratios_and_device_ops(tmp_path):
         "floor: reads alone",
     }
     assert 0 < figures["device_ops_per_layer"] < 20
+
+
+def test_probe_benchmark_times_the_pair_and_the_sweep_against_bare_twins(one_thread, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("probe_bench", ROOT / "benchmarks" / "probe.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--models", "resnet20,plain20", "--batch-size", "4", "--widths", "2,4"]
+    results = bench.main([*args, "--steps", "1", "--rounds", "1", "--skip-cli"])
+    out = capsys.readouterr().out
+    assert "pair resnet20 + plain20 at batch 4" in out and "sweep resnet20 widths 2,4" in out
+    assert results["pair"]["paired_ratio"] > 0 and results["sweep"]["ratio"] > 0
+    assert results["sweep"]["steps"] == 1

@@ -15,24 +15,39 @@ from gradscope.export import (
 )
 from gradscope.store import open_run
 
-FIGURES = ("heatmap", "flow", "curves", "ratio")
+FIGURES = ("heatmap", "flow", "curves", "ratio", "spp", "widths")
+PROBE_FIGURES = ("spp", "widths")  # of probe files (gradscope probe): --stat has its own default
+DEFAULT_STAT = "grad_norm"  # of the other figures
 
 
 def register(subparsers) -> None:
     """Add the `export` subcommand."""
     parser = subparsers.add_parser(
         "export",
-        help="write a figure (heatmap, flow, curves, ratio) of runs to a PNG",
+        help="write a figure (heatmap, flow, curves, ratio; of probes: spp, widths) to a PNG",
         description="Write a figure of one or more run files to a PNG (rendered by kaleido).",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN.h5", help="run files")
     parser.add_argument("--figure", choices=FIGURES, default="heatmap", help="which figure")
-    parser.add_argument("--stat", default="grad_norm", help="statistic (not used by curves)")
+    parser.add_argument(
+        "--stat",
+        default=None,
+        help=f"statistic (not used by curves; default: {DEFAULT_STAT}; spp: Brock et al.'s "
+        f"{', '.join(figures.SPP_STATS)}, one panel each; widths: {figures.DEFAULT_WIDTH_STAT})",
+    )
     parser.add_argument(
         "--step",
         type=int,
-        help="flow only: step to show, or the nearest recorded one (default: the latest step "
-        "every run has)",
+        help="flow: step to show, or the nearest recorded one (default: the latest step every "
+        "run has); spp and widths: the probe's sweep step (default: spp 0, the initialization; "
+        "widths the last)",
+    )
+    parser.add_argument(
+        "--spp-layers",
+        choices=figures.SPP_LAYERS,
+        default="blocks",
+        help="spp only: the blocks' outputs (default; every layer for a model without blocks) "
+        "or every layer",
     )
     parser.add_argument(
         "--window",
@@ -91,9 +106,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     """Open the runs, build the figure, write the PNG and print its path."""
     if args.figure != "flow":
-        for option, value in (("--step", args.step), ("--window", args.window)):
-            if value is not None:
-                raise UsageError(f"{option} applies only to --figure flow")
+        if args.window is not None:
+            raise UsageError("--window applies only to --figure flow")
+        if args.step is not None and args.figure not in PROBE_FIGURES:
+            raise UsageError("--step applies only to --figure flow, spp and widths")
     if args.figure == "ratio" and len(args.runs) != 2:
         raise UsageError(f"--figure ratio needs exactly 2 runs, got {len(args.runs)}")
     check_png_size(args.width, args.height, args.scale)
@@ -113,13 +129,20 @@ def run(args) -> int:
 
 def build_figure(args, runs):
     """The figure the arguments ask for."""
+    if args.figure == "spp":
+        step = 0 if args.step is None else args.step
+        return figures.signal_propagation(runs, args.stat, layers=args.spp_layers, step=step)
+    if args.figure == "widths":
+        stat = args.stat or figures.DEFAULT_WIDTH_STAT
+        return figures.width_check(runs, stat, step=args.step)
     selection = {"types": args.types, "pattern": args.pattern}
+    stat = args.stat or DEFAULT_STAT
     if args.figure == "heatmap":
-        return figures.depth_step_heatmap(runs, args.stat, **selection)
+        return figures.depth_step_heatmap(runs, stat, **selection)
     if args.figure == "flow":
         return figures.flow_curve(
             runs,
-            args.stat,
+            stat,
             step=args.step,
             window=args.window,
             depth_axis=args.depth_axis,
@@ -127,5 +150,5 @@ def build_figure(args, runs):
             **selection,
         )
     if args.figure == "ratio":
-        return figures.ratio_heatmap(runs[0], runs[1], args.stat, **selection)
+        return figures.ratio_heatmap(runs[0], runs[1], stat, **selection)
     return figures.training_curves(runs, smoothing=args.smoothing)

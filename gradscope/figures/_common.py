@@ -130,3 +130,17 @@ def add_notes(fig, notes) -> None:
     meta = dict(fig.layout.meta or {})
     meta["notes"] = list(meta.get("notes", [])) + notes
     fig.update_layout(meta=meta)
+
+
+NOTE_LINE_PIXELS = 17  # height of one note line above subplots
+
+
+def add_notes_above_panels(fig, notes) -> None:
+    """`add_notes` for a figure of subplots: the notes go between the title and the subplots'
+    own titles, with the top margin grown to hold them."""
+    notes = [n for n in notes if n]
+    if not notes:
+        return
+    add_notes(fig, notes)
+    fig.layout.annotations[-1].update(y=1.08)
+    fig.update_layout(margin={"t": 110 + NOTE_LINE_PIXELS * len(notes)})

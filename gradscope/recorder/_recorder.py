@@ -135,7 +135,7 @@ class Recorder:
         self._device_lists: dict[tuple, torch.Tensor] = {}
         self._before: P.WeightSnapshot | None = None
         self._grad_sums: dict | None = None
-        self._device = _model_device(model)
+        self._device = model_device(model)
         self._hooks = []  # the optimizer's
         self._install_hooks()
         for own in self._own_paths():
@@ -197,7 +197,7 @@ class Recorder:
             failure = e
         self._layer_numels, self._step = D.agree_at_attach(signature, numels, failure, step)
         self._reduction = D.RecordReduction(
-            self.rank, self.world, self._sharded, _model_device(model)
+            self.rank, self.world, self._sharded, model_device(model)
         )
 
     # ----- public API -------------------------------------------------------------------------
@@ -600,7 +600,8 @@ def _no_calls(device) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (else buffer); CPU for a model with neither."""
     for p in model.parameters():
         return p.device
     for b in model.buffers():
@@ -612,6 +613,13 @@ def _describe_layers(layers) -> object:
     if layers is None:
         return None
     items = layers if isinstance(layers, (list, tuple)) else [layers]
-    return [
-        item if isinstance(item, str) else getattr(item, "__name__", repr(item)) for item in items
-    ]
+    return [_describe_layer_item(item) for item in items]
+
+
+def _describe_layer_item(item) -> str:
+    """A `layers` item in the file's attach_args: a glob as is, a type or a module by class."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, nn.Module):
+        return f"a {type(item).__name__} module"
+    return getattr(item, "__name__", repr(item))
