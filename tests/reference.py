@@ -132,3 +132,54 @@ def average_channel_variance_reference(x: torch.Tensor, channel_dim: int = 1) ->
     x = x.double()
     variances = [x.select(channel_dim, c).var(correction=0).item() for c in range(x.shape[1])]
     return sum(variances) / len(variances)
+
+
+def parameter_grads(model: nn.Module) -> dict[int, torch.Tensor]:
+    """A float64 copy of every parameter's gradient now (zeros where it has none), by id."""
+    return {
+        id(p): p.grad.double().clone()
+        if p.grad is not None
+        else torch.zeros_like(p, dtype=torch.float64)
+        for p in model.parameters()
+    }
+
+
+def gradient_change(model: nn.Module, before: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """What the backward passes since `before` (parameter_grads) added to each gradient."""
+    now = parameter_grads(model)
+    return {key: now[key] - before[key] for key in now}
+
+
+def gns_reference(modules: dict[str, nn.Module], changes, rows, weight=1.0):
+    """gns_* per module by plain loops, from each small batch's gradient change (`changes`,
+    gradient_change of each backward pass, which adds weight x change to the step's gradient)
+    and its rows. A parameter counts in the first module (in `modules` order) owning it;
+    small-batch values are NaN with fewer than two small batches, all four for a module
+    whose parameters have no gradient."""
+    big = sum(rows)
+    owned: set[int] = set()
+    out = {}
+    for name, module in modules.items():
+        params = [p for p in module.parameters(recurse=False) if id(p) not in owned]
+        owned.update(id(p) for p in params)
+        if not any(p.grad is not None and p.numel() for p in params):
+            out[name] = dict.fromkeys(GNS_NAMES, math.nan)
+            continue
+
+        large = sum(sum(c[id(p)] for c in changes).pow(2).sum().item() for p in params)
+        small = [
+            (big / r) ** 2 * sum(c[id(p)].pow(2).sum().item() for p in params)
+            for c, r in zip(changes, rows, strict=True)
+        ]
+        large, small = weight**2 * large, [weight**2 * value for value in small]
+        several = len(changes) >= 2
+        out[name] = {
+            "gns_small_sq": sum(small) / len(small) if several else math.nan,
+            "gns_large_sq": large,
+            "gns_small_batch": len(rows) / sum(1 / r for r in rows) if several else math.nan,
+            "gns_large_batch": float(big),
+        }
+    return out
+
+
+GNS_NAMES = ("gns_small_sq", "gns_large_sq", "gns_small_batch", "gns_large_batch")

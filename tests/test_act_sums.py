@@ -204,7 +204,7 @@ def test_recorder_on_each_path_matches_reference(tmp_path, monkeypatch, mode):
         return twin
 
     run, expected = run_against_reference(
-        tmp_path, SmallCNN, image_batch, batch_sample=4, twin_model=out_of_place_twin
+        tmp_path, SmallCNN, image_batch, batch_sample=4, accumulate=2, twin_model=out_of_place_twin
     )
     assert_matches(run, expected)
 
@@ -303,6 +303,12 @@ def test_the_fused_record_finish_matches_the_plain_one_nans_included():
         "act_nonzeros": count / 2,
         "act_grad_sumsq": torch.rand(n, generator=g, dtype=torch.float64),
         "act_grad_calls": torch.tensor([0.0, 1, 1, 2, 1, 1, 1], dtype=torch.float64),
+        "gns_small_sumsq": torch.rand(n, generator=g, dtype=torch.float64),
+        "gns_batches": torch.full((n,), 3.0, dtype=torch.float64),
+        "gns_rows": torch.full((n,), 24.0, dtype=torch.float64),
+        "gns_inv_rows": torch.full((n,), 3 / 8, dtype=torch.float64),
+        "gns_large_sumsq": torch.rand(n, generator=g, dtype=torch.float64),
+        "gns_large_count": count,
     }
     for key in ("act_total", "act_spread"):  # what a layer never called holds
         sums[key][0] = 0.0

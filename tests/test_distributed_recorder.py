@@ -1,6 +1,7 @@
 """DDP, FSDP2 and FSDP1 on two real gloo ranks: every statistic of rank 0's file against a
 one-process float64 autograd reference on the concatenated batch."""
 
+import contextlib
 import json
 import math
 
@@ -13,17 +14,21 @@ from torch import nn
 
 import gradscope
 from gradscope.recorder import ALL_STATS
+from gradscope.store import GNS_STATS, noise_estimates
+from tests import noise_population as population
 from tests.ranks import init_gloo, rendezvous_file, run_ranks
 from tests.reference import (
     ReferenceProbe,
     act_grad_reference,
     act_reference,
+    gns_reference,
     grad_reference,
     weight_copy,
     weight_reference,
 )
 
 WORLD = 2
+NOISE_STEPS, NOISE_MICRO, NOISE_ROWS = 120, 2, 8  # DDP's small batches: 2 ranks x 2 x 8 rows
 ROWS = 4  # per rank and micro-batch
 LAYERS = ["embed", "act", "hidden", "head"]  # the plain model's names, in depth order
 WATCH = ["embed", "hidden", "head", nn.ReLU]
@@ -123,10 +128,27 @@ def _worker(rank: int, rendezvous: str, folder: str) -> None:
         rec.close()
         reductions[name] = per_step
         dist.barrier()
+    _record_noise(rank, folder)
     errors = {name: _attach_error(make, rank, folder) for name, make in ATTACH_ERRORS.items()}
     with open(f"{folder}/rank{rank}.json", "w") as f:
         json.dump({"all_reduces": reductions, "errors": errors}, f)
     dist.destroy_process_group()
+
+
+def _record_noise(rank: int, folder: str) -> None:
+    """The population net under DDP: each rank draws NOISE_MICRO micro-batches of NOISE_ROWS
+    examples a step (accumulated under no_sync), as many small batches as one process with
+    WORLD x NOISE_MICRO micro-batches; lr=0, so the true values stay fixed."""
+    model = nn.parallel.DistributedDataParallel(population.population_net())
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    with gradscope.attach(model, f"{folder}/ddp-noise.h5", optimizer=opt, stats=list(GNS_STATS)):
+        for step in range(NOISE_STEPS):
+            for micro in range(NOISE_MICRO):
+                x, y = population.draw(NOISE_ROWS, step, micro, rank)
+                with model.no_sync() if micro < NOISE_MICRO - 1 else contextlib.nullcontext():
+                    (population.loss(model, x, y) / NOISE_MICRO).backward()
+            opt.step()
+            opt.zero_grad()
 
 
 def _tensor_parallel(rank, folder):
@@ -211,11 +233,14 @@ def reference(phase: str) -> dict[int, dict[str, list[float]]]:
     for step in range(steps):
         probe.clear()
         opt.zero_grad()
+        changes = []  # each rank's gradient of each micro-batch: the small batches
         for micro in range(micros):
             parts = [batch(step, micro, rank) for rank in range(WORLD)]
+            changes += [rank_gradient(model, x, y) for x, y in parts]
             x = torch.cat([p[0] for p in parts]).double()
             y = torch.cat([p[1] for p in parts]).double()
             F.mse_loss(model(x), y).backward()
+        noise = gns_reference(modules, changes, [ROWS] * len(changes), weight=1 / WORLD)
         before = {name: weight_copy(m) for name, m in modules.items()}
         grads = {name: grad_reference(m) for name, m in modules.items()}
         opt.step()
@@ -231,10 +256,20 @@ def reference(phase: str) -> dict[int, dict[str, list[float]]]:
                 **weight_reference(before[name], module),
                 **act_reference(per_rank, batch_sample),
                 "act_grad_norm": act_grad_reference(probe.outputs[name]),
+                **noise[name],
             }
         records[step] = {s: [stats[name][s] for name in LAYERS] for s in ALL_STATS}
     probe.remove()
     return records
+
+
+def rank_gradient(model: nn.Module, x, y) -> dict[int, torch.Tensor]:
+    """The float64 gradient of one rank's loss on its rows, by the ids of `model`'s
+    parameters (computed on a copy: the model's own gradients and hooks are left alone)."""
+    copy = Net().double()
+    copy.load_state_dict(model.state_dict())
+    F.mse_loss(copy(x.double()), y.double()).backward()
+    return {id(p): q.grad for p, q in zip(model.parameters(), copy.parameters(), strict=True)}
 
 
 @pytest.mark.parametrize("phase", [p for p in PHASES if not PHASES[p][5]])
@@ -246,8 +281,11 @@ def test_rank_zero_records_the_global_batch(recorded, phase):
         assert list(run.layers["params"]) == [48, 0, 27, 4]  # whole layers, all shards
         assert list(run.steps) == sorted(want)
         assert run.attrs["world_size"] == WORLD
+        # FSDP1 leaves the gradient noise scale out (its attach warns)
+        fsdp1 = phase.startswith("fsdp1")
+        assert run.stats == [s for s in ALL_STATS if not (fsdp1 and s.startswith("gns_"))]
         for i, step in enumerate(run.steps):
-            for stat in ALL_STATS:
+            for stat in run.stats:
                 np.testing.assert_allclose(
                     run.stat(stat)[i],
                     want[step][stat],
@@ -302,3 +340,22 @@ def test_attach_fails_on_every_rank_with_the_reason(recorded, case, rank0, rank1
     errors = [json.loads((recorded / f"rank{r}.json").read_text())["errors"] for r in range(2)]
     assert rank0 in errors[0][case]
     assert rank1 in errors[1][case]
+
+
+def test_ddp_noise_scale_matches_the_truth_and_gradient_accumulation(recorded, tmp_path):
+    # The same small batches (4 of 8 examples a step) as ranks x micro-batches under DDP and as
+    # micro-batches in one process: both estimate the population's true values, and agree.
+    truth = population.true_noise(population.population_net())
+    single = population.train_with_accumulation(
+        tmp_path / "single.h5", NOISE_STEPS, WORLD * NOISE_MICRO, NOISE_ROWS, stats=list(GNS_STATS)
+    )
+    with gradscope.open_run(recorded / "ddp-noise.h5") as run:
+        ddp, one = noise_estimates(run), noise_estimates(single)
+        np.testing.assert_array_equal(ddp.batch, WORLD * NOISE_MICRO * NOISE_ROWS)
+        np.testing.assert_array_equal(ddp.small_batch, NOISE_ROWS)
+        for i, layer in enumerate(population.LAYERS):
+            for field, want in zip(("grad_sq", "trace"), truth[layer], strict=True):
+                a, error_a = population.mean_and_error(getattr(ddp, field)[:, i])
+                b, error_b = population.mean_and_error(getattr(one, field)[:, i])
+                assert abs(a - want) < 4 * error_a, (layer, field, a, error_a, want)
+                assert abs(a - b) < 4 * math.hypot(error_a, error_b), (layer, field, a, b)

@@ -27,7 +27,10 @@ from tests.reference import (
     ReferenceProbe,
     act_grad_reference,
     act_reference,
+    gns_reference,
     grad_reference,
+    gradient_change,
+    parameter_grads,
     weight_copy,
     weight_reference,
 )
@@ -220,7 +223,12 @@ def test_step_zero_is_ddp_on_the_global_batch_from_one_initialization(pair, mode
     batches = TrainBatches(dataset, batch_size=config.batch_size, seed=config.seed)
     slices = [batches.rank_batch(0, rank, 2) for rank in range(2)]
     losses = [F.cross_entropy(net(x.to(dtype)), y) for x, y in slices]
-    (sum(losses) / 2).backward()
+    changes = []  # each rank's share of the gradient: the small batches of the noise scale
+    for loss in losses:
+        grads_before = parameter_grads(net)
+        (loss / 2).backward()
+        changes.append(gradient_change(net, grads_before))
+    noise = gns_reference(layers, changes, [len(x) for x, _ in slices])
     before = {name: weight_copy(m) for name, m in layers.items()}
     grads = {name: grad_reference(m) for name, m in layers.items()}
     opt.step()
@@ -230,6 +238,7 @@ def test_step_zero_is_ddp_on_the_global_batch_from_one_initialization(pair, mode
             **weight_reference(before[name], m),
             **act_reference(probe.outputs[name], None),
             "act_grad_norm": act_grad_reference(probe.outputs[name]),
+            **noise[name],
         }
         for name, m in layers.items()
     }

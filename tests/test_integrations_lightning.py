@@ -15,7 +15,10 @@ from tests.reference import (
     ReferenceProbe,
     act_grad_reference,
     act_reference,
+    gns_reference,
     grad_reference,
+    gradient_change,
+    parameter_grads,
     weight_copy,
     weight_reference,
 )
@@ -39,6 +42,8 @@ class TinyModule(L.LightningModule):
         self.clipped = {}  # optimizer step -> layer -> grad_norm after clipping
         self.losses = {}  # optimizer step -> the last train_loss logged in it
         self._before = None
+        self._grads = None  # the gradients before the backward pass in progress
+        self._changes, self._rows = [], []  # each backward's gradient and rows: small batches
 
     def training_step(self, batch, batch_idx):
         if self.global_step == self.fail_at_step:
@@ -56,9 +61,19 @@ class TinyModule(L.LightningModule):
         x, y = batch
         self.log("val_loss", F.cross_entropy(self.net(x), y))
 
+    def on_before_backward(self, loss):
+        self._grads = parameter_grads(self)
+
+    def on_after_backward(self):
+        self._changes.append(gradient_change(self, self._grads))
+        self._rows.append(4)  # the loader's batch size
+
     def on_before_optimizer_step(self, optimizer):
         layers = self._layers()
         ref = {name: grad_reference(m) for name, m in layers.items()}
+        for name, values in gns_reference(layers, self._changes, self._rows).items():
+            ref[name].update(values)  # before clipping, as the gradients are here
+        self._changes, self._rows = [], []
         if self.probe is not None:
             for name in layers:
                 ref[name].update(act_reference(self.probe.outputs[name], None))

@@ -18,7 +18,10 @@ from tests.reference import (
     ReferenceProbe,
     act_grad_reference,
     act_reference,
+    gns_reference,
     grad_reference,
+    gradient_change,
+    parameter_grads,
     weight_copy,
     weight_reference,
 )
@@ -191,11 +194,17 @@ def run_against_reference(
     expected = {}
     for step in range(steps):
         probe.clear()
+        changes, rows = [], []  # each micro-batch's gradient and rows: the small batches
         for micro in range(accumulate):
             x, y = batch_fn(step, micro)
             F.cross_entropy(model(x), y).backward()
+            before = parameter_grads(twin)
             F.cross_entropy(twin(x), y).backward()
+            changes.append(gradient_change(twin, before))
+            rows.append(len(x))
         ref = {name: grad_reference(m) for name, m in watched.items()}
+        for name, values in gns_reference(watched, changes, rows).items():
+            ref[name].update(values)
         before = {name: weight_copy(m) for name, m in watched.items()}
         opt.step()
         opt_twin.step()
@@ -370,10 +379,12 @@ def test_without_optimizer_user_calls_step(tmp_path):
                 for p in net.parameters():
                     p -= 0.1 * p.grad
         refs = []
+        modules = {"0": twin[0], "2": twin[2], "4": twin[4]}
+        gns = gns_reference(modules, [parameter_grads(twin)], [len(x)])
         for name, m, b in zip(("0", "2", "4"), (twin[0], twin[2], twin[4]), before, strict=True):
             r = grad_reference(m) | weight_reference(b, m) | act_reference(probe.outputs[name], 32)
             r["act_grad_norm"] = act_grad_reference(probe.outputs[name])
-            refs.append(r)
+            refs.append(r | gns[name])
         expected.append(refs)
         rec.step()
     rec.close()
@@ -891,6 +902,7 @@ def closure_training(tmp_path, steps, accumulate, manual, every=1):
     expected, recorded = {}, []
     for step in range(steps):
         probe.clear()
+        changes, rows = [], []
         for micro in range(accumulate):
             x, y = vector_batch(step, micro)
 
@@ -907,8 +919,13 @@ def closure_training(tmp_path, steps, accumulate, manual, every=1):
                 opt.step(closure)
             else:
                 closure()
+            before = parameter_grads(twin)
             F.cross_entropy(twin(x), y).backward()
+            changes.append(gradient_change(twin, before))
+            rows.append(len(x))
         ref = {name: grad_reference(m) for name, m in watched.items()}
+        for name, values in gns_reference(watched, changes, rows).items():
+            ref[name].update(values)
         before = {name: weight_copy(m) for name, m in watched.items()}
         opt_twin.step()
         opt_twin.zero_grad()

@@ -23,6 +23,8 @@ PARAM_SUMS = (
     "grad_absmax",
     "weight_sumsq",
     "update_sumsq",
+    "gns_large_sumsq",  # the gradient noise scale's large batch: the reduced gradient
+    "gns_large_count",
 )
 # reduced with MAX (every other raw sum with SUM), each with the count that says it has values
 MAXIMA = {"grad_absmax": "grad_count", "act_absmax": "act_count"}

@@ -7,6 +7,7 @@ import torch
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._kernels import CompiledOrEager
+from gradscope.recorder._noise_scale import noise_scale_stats
 
 
 def finish_record(
@@ -28,6 +29,8 @@ def finish_record(
         values.update(S.activation_stats(sums))
     if "act_grad_sumsq" in sums:
         values["act_grad_norm"] = S.output_grad_norm(sums)
+    if "gns_batches" in sums:
+        values.update(noise_scale_stats(sums))
     missing = torch.full_like(order, float("nan"), dtype=torch.float64)
     record = torch.stack([values.get(name, missing) for name in stats]).float()
     return record[:, order]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -19,6 +20,7 @@ from gradscope.recorder._compiled_code import forget_compiled_code
 from gradscope.recorder._forward_hooks import ForwardHooks
 from gradscope.recorder._kernels import kernel_choice
 from gradscope.recorder._layer_selection import select_modules
+from gradscope.recorder._noise_scale import NoiseScaleSums
 from gradscope.recorder._record import finish_record, finish_record_fused
 from gradscope.recorder._schedule import make_schedule
 from gradscope.recorder._wrappers import unwrap, user_type_name
@@ -136,6 +138,18 @@ class Recorder:
         self._before: P.WeightSnapshot | None = None
         self._grad_sums: dict | None = None
         self._device = model_device(model)
+        self._noise: NoiseScaleSums | None = None  # the gradient noise scale's sums
+        if any(s in S.GNS_STATS for s in self.stats):
+            self._noise = NoiseScaleSums(
+                self._modules,
+                self._sharded,
+                self.kernels,
+                self._device,
+                self.world,
+                reads_large_batch=needs_params,
+            )
+            if self._due:
+                self._noise.arm()
         self._hooks = []  # the optimizer's
         self._install_hooks()
         for own in self._own_paths():
@@ -163,6 +177,8 @@ class Recorder:
             if self.world > 1
             else [False] * len(self._modules)
         )
+        if self.world > 1 and "FSDP1" in D.data_parallel_kind(model):
+            self.stats = _without_noise_scale(self.stats, stats is None)
 
     def _check_paths(self, overwrite: bool, resume: bool) -> None:
         for own in self._own_paths():
@@ -267,6 +283,8 @@ class Recorder:
             return
         self.closed = True
         self._forward_hooks.remove()
+        if self._noise is not None:
+            self._noise.disarm()
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -330,6 +348,8 @@ class Recorder:
                 return
             if self._want_act:
                 self._act.add(tensors, position)
+            if self._noise is not None:
+                self._noise.output(self._starts_forward(position), tensors)
             if self._want_act_grad:
                 grad_hook = self._output_grad_hooks[position]
                 for t in tensors:
@@ -351,6 +371,13 @@ class Recorder:
 
         return hook
 
+    def _starts_forward(self, position: int) -> bool:
+        """Whether the module at `position` is the first of a forward pass (the first called
+        at the first step)."""
+        if self._order is not None:
+            return self._order[0] == position
+        return self._first_call.get(position) == 0
+
     def _mark_backpropagated(self, grad) -> None:
         self._act.mark_backpropagated()
 
@@ -358,6 +385,8 @@ class Recorder:
         """The gradients are being zeroed: forget the passes whose backward already ran."""
         self._act.drop_backpropagated()
         self._act_grad.clear()
+        if self._noise is not None:
+            self._noise.clear()
         if self._manual_gradients:
             self._grad_sums = None  # read from the gradients being wiped (a skipped step)
 
@@ -390,6 +419,12 @@ class Recorder:
         self._due = self._schedule(self._step)
         self._in_step = False
         self._reset_accumulators()
+        if self._noise is not None:
+            self._noise.clear()
+            if self._due:
+                self._noise.arm()
+            else:
+                self._noise.disarm()
         if self._due or not self._order:
             self._forward_hooks.everywhere()
         else:  # the first module's hook alone tells that the next step has begun
@@ -399,8 +434,9 @@ class Recorder:
         """Pack this step's record and hand it to the writer(s); under torch.distributed every
         rank joins the record's reductions, whether or not it writes."""
         sums = self._layer_sums()
-        if self.local_path is not None:
-            self._write_record(self._ensure_writer()[1], self._pack_record(sums))
+        if self.local_path is not None:  # no noise scale: its large batch is the global one
+            local = {k: v for k, v in sums.items() if not k.startswith("gns_")}
+            self._write_record(self._ensure_writer()[1], self._pack_record(local))
         if self._reduction is not None:
             sums = self._reduction.reduce(sums, self._act_spread if self._want_act else None)
         if self._writes_global:
@@ -435,6 +471,8 @@ class Recorder:
             else:
                 sumsq, layer_of = _no_calls(device)
             sums.update(S.output_grad_layer_sums(sumsq, layer_of, n))
+        if self._noise is not None:
+            sums.update(self._noise.layer_sums())
         self._grad_sums = None
         self._before = None
         return sums
@@ -590,6 +628,25 @@ def _check_not_watched(modules) -> None:
                 f"module {name!r} is already watched by the recorder writing {other.path}; "
                 "close that recorder first (rec.close()), or watch other layers"
             )
+
+
+def _without_noise_scale(chosen: tuple[str, ...], by_default: bool) -> tuple[str, ...]:
+    """The statistics under FSDP1, which cannot record the gradient noise scale: its forward
+    computes with views of flat parameters made anew at every call, so no hook sees a layer's
+    gradient of one rank's batch before the reduction. Asked for, an error; by default, left
+    out with a warning."""
+    wanted = [s for s in chosen if s in S.GNS_STATS]
+    if not wanted:
+        return chosen
+    reason = (
+        "the gradient noise scale (gns_*) is not recorded under FSDP1 (FullyShardedDataParallel):"
+        " its layers compute with views of flat parameters, so no hook sees a layer's gradient "
+        "of one rank's batch before the reduction; use FSDP2 (fully_shard) or DDP"
+    )
+    if not by_default:
+        raise UsageError(f"{reason}, or leave {', '.join(wanted)} out of stats")
+    warnings.warn(f"gradscope: {reason}", RuntimeWarning, stacklevel=4)
+    return tuple(s for s in chosen if s not in S.GNS_STATS)
 
 
 def _no_calls(device) -> tuple[torch.Tensor, torch.Tensor]:

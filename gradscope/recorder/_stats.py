@@ -6,13 +6,16 @@ import numpy as np
 import torch
 
 from gradscope.errors import UsageError
+from gradscope.store import GNS_STATS as _GNS_TITLES
 
 GRAD_STATS = ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_nonfinite")
 WEIGHT_STATS = ("weight_norm", "update_ratio")
 ACT_STATS = ("act_mean", "act_std", "act_absmax", "act_zero_frac")
 ACT_GRAD_STATS = ("act_grad_norm",)
+# the gradient noise scale's raw sums (recorder/_noise_scale.py)
+GNS_STATS = tuple(_GNS_TITLES)
 PARAM_STATS = GRAD_STATS + WEIGHT_STATS
-ALL_STATS = PARAM_STATS + ACT_STATS + ACT_GRAD_STATS
+ALL_STATS = PARAM_STATS + ACT_STATS + ACT_GRAD_STATS + GNS_STATS
 
 # Raw sums of one module call's outputs: [total, sum of squares, max |x|, nonzeros], with the
 # element count kept aside. Combining into moments happens once per record, batched over calls.

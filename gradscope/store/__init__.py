@@ -1,6 +1,14 @@
 """The HDF5 run store: `RunWriter` writes run files, `open_run` reads them (docs/run-file.md)."""
 
 from gradscope.store._blocks import block_means
+from gradscope.store._noise_scale import (
+    GNS_STATS,
+    MODEL_COLUMN,
+    NOISE_SCALE_WINDOW,
+    NoiseEstimates,
+    noise_estimates,
+    noise_scale,
+)
 from gradscope.store._probe import (
     PROBE_ATTR,
     PROBE_STATS,
@@ -18,6 +26,10 @@ from gradscope.store._reader import Run, open_run
 from gradscope.store._writer import RunWriter
 
 __all__ = [
+    "GNS_STATS",
+    "MODEL_COLUMN",
+    "NOISE_SCALE_WINDOW",
+    "NoiseEstimates",
     "PROBE_ATTR",
     "PROBE_STATS",
     "STEP_METRIC",
@@ -27,6 +39,8 @@ __all__ = [
     "RunWriter",
     "block_means",
     "is_probe",
+    "noise_estimates",
+    "noise_scale",
     "open_run",
     "probe_info",
     "probe_layout",

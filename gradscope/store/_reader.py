@@ -15,6 +15,7 @@ from gradscope.store import _schema as schema
 from gradscope.store._access import open_for_reading, require_on_disk
 from gradscope.store._blocks import block_means
 from gradscope.store._header import check_not_truncated
+from gradscope.store._noise_scale import NOISE_SCALE_WINDOW, noise_scale
 from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS
 from gradscope.store._rows import read_column, read_rows, read_status
 
@@ -199,6 +200,13 @@ class Run:
         frame = pd.DataFrame(columns, index=pd.Index([d["name"] for d in self._layer_dicts]))
         frame.index.name = "layer"
         return frame
+
+    def noise_scale(self, window: int = NOISE_SCALE_WINDOW) -> pd.DataFrame:
+        """The gradient noise scale tr(Sigma) / |G|^2 in examples (rows), indexed by step: one
+        column per layer and "model" for the whole model, each estimate averaged over the last
+        `window` records (see `gradscope.store.noise_scale`). The run must have been recorded
+        with several small batches per step: gradient accumulation or data parallelism."""
+        return noise_scale(self, window)
 
     def to_frame(self) -> pd.DataFrame:
         """Tidy long table with columns step, layer, depth, stat, value."""

@@ -1,0 +1,172 @@
+"""The gradient noise scale: estimates against the true |G|^2 and tr(Sigma) of a population
+(per-example gradients from torch.func), the reader's windows and groups, and the edge cases
+of the recorder's small batches. Exact per-step sums against plain autograd are checked in
+tests/test_recorder.py (every model there), tests/test_act_sums.py (the device path) and
+tests/test_distributed_recorder.py (DDP, FSDP2)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradscope
+from gradscope.store import GNS_STATS, MODEL_COLUMN, noise_estimates
+from tests.noise_population import (
+    LAYERS,
+    draw,
+    loss,
+    mean_and_error,
+    population_net,
+    train_with_accumulation,
+    true_noise,
+)
+
+STEPS, MICRO, ROWS = 120, 4, 8  # 4 micro-batches of 8 drawn examples a step: B = 32, b = 8
+SIGMAS = 4  # an estimate farther from the truth than this many standard errors fails
+
+
+@pytest.fixture(scope="module")
+def accumulated(tmp_path_factory, one_thread):
+    """A run of the population net with gradient accumulation, and the true values."""
+    path = tmp_path_factory.mktemp("gns") / "accumulated.h5"
+    run = train_with_accumulation(path, STEPS, MICRO, ROWS, stats=list(GNS_STATS))
+    return run, true_noise(population_net())
+
+
+def test_estimates_match_the_true_gradient_and_noise_per_layer(accumulated):
+    run, truth = accumulated
+    estimates = noise_estimates(run)
+    assert estimates.layers == list(LAYERS)
+    np.testing.assert_array_equal(estimates.batch, MICRO * ROWS)
+    np.testing.assert_array_equal(estimates.small_batch, ROWS)
+    for i, layer in enumerate(LAYERS):
+        pairs = zip((estimates.grad_sq[:, i], estimates.trace[:, i]), truth[layer], strict=True)
+        for values, want in pairs:
+            mean, error = mean_and_error(values)
+            assert abs(mean - want) < SIGMAS * error, (layer, mean, error, want)
+            assert error < 0.1 * want  # the test has the power to see a wrong factor
+
+
+def test_noise_scale_divides_the_window_means(accumulated):
+    run, truth = accumulated
+    estimates = noise_estimates(run)
+    frame = run.noise_scale(window=STEPS)
+    assert list(frame.columns) == [*LAYERS, MODEL_COLUMN]
+    assert frame.index.name == "step" and list(frame.index) == list(run.steps)
+    last = frame.iloc[-1]
+    for i, layer in enumerate(LAYERS):
+        want = estimates.trace[:, i].mean() / estimates.grad_sq[:, i].mean()
+        assert last[layer] == pytest.approx(want, rel=1e-12)
+        assert last[layer] == pytest.approx(truth[layer][1] / truth[layer][0], rel=0.1)
+    model = estimates.trace.sum(1).mean() / estimates.grad_sq.sum(1).mean()
+    assert last[MODEL_COLUMN] == pytest.approx(model, rel=1e-12)
+    # a window of 5 records: the means over the record and the 4 before it
+    short = run.noise_scale(window=5)
+    at = 10
+    window = slice(at - 4, at + 1)
+    want = estimates.trace[window, 1].mean() / estimates.grad_sq[window, 1].mean()
+    assert short.iloc[at][LAYERS[1]] == pytest.approx(want, rel=1e-12)
+    first = estimates.trace[0, 1] / estimates.grad_sq[0, 1]
+    assert short.iloc[0][LAYERS[1]] == pytest.approx(first if first > 0 else np.nan, nan_ok=True)
+    groups = gradscope.store.noise_scale(run, STEPS, groups={"all": list(LAYERS)})
+    assert list(groups.columns) == ["all", MODEL_COLUMN]
+    assert groups["all"].iloc[-1] == pytest.approx(model, rel=1e-12)
+    for bad in (0, 2.5, True):
+        with pytest.raises(gradscope.UsageError, match="window"):
+            run.noise_scale(window=bad)
+
+
+def test_the_noise_scale_is_free_of_the_loss_scale(tmp_path, one_thread):
+    # Micro-batch losses not divided by their number, or multiplied by an AMP loss scale:
+    # |G|^2 and tr(Sigma) are of the loss backpropagated, their ratio the same.
+    runs = {
+        scale: train_with_accumulation(
+            tmp_path / f"{scale}.h5", 12, MICRO, ROWS, scale=scale, stats=list(GNS_STATS)
+        )
+        for scale in (1 / MICRO, 1.0, 1024.0)
+    }
+    base = noise_estimates(runs[1 / MICRO])
+    for scale, run in runs.items():
+        factor = (scale * MICRO) ** 2
+        estimates = noise_estimates(run)
+        np.testing.assert_allclose(estimates.grad_sq, factor * base.grad_sq, rtol=1e-4)
+        np.testing.assert_allclose(estimates.trace, factor * base.trace, rtol=1e-4)
+        np.testing.assert_allclose(
+            run.noise_scale(window=12), runs[1 / MICRO].noise_scale(window=12), rtol=1e-4
+        )
+
+
+def test_one_small_batch_a_step_has_no_noise_scale(tmp_path):
+    run = train_with_accumulation(tmp_path / "one.h5", 2, 1, ROWS)
+    assert np.isnan(run.stat("gns_small_sq")).all() and np.isnan(run.stat("gns_small_batch")).all()
+    np.testing.assert_allclose(run.stat("gns_large_sq"), run.stat("grad_norm") ** 2, rtol=1e-5)
+    np.testing.assert_array_equal(run.stat("gns_large_batch"), ROWS)
+    with pytest.raises(gradscope.UsageError, match="gradient accumulation .* or data parallelism"):
+        run.noise_scale()
+
+
+def test_zero_grad_drops_the_small_batches_whose_gradients_it_wipes(tmp_path):
+    # A backward pass whose gradients are zeroed before the update (an AMP step the scaler
+    # skipped) is no small batch of the step that follows.
+    net = population_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    with gradscope.attach(net, tmp_path / "z.h5", optimizer=opt, stats=list(GNS_STATS)):
+        loss(net, *draw(3, 0, 9)).backward()
+        opt.zero_grad()
+        for micro, rows in enumerate((5, 7)):
+            loss(net, *draw(rows, 0, micro)).backward()
+        opt.step()
+    run = gradscope.open_run(tmp_path / "z.h5")
+    assert list(run.stat("gns_large_batch")[0]) == [12, 12]
+    assert run.stat("gns_small_batch")[0, 0] == pytest.approx(2 / (1 / 5 + 1 / 7))
+
+
+class FrozenFront(nn.Module):
+    """A frozen first layer, then a shared layer called twice, and a tied output layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.front = nn.Linear(4, 6).requires_grad_(False)
+        self.shared = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 6)
+        self.tied = nn.Linear(6, 6)
+        self.tied.weight = self.out.weight
+
+    def forward(self, x):
+        h = self.shared(torch.tanh(self.shared(self.front(x))))
+        return self.tied(torch.tanh(self.out(h)))
+
+
+def test_rows_come_from_the_earliest_watched_output_the_backward_reaches(tmp_path):
+    net = FrozenFront()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    with gradscope.attach(net, tmp_path / "f.h5", optimizer=opt, stats=list(GNS_STATS)):
+        for rows in (3, 5):
+            F.mse_loss(net(torch.randn(rows, 4)), torch.zeros(rows, 6)).backward()
+        opt.step()
+    run = gradscope.open_run(tmp_path / "f.h5")
+    names = list(run.layers["name"])
+    large = run.stat("gns_large_batch")[0]
+    assert np.isnan(large[names.index("front")])  # frozen: no gradient, and no rows
+    assert (large[[names.index(n) for n in ("shared", "out", "tied")]] == 8).all()
+    # the tied weight counts once, in `out`: the layers add up to the model
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    unique = sum(g.double().pow(2).sum().item() for g in grads)
+    assert np.nansum(run.stat("gns_large_sq")[0]) == pytest.approx(unique, rel=1e-5)
+    tied_bias = net.tied.bias.grad.double().pow(2).sum().item()
+    assert run.stat("gns_large_sq")[0, names.index("tied")] == pytest.approx(tied_bias, rel=1e-5)
+
+
+def test_a_backward_that_reaches_no_watched_output_warns_and_records_no_batch(tmp_path):
+    net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    with gradscope.attach(net, tmp_path / "w.h5", optimizer=opt, layers=["0"]):
+        net(torch.randn(2, 4)).sum().backward()
+        (net[0].weight.sum() * 2).backward()  # a watched parameter, but no watched output
+        with pytest.warns(RuntimeWarning, match="size of its batch is unknown"):
+            opt.step()
+    run = gradscope.open_run(tmp_path / "w.h5")
+    assert np.isnan(run.stat("gns_large_batch")).all()
+    assert np.isnan(run.stat("gns_small_sq")).all()
+    assert np.isfinite(run.stat("gns_large_sq")).all()
