@@ -53,6 +53,7 @@ class NonFiniteOrigin:
     counts: dict[str, int] = field(default_factory=dict)  # layer -> non-finite elements
     update: str = "applied"  # one of UPDATES
     recorded: bool = False  # a full record of the step was written because of it
+    reason: str | None = None  # "not_replayed": why
 
     @property
     def op(self) -> str | None:
@@ -139,8 +140,8 @@ def _parameter_gradient(origin: NonFiniteOrigin, pass_: str) -> str:
 def _unreproduced(origin: NonFiniteOrigin, pass_: str) -> str:
     return (
         "detection saw a non-finite gradient but the replay came out finite (non-deterministic "
-        "kernels, or data changed in place after the forward)"
-        + _counts(origin, "; non-finite gradient elements at detection")
+        "kernels, data changed in place after the forward, or gradients changed after the "
+        "backward)" + _counts(origin, "; non-finite gradient elements at detection")
     )
 
 
@@ -153,11 +154,8 @@ def _weight(origin: NonFiniteOrigin, pass_: str) -> str:
 
 
 def _not_replayed(origin: NonFiniteOrigin, pass_: str) -> str:
-    return (
-        "a non-finite value was found after the update (rec.step() comes after it), too late "
-        "to replay the step; attach with optimizer=, or call rec.read_gradients() before the "
-        "update (manual_gradients=True), to find where it came from"
-        + _counts(origin, "; non-finite gradient elements")
+    return f"a non-finite value was found but the step was not replayed: {origin.reason}" + _counts(
+        origin, "; non-finite gradient elements"
     )
 
 

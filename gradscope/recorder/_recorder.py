@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -10,18 +12,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradscope.errors import UsageError
+from gradscope._origin import NonFiniteOrigin
+from gradscope.errors import NonFiniteError, UsageError
 from gradscope.recorder import _distributed as D
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
 from gradscope.recorder._compiled_code import forget_compiled_code
+from gradscope.recorder._flight import (
+    AFTER_UPDATE,
+    NO_CAPTURE,
+    UPDATE_OF_MODE,
+    FlightRecorder,
+    check_mode,
+    event_of,
+)
 from gradscope.recorder._forward_hooks import ForwardHooks
 from gradscope.recorder._kernels import kernel_choice
 from gradscope.recorder._layer_selection import select_modules
 from gradscope.recorder._record import finish_record, finish_record_fused
 from gradscope.recorder._schedule import make_schedule
-from gradscope.recorder._wrappers import unwrap, user_type_name
+from gradscope.recorder._wrappers import replay_root, unwrap, user_type_name
 from gradscope.store import RunWriter, open_run
 from gradscope.store._prepare import check_run_path
 
@@ -47,6 +58,10 @@ class Recorder:
     With `manual_gradients=True` the gradients are read when `read_gradients()` is called (a
     framework's before-optimizer-step hook) instead of in the optimizer's step pre-hook, which
     under `optimizer.step(closure)` runs before the closure's forward and backward.
+
+    With `nonfinite` other than "off", the flight recorder (`_flight.FlightRecorder`) checks
+    every update for an inf or NaN in a gradient or weight, and when it finds one replays the
+    step to find where it first appeared (docs/nonfinite.md).
     """
 
     def __init__(
@@ -66,6 +81,7 @@ class Recorder:
         flush_interval: float = 2.0,
         all_ranks: bool = False,
         manual_gradients: bool = False,
+        nonfinite: str = "watch",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"gradscope.attach needs a torch.nn.Module, got {type(model).__name__}")
@@ -77,6 +93,7 @@ class Recorder:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         self.path = os.fspath(path)
+        self._check_nonfinite_mode(nonfinite, optimizer, manual_gradients)
         self.rank, self.world = D.rank_and_world()
         self._writes_global = self.rank == 0  # rank 0 writes the global statistics
         # with all_ranks every rank also writes its own, local statistics
@@ -119,6 +136,7 @@ class Recorder:
         self._data_parallel = D.data_parallel_kind(model) if self.world > 1 else None
         self._manual_gradients = bool(manual_gradients)
         self._attach_args["manual_gradients"] = self._manual_gradients
+        self._attach_args["nonfinite"] = nonfinite
 
         self._first_call: dict[int, int] = {}  # module position -> order of first call
         self._order: list[int] | None = None  # module positions in depth order, fixed at 1st step
@@ -137,6 +155,9 @@ class Recorder:
         self._grad_sums: dict | None = None
         self._device = _model_device(model)
         self._hooks = []  # the optimizer's
+        self._in_update = False  # between the optimizer's step pre- and post-hooks
+        self._muted = False  # the recorder's module hooks ignore calls (a replay's own)
+        self._flight = self._flight_recorder(model, nonfinite)
         self._install_hooks()
         for own in self._own_paths():
             _LIVE_PATHS[os.path.realpath(own)] = self
@@ -168,6 +189,40 @@ class Recorder:
         for own in self._own_paths():
             _check_not_being_recorded(own)
             check_run_path(own, overwrite, resume)  # fail now, not at the first step
+
+    @staticmethod
+    def _check_nonfinite_mode(nonfinite, optimizer, manual_gradients) -> None:
+        check_mode(nonfinite)
+        if nonfinite == "skip" and optimizer is None:
+            raise UsageError(
+                'nonfinite="skip" needs optimizer=: gradscope skips the update inside '
+                'optimizer.step(); without one, use "watch" or "raise"'
+            )
+
+    def _flight_recorder(self, model: nn.Module, nonfinite: str) -> FlightRecorder | None:
+        """The flight recorder of `attach(..., nonfinite=...)`, None when it is "off"."""
+        self._pending_trip = False  # read_gradients found a non-finite value, not acted on yet
+        self._stepped_since_zero_grad = True  # an update ran since zero_grad was last called
+        self._weights_reported = False  # the last trip found non-finite weights, reported
+        self._stashed_grads: list | None = None  # nonfinite="skip": the update's gradients
+        if nonfinite == "off":
+            return None
+        root = replay_root(model)
+        if self._optimizer is not None:
+            params = [p for group in self._optimizer.param_groups for p in group["params"]]
+        else:
+            params = list(root.parameters())
+        return FlightRecorder(
+            nonfinite,
+            root,
+            self._modules,
+            params,
+            list(root.parameters()) + params,
+            self._sharded,
+            self._device,
+            self.rank,
+            self.world,
+        )
 
     def _own_paths(self) -> list[str]:
         """The run files this process writes."""
@@ -220,11 +275,17 @@ class Recorder:
             raise UsageError(
                 "this recorder follows optimizer.step() itself; do not call rec.step() as well"
             )
+        origin = None
+        if self._flight is not None and not self._manual_gradients and self._flight.detect():
+            origin = self._not_replayed(AFTER_UPDATE)  # the update has run
+            self._report(origin)
         if self._due and self._want_grad and not self._manual_gradients:
             self._grad_sums = P.gradient_sums(self._param_groups(), self._device)
         self._finish_step()
         if self._due and self._want_weight:
             self._before = P.weight_snapshot(self._param_groups(), self._device)
+        if origin is not None and self._flight.mode == "raise":
+            raise NonFiniteError(origin)
 
     def read_gradients(self) -> bool:
         """Read the gradient statistics of the step in progress now; True if the step is recorded.
@@ -238,6 +299,11 @@ class Recorder:
                 "read_gradients() is for a recorder attached with manual_gradients=True; "
                 "this one reads the gradients at optimizer.step() (or rec.step())"
             )
+        if self._flight is not None and self._flight.detect():
+            if self._in_update or self._optimizer is None:  # the update comes next: act now
+                self._trip()
+                return True
+            self._pending_trip = True  # a GradScaler may yet skip the update
         if not self._due:
             return False
         if self._want_grad:
@@ -267,6 +333,8 @@ class Recorder:
             return
         self.closed = True
         self._forward_hooks.remove()
+        if self._flight is not None:
+            self._flight.close()
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -310,6 +378,7 @@ class Recorder:
             # (one the AMP GradScaler skipped never reached optimizer.step()): drop their
             # forward and backward sums too, keeping forwards whose backward is still to come.
             def zero_grad(*args, **kwargs):
+                self._count_skipped_update()
                 self._drop_backpropagated()
                 return original_zero_grad(*args, **kwargs)
 
@@ -318,11 +387,15 @@ class Recorder:
 
     def _forward_hook(self, position: int):
         def hook(module, inputs, output):
-            if self.closed or not torch.is_grad_enabled():
-                return  # evaluation: nothing is recorded
-            self._in_step = True
+            if self.closed or self._muted:
+                return
+            # depth is forward call order whatever the grad mode (reentrant checkpointing runs
+            # the forward under no_grad, and again under grad during the backward)
             if self._order is None and position not in self._first_call:
                 self._first_call[position] = len(self._first_call)
+            if not torch.is_grad_enabled():
+                return  # evaluation: nothing is recorded
+            self._in_step = True
             if not self._due:
                 return
             tensors = S.floating_tensors(output)
@@ -358,10 +431,16 @@ class Recorder:
         """The gradients are being zeroed: forget the passes whose backward already ran."""
         self._act.drop_backpropagated()
         self._act_grad.clear()
+        if self._flight is not None:
+            self._flight.capture.drop_backpropagated()
         if self._manual_gradients:
             self._grad_sums = None  # read from the gradients being wiped (a skipped step)
 
     def _before_update(self, optimizer, args, kwargs) -> None:
+        self._in_update = True
+        if self._flight is not None and self._tripped_at_update():
+            self._trip()
+            return
         if not self._due:
             return
         groups = self._param_groups()
@@ -371,7 +450,120 @@ class Recorder:
             self._before = P.weight_snapshot(groups, self._device)
 
     def _after_update(self, optimizer, args, kwargs) -> None:
+        self._in_update = False
+        if self._stashed_grads is not None:  # nonfinite="skip": the update saw no gradient
+            for p, grad in self._stashed_grads:
+                p.grad = grad
+            self._stashed_grads = None
         self._finish_step()
+
+    # ----- non-finite values: the flight recorder's trips ----------------------------------------
+
+    def _tripped_at_update(self) -> bool:
+        """Whether the update about to run meets a non-finite value: checked now, or (manual
+        gradients) when read_gradients() read the gradients."""
+        if self._manual_gradients:
+            tripped, self._pending_trip = self._pending_trip, False
+            return tripped
+        return self._flight.detect()
+
+    def _trip(self) -> None:
+        """A non-finite value is about to reach an update: find where it came from (replay),
+        record the step in full, store the origin, then let the update run, skip it or raise."""
+        flight = self._flight
+        self._stepped_since_zero_grad = True
+        self._pending_trip = False
+        weights = flight.weight_counts()
+        report = True
+        if weights:  # nothing to replay: the weights held it before the step
+            layer = next(name for name in self.layer_names if name in weights)
+            origin = NonFiniteOrigin(self._step, "weight", layer=layer, counts=weights)
+            origin.layer_type = self._type_of(layer)
+            report = not self._weights_reported  # once, not at every later step
+            self._weights_reported = True
+            if self._due:
+                self._read_parameters()
+        elif flight.no_capture():
+            origin = self._not_replayed(NO_CAPTURE)
+            if self._due:
+                self._read_parameters()
+        else:
+            self._weights_reported = False
+            counts = flight.gradient_counts()
+            newly_due = not self._due
+            if newly_due:  # the trip record: every statistic of this step, from the replay
+                self._due = True
+                self._reset_accumulators()
+                self._forward_hooks.everywhere()
+            self._read_parameters()
+            self._muted = True
+            try:
+                origin = flight.replay(self._step, lambda: self._hooks_see_replay(newly_due))
+            finally:
+                self._muted = False
+            origin.counts = counts if origin.phase == "unreproduced" else {}
+            origin.recorded = newly_due
+        origin.update = UPDATE_OF_MODE[flight.mode]
+        if report:
+            self._report(origin)
+        if flight.mode == "skip":
+            self._stashed_grads = [(p, p.grad) for p in flight.params]
+            for p in flight.params:
+                p.grad = None  # torch's optimizers leave a parameter without gradient alone
+        elif flight.mode == "raise":
+            self._in_update = False
+            self._finish_step()  # the step keeps its number and its record
+            raise NonFiniteError(origin)
+
+    def _not_replayed(self, reason: str) -> NonFiniteOrigin:
+        """The origin of a trip that cannot be replayed, with the per-layer counts."""
+        counts = self._flight.gradient_counts()
+        return NonFiniteOrigin(self._step, "not_replayed", counts=counts, reason=reason)
+
+    @contextlib.contextmanager
+    def _hooks_see_replay(self, see: bool):
+        """While the replay runs its passes: the recorder's hooks record them (`see`, a step
+        that was not due) or not (a due step, recorded from its original passes)."""
+        self._muted = not see
+        try:
+            yield
+        finally:
+            self._muted = True
+
+    def _read_parameters(self) -> None:
+        """The record's gradient sums and weight snapshot, where not read yet this step."""
+        groups = self._param_groups()
+        if self._want_grad and self._grad_sums is None:
+            self._grad_sums = P.gradient_sums(groups, self._device)
+        if self._want_weight and self._before is None:
+            self._before = P.weight_snapshot(groups, self._device)
+
+    def _report(self, origin: NonFiniteOrigin) -> None:
+        """Store the origin in the run file(s) and, unless it will be raised, warn about it."""
+        for writer in self._ensure_writer():
+            if writer is not None:
+                writer.event(event_of(origin))
+        if self._flight.mode != "raise" and self.rank == 0:
+            warnings.warn(f"gradscope: {origin.sentence()}", RuntimeWarning, stacklevel=4)
+
+    def _count_skipped_update(self) -> None:
+        """zero_grad() without an update since the last one: if the gradients it wipes hold a
+        non-finite value, a GradScaler skipped the update (expected under AMP): counted."""
+        if self._flight is not None and not self._stepped_since_zero_grad:
+            if self._manual_gradients:
+                overflow = self._pending_trip
+            else:
+                overflow = self._flight.gradients_nonfinite()
+            if overflow:
+                event = {"step": self._step, "kind": "amp_overflow", "update": "skipped"}
+                for writer in self._ensure_writer():
+                    if writer is not None:
+                        writer.event(event)
+        self._stepped_since_zero_grad = False
+        self._pending_trip = False
+
+    def _type_of(self, name: str) -> str:
+        return next(user_type_name(m) for n, m in self._modules if n == name)
 
     # ----- step boundary ----------------------------------------------------------------------
 
@@ -384,6 +576,11 @@ class Recorder:
             )
         if self._order is None:
             self._fix_depth_order()
+        if self._flight is not None:
+            self._flight.capture.settle()  # after the first step, on the entries only
+            self._flight.capture.clear()
+        self._stepped_since_zero_grad = True
+        self._in_update = False
         if self._due:
             self._take_record()
         self._step += 1
