@@ -53,7 +53,7 @@ class NonFiniteOrigin:
     counts: dict[str, int] = field(default_factory=dict)  # layer -> non-finite elements
     update: str = "applied"  # one of UPDATES
     recorded: bool = False  # a full record of the step was written because of it
-    reason: str | None = None  # "not_replayed": why
+    reason: str | None = None  # "not_replayed": why; "weight": what put the value there
 
     @property
     def op(self) -> str | None:
@@ -146,10 +146,10 @@ def _unreproduced(origin: NonFiniteOrigin, pass_: str) -> str:
 
 
 def _weight(origin: NonFiniteOrigin, pass_: str) -> str:
+    cause = origin.reason or "an earlier update, or code outside the training step, put it there"
     return (
-        f"the weights of {_module(origin)} were already non-finite before the step (an earlier "
-        "update, or code outside the training step, put the value there), so it was not replayed"
-        + _counts(origin, "; non-finite weight elements")
+        f"the weights of {_module(origin)} were already non-finite before the step ({cause}), "
+        "so it was not replayed" + _counts(origin, "; non-finite weight elements")
     )
 
 

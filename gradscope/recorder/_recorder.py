@@ -204,6 +204,7 @@ class Recorder:
         self._pending_trip = False  # read_gradients found a non-finite value, not acted on yet
         self._stepped_since_zero_grad = True  # an update ran since zero_grad was last called
         self._weights_reported = False  # the last trip found non-finite weights, reported
+        self._applied_trip: int | None = None  # the last tripped step whose update ran
         self._stashed_grads: list | None = None  # nonfinite="skip": the update's gradients
         if nonfinite == "off":
             return None
@@ -479,6 +480,10 @@ class Recorder:
             layer = next(name for name in self.layer_names if name in weights)
             origin = NonFiniteOrigin(self._step, "weight", layer=layer, counts=weights)
             origin.layer_type = self._type_of(layer)
+            if self._applied_trip is not None:
+                origin.reason = (
+                    f"the update of step {self._applied_trip} ran with a non-finite gradient"
+                )
             report = not self._weights_reported  # once, not at every later step
             self._weights_reported = True
             if self._due:
@@ -504,6 +509,8 @@ class Recorder:
             origin.counts = counts if origin.phase == "unreproduced" else {}
             origin.recorded = newly_due
         origin.update = UPDATE_OF_MODE[flight.mode]
+        if origin.update == "applied" and origin.phase != "weight":
+            self._applied_trip = self._step
         if report:
             self._report(origin)
         if flight.mode == "skip":
