@@ -353,13 +353,18 @@ def train_one(model, opt, step):
     opt.zero_grad()
 
 
-def test_amp_overflows_are_counted_never_raised_and_a_nan_reaching_an_update_is(tmp_path):
+@pytest.mark.parametrize("manual", [False, True], ids=["step-hook", "read_gradients"])
+def test_amp_overflows_are_counted_never_raised_and_a_nan_reaching_an_update_is(tmp_path, manual):
+    # manual: read_gradients() after unscaling, before optimizer.step(), as the Lightning and
+    # Hugging Face callbacks call it; a GradScaler may still skip the update after it.
     torch.manual_seed(0)
     model = Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     path = tmp_path / "run.h5"
-    rec = gradscope.attach(model, path, optimizer=opt, every=EVERY, nonfinite="raise")
+    rec = gradscope.attach(
+        model, path, optimizer=opt, every=EVERY, nonfinite="raise", manual_gradients=manual
+    )
     for it in range(5):
         x, y = batch(it)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -370,6 +375,9 @@ def test_amp_overflows_are_counted_never_raised_and_a_nan_reaching_an_update_is(
         scaler.unscale_(opt)
         if it == 4:  # after the scaler's check: this one reaches the update
             model.out.bias.grad[1] = float("nan")
+        if manual:
+            rec.read_gradients()
+        if it == 4:
             with pytest.raises(gradscope.NonFiniteError) as raised:
                 scaler.step(opt)
             assert raised.value.phase == "unreproduced" and raised.value.step == 2

@@ -554,13 +554,15 @@ class Recorder:
             warnings.warn(f"gradscope: {origin.sentence()}", RuntimeWarning, stacklevel=4)
 
     def _count_skipped_update(self) -> None:
-        """zero_grad() without an update since the last one: if the gradients it wipes hold a
-        non-finite value, a GradScaler skipped the update (expected under AMP): counted."""
-        if self._flight is not None and not self._stepped_since_zero_grad:
+        """zero_grad() after gradients holding a non-finite value met no update: a GradScaler
+        skipped it for an overflow (expected under AMP), counted. With manual gradients,
+        read_gradients() saw the value and no optimizer.step() came; otherwise no update ran
+        since the last zero_grad() and the gradients it wipes hold the value."""
+        if self._flight is not None:
             if self._manual_gradients:
                 overflow = self._pending_trip
             else:
-                overflow = self._flight.gradients_nonfinite()
+                overflow = not self._stepped_since_zero_grad and self._flight.gradients_nonfinite()
             if overflow:
                 event = {"step": self._step, "kind": "amp_overflow", "update": "skipped"}
                 for writer in self._ensure_writer():
