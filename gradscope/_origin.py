@@ -53,7 +53,8 @@ class NonFiniteOrigin:
     counts: dict[str, int] = field(default_factory=dict)  # layer -> non-finite elements
     update: str = "applied"  # one of UPDATES
     recorded: bool = False  # a full record of the step was written because of it
-    reason: str | None = None  # "not_replayed": why; "weight": what put the value there
+    # "not_replayed": why; "weight": what put the value there; otherwise why no op is named
+    reason: str | None = None
 
     @property
     def op(self) -> str | None:
@@ -75,6 +76,8 @@ def _module(origin: NonFiniteOrigin) -> str:
 
 def _op_text(origin: NonFiniteOrigin) -> str:
     culprit = origin.culprit
+    if culprit is None and origin.reason:
+        return f"; {origin.reason}, so no op is named"
     if culprit is None:
         return "; run alone, the module came out finite, so no op is named"
     largest = culprit.largest_input()

@@ -235,12 +235,19 @@ def twin_step(twin, opt, probe, x, y, seed):
     return ref
 
 
-@pytest.mark.parametrize("drop, norm", [(0.5, False), (0.0, True)], ids=["dropout", "batchnorm"])
-def test_the_replay_reproduces_the_step_and_leaves_everything_as_it_was(tmp_path, drop, norm):
+@pytest.mark.parametrize(
+    "drop, norm, kernels",
+    [(0.5, False, "auto"), (0.0, True, "torch")],
+    ids=["dropout", "batchnorm-device-path"],
+)
+def test_the_replay_reproduces_the_step_and_leaves_everything_as_it_was(
+    tmp_path, monkeypatch, drop, norm, kernels
+):
     # The parameter-gradient break leaves the forward finite, so every activation statistic of
     # the trip record (made by the replay alone: the step is not scheduled) must equal the
     # twin's: dropout masks come from the captured generator states, BatchNorm normalizes by
-    # the same batch statistics.
+    # the same batch statistics. GRADSCOPE_KERNELS=torch: the record as a GPU makes it.
+    monkeypatch.setenv("GRADSCOPE_KERNELS", kernels)
     torch.manual_seed(0)
     model = Net("parameter", drop=drop, norm=norm)
     twin = copy.deepcopy(model)
@@ -436,6 +443,27 @@ def test_a_closure_and_manual_gradients_as_lightning_steps(tmp_path):
             with pytest.raises(gradscope.NonFiniteError, match="backward pass of brk"):
                 opt.step(closure)
     rec.close()
+
+
+def test_a_replay_that_fails_is_said_and_training_goes_on(tmp_path):
+    torch.manual_seed(0)
+    model = Net("forward")
+    forward = model.forward
+
+    def once_per_batch(x):  # Python state a replay cannot put back
+        if getattr(x, "seen", False):
+            raise RuntimeError("this batch was seen before")
+        x.seen = True
+        return forward(x)
+
+    model.forward = once_per_batch
+    run, events = recorded(tmp_path, model)
+    origin = origin_of(events)
+    assert (origin["phase"], origin["recorded"]) == ("not_replayed", True)
+    assert "replaying it failed (RuntimeError: this batch was seen before)" in origin["message"]
+    assert list(run.steps) == [0, BREAK_AT]
+    assert run.record_frame(BREAK_AT)["act_mean"].isna().all()  # no activations: no replay
+    assert (run.record_frame(BREAK_AT)["grad_nonfinite"] > 0).any()
 
 
 def test_without_an_optimizer_the_trip_is_stored_not_replayed(tmp_path):

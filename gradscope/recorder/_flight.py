@@ -96,27 +96,22 @@ class FlightRecorder:
         the first op of the culprit module. Every rank must call it together."""
         passes = list(self.capture.passes)
         modules = [m for _, m in self._modules]
+        culprit = failure = None
         self.capture.paused = True
         try:
             with preserved(self._root, self._replay_params, self._device):
-                checks = ReplayChecks(modules)
                 try:
-                    with record_hooks():
-                        found = first_finding([checks.run(p) for p in passes])
-                finally:
-                    checks.remove()
-                found, rank = self._earliest(found)
-                culprit = None
+                    found = self._checked_passes(passes, modules, record_hooks)
+                except Exception as e:  # noqa: BLE001 - said in the origin, every rank goes on
+                    found, failure = None, f"{type(e).__name__}: {e}"
+                found, rank, failure = self._earliest(found, failure)
                 if found is not None and found.occurrence is not None and not found.unwatched:
-                    culprit = culprit_op(
-                        passes[found.micro_batch],
-                        modules[found.position],
-                        found.occurrence,
-                        backward=found.phase != "forward",
-                    )
-                    culprit = self._from_rank(culprit, rank)
+                    culprit, failure = self._culprit(passes, modules, found, rank)
         finally:
             self.capture.paused = False
+        if found is None and failure is not None:
+            reason = f"replaying it failed ({failure})"
+            return NonFiniteOrigin(step, "not_replayed", reason=reason, micro_batches=len(passes))
         if found is None:
             return NonFiniteOrigin(step, "unreproduced", micro_batches=len(passes))
         name = self._name(found.position)
@@ -131,6 +126,7 @@ class FlightRecorder:
             rank=rank if self._world > 1 else None,
             micro_batch=found.micro_batch + 1,
             micro_batches=len(passes),
+            reason=failure and f"running the module alone failed ({failure})",
         )
 
     def no_capture(self) -> bool:
@@ -141,25 +137,49 @@ class FlightRecorder:
         """Take the capture's hooks off."""
         self.capture.remove()
 
-    def _earliest(self, found):
-        """This rank's finding, or under torch.distributed the earliest of every rank's."""
-        if self._world == 1:
-            return found, self._rank
-        gathered = [None] * self._world
-        torch.distributed.all_gather_object(gathered, found)
-        ranked = [(f.key(r), f, r) for r, f in enumerate(gathered) if f is not None]
-        if not ranked:
-            return None, self._rank
-        _, found, rank = min(ranked, key=lambda item: item[0])
-        return found, rank
+    def _checked_passes(self, passes, modules, record_hooks):
+        """Every captured call replayed with the checks on: the first finding, or None."""
+        checks = ReplayChecks(modules)
+        try:
+            with record_hooks():
+                return first_finding([checks.run(p) for p in passes])
+        finally:
+            checks.remove()
 
-    def _from_rank(self, culprit, rank: int):
-        """The op found on `rank` (every rank ran the culprit's call, collectives symmetric)."""
+    def _culprit(self, passes, modules, found, rank: int):
+        """(the op that made the value on `rank`, why it could not be run) for a finding that
+        names a module call; every rank runs that call (symmetric collectives)."""
+        culprit = failure = None
+        try:
+            culprit = culprit_op(
+                passes[found.micro_batch],
+                modules[found.position],
+                found.occurrence,
+                backward=found.phase != "forward",
+            )
+        except Exception as e:  # noqa: BLE001 - said in the origin
+            failure = f"{type(e).__name__}: {e}"
         if self._world == 1:
-            return culprit
+            return culprit, failure
         gathered = [None] * self._world
-        torch.distributed.all_gather_object(gathered, culprit)
+        torch.distributed.all_gather_object(gathered, (culprit, failure))
         return gathered[rank]
+
+    def _earliest(self, found, failure):
+        """(finding, rank, failure): this rank's, or under torch.distributed the earliest of
+        every rank's, and the first rank's failure to replay, if one failed."""
+        if self._world == 1:
+            return found, self._rank, failure
+        gathered = [None] * self._world
+        torch.distributed.all_gather_object(gathered, (found, failure))
+        failures = [f"rank {r}: {fail}" for r, (_, fail) in enumerate(gathered) if fail]
+        if failures:
+            return None, self._rank, failures[0]
+        ranked = [(f.key(r), f, r) for r, (f, _) in enumerate(gathered) if f is not None]
+        if not ranked:
+            return None, self._rank, None
+        _, found, rank = min(ranked, key=lambda item: item[0])
+        return found, rank, None
 
     def _layer_counts(self, tensor_of) -> dict[str, int]:
         counts = torch.zeros(len(self._modules), dtype=torch.float64, device=self._device)

@@ -506,8 +506,10 @@ class Recorder:
                 origin = flight.replay(self._step, lambda: self._hooks_see_replay(newly_due))
             finally:
                 self._muted = False
-            origin.counts = counts if origin.phase == "unreproduced" else {}
+            origin.counts = counts if origin.phase in ("unreproduced", "not_replayed") else {}
             origin.recorded = newly_due
+            if origin.phase == "not_replayed" and newly_due:
+                self._reset_accumulators()  # a replay that failed half-way: no activations
         origin.update = UPDATE_OF_MODE[flight.mode]
         if origin.update == "applied" and origin.phase != "weight":
             self._applied_trip = self._step
