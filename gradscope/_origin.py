@@ -123,6 +123,12 @@ def _backward(origin: NonFiniteOrigin, pass_: str) -> str:
             f"first non-finite value in the backward pass{pass_}, made between the model's "
             f"outputs and the last watched module ({origin.neighbour}) by an unwatched operation"
         )
+    if origin.culprit is None and origin.neighbour and not origin.reason:
+        return (
+            f"first non-finite value in the backward pass{pass_} between {origin.neighbour} and "
+            f"{_module(origin)}: run alone, {origin.layer} came out finite, so an unwatched "
+            "operation between them made it"
+        )
     text = f"first non-finite value in the backward pass{pass_} of {_module(origin)}"
     text += _op_text(origin)
     if origin.neighbour:

@@ -27,7 +27,9 @@ class FirstNonFiniteOp(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if self.found is None and not _all_finite(tree_leaves(out)):
-            inputs = [_describe(t) for t in tree_leaves((args, kwargs)) if _floating(t)]
+            leaves = tree_leaves((args, kwargs))
+            inputs = [_describe(t) for t in leaves if _floating(t)]
+            inputs += [("python float", (), abs(v)) for v in leaves if isinstance(v, float)]
             self.found = OpCulprit(f"{func.namespace}.{func._opname}", inputs)
         return out
 
