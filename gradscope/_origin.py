@@ -11,6 +11,7 @@ REPLAY_PHASES = ("input", "forward", "loss", "backward", "parameter_gradient")
 PHASES = (*REPLAY_PHASES, "unreproduced", "weight", "not_replayed")
 UPDATES = ("applied", "skipped", "raised")  # what became of the update of a tripped step
 COUNTS_SHOWN = 5  # layers listed by name in a sentence about per-layer counts
+PYTHON_NUMBER = "python float"  # the dtype said for a Python number among an op's arguments
 
 
 @dataclass
@@ -21,10 +22,12 @@ class OpCulprit:
     inputs: list[tuple[str, tuple[int, ...], float]]  # (dtype, shape, largest |x|) per tensor
 
     def largest_input(self) -> tuple[str, tuple[int, ...], float] | None:
-        """The tensor input with the largest magnitude (a non-finite one first), or None."""
-        if not self.inputs:
-            return None
-        return max(self.inputs, key=lambda item: _magnitude_key(item[2]))
+        """The input to name: a non-finite one if any, else the tensor (or, with none, the
+        Python number) with the largest magnitude; None for an op without inputs."""
+        bad = [item for item in self.inputs if not math.isfinite(item[2])]
+        tensors = [item for item in self.inputs if item[0] != PYTHON_NUMBER]
+        chosen = bad or tensors or self.inputs
+        return max(chosen, key=lambda item: item[2]) if chosen else None
 
 
 @dataclass
@@ -198,7 +201,3 @@ def number(value: float) -> str:
         mantissa, exponent = text.split("e")
         text = f"{mantissa}e{int(exponent)}"
     return text
-
-
-def _magnitude_key(value: float) -> float:
-    return math.inf if not math.isfinite(value) else value

@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
-from gradscope._origin import OpCulprit
+from gradscope._origin import PYTHON_NUMBER, OpCulprit
 from gradscope.recorder._replay import forward_again, in_backward
 from gradscope.recorder._stats import floating_tensors
 from gradscope.recorder._step_capture import AutocastState, CapturedPass, RngState
@@ -29,7 +29,7 @@ class FirstNonFiniteOp(TorchDispatchMode):
         if self.found is None and not _all_finite(tree_leaves(out)):
             leaves = tree_leaves((args, kwargs))
             inputs = [_describe(t) for t in leaves if _floating(t)]
-            inputs += [("python float", (), abs(v)) for v in leaves if isinstance(v, float)]
+            inputs += [(PYTHON_NUMBER, (), abs(v)) for v in leaves if isinstance(v, float)]
             self.found = OpCulprit(f"{func.namespace}.{func._opname}", inputs)
         return out
 
