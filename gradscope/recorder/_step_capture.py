@@ -104,7 +104,9 @@ class StepCapture:
             self._listen(module)
 
     def settle(self) -> None:
-        """Keep listening only on the modules that were entries (the first step is over)."""
+        """Keep listening only on the modules that were entries (once a step has seen one)."""
+        if not self._entries:
+            return
         for key in [k for k in self._handles if k not in self._entries]:
             for handle in self._handles.pop(key):
                 handle.remove()
