@@ -12,7 +12,13 @@ from gradscope.app.controls import (
     pick_stat,
     stat_options,
 )
-from gradscope.app.layout import diagnosis_heading, run_options, run_table, run_versions
+from gradscope.app.layout import (
+    diagnosis_heading,
+    nonfinite_banner,
+    run_options,
+    run_table,
+    run_versions,
+)
 from gradscope.app.panels import (
     PANEL_CONTROLS,
     apply_zoom,
@@ -233,6 +239,25 @@ def diagnosis_output(index: RunIndex, selected) -> list:
     return blocks
 
 
+def nonfinite_output(index: RunIndex, selected) -> list:
+    """The banner over the panels: each selected run's stored origins of non-finite values
+    (the flight recorder's sentences, in step order, as the heatmap marks them); empty when no
+    run has one."""
+    try:
+        controls = Controls.from_request(runs=selected)
+        colours = index.colours()
+        origins = []
+        with index.open_good_runs(list(controls.runs)) as (runs, _):
+            for run in runs:
+                label = figures.run_label(run)
+                sentences = list(figures.marked_origins(run)["message"])
+                if sentences:
+                    origins.append((label, colours.get(label), sentences))
+    except Exception as e:  # noqa: BLE001 - shown on the page
+        return [html.Div(describe_error(index, e), className="panel-message text-danger")]
+    return nonfinite_banner(origins)
+
+
 # ----- Dash wrappers -----
 
 
@@ -318,6 +343,14 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
     )
     def _on_diagnosis(selected, _versions):
         return diagnosis_output(index, selected)
+
+    @app.callback(
+        Output(ids.NONFINITE, "children"),
+        Input(ids.RUNS, "value"),
+        Input(ids.VERSIONS, "data"),
+    )
+    def _on_nonfinite(selected, _versions):
+        return nonfinite_output(index, selected)
 
 
 def _register_panel(app, index: RunIndex, kind: str) -> None:

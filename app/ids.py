@@ -18,6 +18,7 @@ VERSIONS = "run-versions"  # store: records and mtime of each selected run, chan
 RUN_LIST = "run-list"  # the run table: swatch, model, folder, records, state
 PAGE_MESSAGE = "page-message"  # problems with the selection as a whole
 DIAGNOSIS = "diagnosis"  # the diagnosis text of each selected run
+NONFINITE = "nonfinite"  # above the panels: where each selected run's first inf/NaN appeared
 
 # Figure panels, in page order, with their titles.
 PANELS = {

@@ -139,6 +139,26 @@ def _run_row(entry: RunEntry, root_label: str, colours: dict, chosen: bool) -> h
     )
 
 
+BANNER_PER_RUN = 3  # origins said over the panels per run; `gradscope inspect` lists all
+
+
+def nonfinite_banner(origins: list[tuple[str, str | None, list[str]]]) -> list:
+    """The sentences saying where each run's first non-finite values appeared, over the panels:
+    (run label, its colour, its sentences) each; nothing when no run has one."""
+    lines = []
+    for label, colour, sentences in origins:
+        for sentence in sentences[:BANNER_PER_RUN]:
+            lines.append(
+                html.Div([swatch(colour), html.Strong(f"{label}: "), sentence], className="small")
+            )
+        if len(sentences) > BANNER_PER_RUN:
+            more = len(sentences) - BANNER_PER_RUN
+            lines.append(html.Div(f"{label}: and {more} more (gradscope inspect lists them)"))
+    if not lines:
+        return []
+    return [dbc.Alert(lines, color="danger", className="mt-3 mb-2 py-2 nonfinite-origin")]
+
+
 def diagnosis_heading(label: str, colour: str | None) -> html.H6:
     """The heading of one run's diagnosis: its swatch and name."""
     return html.H6([swatch(colour), label], className="mt-3")
@@ -319,6 +339,7 @@ def page(index: RunIndex, root_label: str) -> dbc.Container:
                 className="text-danger small mt-3",
                 style={"whiteSpace": "pre-wrap"},
             ),
+            html.Div(id=ids.NONFINITE),
             *[figure_panel(p, t) for p, t in ids.PANELS.items()],
             dbc.Card(
                 [

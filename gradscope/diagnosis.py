@@ -86,6 +86,8 @@ class Finding:
     step: int | None  # first step at which the condition held
     value: float | None  # the measured quantity compared with the threshold
     message: str
+    phase: str | None = None  # "nonfinite" found by the replay: where in the step (see _origin)
+    op: str | None = None  # "nonfinite" found by the replay: the ATen op that made the value
 
     def to_dict(self) -> dict:
         """JSON-able dict; a non-finite value is written as the string "nan", "inf" or "-inf"."""
@@ -186,7 +188,7 @@ def diagnose(run, thresholds: Thresholds | None = None, **overrides) -> Diagnosi
         result.skipped.append("every rule: the run has no records yet")
         return result
     stats = set(run.stats)
-    result.findings.extend(_first_nonfinite(run, names, stats))
+    result.findings.extend(_replayed_nonfinite(run) or _first_nonfinite(run, names, stats))
     if "grad_norm" in stats:
         rec_steps, grad = run.read("grad_norm", max_records=int(thresholds.max_records))
         grad = _positive(grad)
@@ -433,6 +435,24 @@ def _no_gradient(grad, names) -> list[Finding]:
             f"{names[j]}: no gradient recorded at any step (frozen or unused?)",
         )
         for j in np.flatnonzero(np.isnan(grad).all(axis=0))
+    ]
+
+
+def _replayed_nonfinite(run) -> list[Finding]:
+    """The origins the flight recorder stored (one per tripped step, in step order)."""
+    events = run.events
+    origins = events[events["kind"] == "nonfinite"]
+    return [
+        Finding(
+            "nonfinite",
+            row["layer"],
+            int(row["step"]),
+            None if math.isnan(row["op_absmax"]) else float(row["op_absmax"]),
+            row["message"],
+            phase=row["phase"],
+            op=row["op"],
+        )
+        for _, row in origins.iterrows()
     ]
 
 

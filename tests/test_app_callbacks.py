@@ -14,6 +14,7 @@ from gradscope.app.callbacks import (
     control_values,
     diagnosis_output,
     figure_output,
+    nonfinite_output,
     png_download,
     refresh_run_list,
     step_label,
@@ -25,7 +26,7 @@ from gradscope.app.run_index import RunIndex
 from gradscope.cli import main as cli_main
 from gradscope.errors import UsageError
 from gradscope.store import RunWriter, open_run
-from tests.run_files import STATS, write_run, write_runs_folder
+from tests.run_files import LAYERS, STATS, write_run, write_runs_folder
 
 NEWEST_TWO = ["sweep/lr01.h5", "baseline/tanh.h5"]
 
@@ -249,6 +250,38 @@ def test_layer_filter_and_runs_change_the_heatmap(index):
     assert len(convs.data[0].y) == 3
     pattern, _ = figure_output(index, "flow", values(layer_pattern="layer*", lines="all"))
     assert len(pattern.data[0].y) == 3
+
+
+def test_the_origin_of_a_non_finite_value_is_marked_and_said_above_the_panels(index, runs_dir):
+    message = "step 50: first non-finite value in the forward pass of layer1.0.conv1 (Conv2d)"
+    with RunWriter(runs_dir / "baseline" / "relu.h5", LAYERS, STATS, resume=True) as w:
+        w.event(
+            {
+                "step": 50,
+                "kind": "nonfinite",
+                "phase": "forward",
+                "layer": "layer1.0.conv1",
+                "message": message,
+            }
+        )
+        w.event({"step": 70, "kind": "nonfinite", "phase": "loss", "message": "step 70: loss"})
+    fig, _ = figure_output(index, "heatmap", values(runs=["baseline/relu.h5"]))
+    (cross,) = [t for t in fig.data if t.type == "scatter"]
+    assert (list(cross.x), list(cross.y), list(cross.customdata)) == (
+        [50],
+        ["layer1.0.conv1"],
+        [message],
+    )
+    assert [(line.x0, line.line.dash) for line in fig.layout.shapes] == [(70, "dot")]
+    filtered, _ = figure_output(
+        index, "heatmap", values(runs=["baseline/relu.h5"], layer_pattern="fc")
+    )
+    assert sorted(line.x0 for line in filtered.layout.shapes) == [50, 70]  # its row left out
+    banner = nonfinite_output(index, [*NEWEST_TWO, "baseline/relu.h5"])
+    said = [part.strip() for part in text_of(banner).split("baseline/relu: ")[1:]]
+    assert said == [message, "step 70: loss"]
+    assert nonfinite_output(index, NEWEST_TWO) == []  # no origin, no banner
+    assert find(page(index, "runs"), ids.NONFINITE) is not None
 
 
 def test_zoom_key_ignores_the_step_but_not_the_statistic(index):

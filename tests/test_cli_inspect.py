@@ -1,5 +1,6 @@
 """Tests of `gradscope inspect`: the printed report and the errors for bad files."""
 
+import json
 import subprocess
 import sys
 import time
@@ -46,6 +47,30 @@ def test_inspect_prints_summary_latest_record_and_metrics(tmp_path, capsys):
         assert [float(x) for x in row[3:5]] == pytest.approx(values[-1, :, depth].tolist())
     assert lines["loss"][1:] == ["30", "0"]
     assert lines["lr"][1:] == ["35", "0.05"]
+
+
+def test_inspect_prints_the_origin_of_a_non_finite_value_first(tmp_path, capsys):
+    path = tmp_path / "run.h5"
+    layers, _ = _write_run(path)
+    message = "step 30: first non-finite value in the forward pass of stage0.block1 (Conv2d)"
+    with RunWriter(path, layers, ["grad_norm", "update_ratio"], resume=True) as w:
+        w.event({"step": 25, "kind": "amp_overflow", "update": "skipped"})
+        origin = {"step": 30, "kind": "nonfinite", "phase": "forward", "layer": "stage0.block1"}
+        w.event(origin | {"update": "skipped", "recorded": True, "message": message})
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [
+        "non-finite values (1 step):",
+        f"  {message} [the update was skipped; recorded in full]",
+    ]
+    assert (
+        'nonfinite: origins stored: 1, updates skipped by nonfinite="skip": 1, AMP overflows '
+        "skipped by the GradScaler: 1"
+    ) in out
+    assert main(["inspect", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["nonfinite"] == {"origins": 1, "updates_skipped": 1, "amp_overflows_skipped": 1}
+    assert [e["kind"] for e in report["events"]] == ["amp_overflow", "nonfinite"]
 
 
 def test_inspect_prints_every_layer_of_a_deep_run(tmp_path, capsys):

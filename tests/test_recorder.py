@@ -314,7 +314,8 @@ def test_nonfinite_gradients_are_counted(tmp_path):
         F.cross_entropy(model(x), y).backward()
         model[2].weight.grad[0, :3] = float("inf")
         model[2].bias.grad[1] = float("nan")
-        opt.step()
+        with pytest.warns(RuntimeWarning, match="replay came out finite.* 2 \\(4\\)"):
+            opt.step()  # made after the backward: the replay of the step finds none
         assert rec.current_step == 1
     run = gradscope.open_run(tmp_path / "r.h5")
     assert list(run.stat("grad_nonfinite")[0]) == [0, 4, 0]
@@ -648,8 +649,9 @@ def test_close_drops_the_code_others_compiled_while_attached_and_keeps_gradscope
 
 
 def hooked(model):
-    """The names of the modules of `model` that have a forward hook on."""
-    return [name for name, m in model.named_modules() if m._forward_hooks]
+    """The names of the modules of `model` below its root that have a forward hook on (the
+    root keeps the flight recorder's, which captures each step's forward calls)."""
+    return [name for name, m in model.named_modules() if m._forward_hooks and name]
 
 
 def beside_a_twin(tmp_path, steps, every, twin_every=1, before_step=None):
@@ -951,3 +953,47 @@ def test_manual_gradients_with_every_and_misuse(tmp_path):
     with pytest.raises(gradscope.UsageError, match="without rec.read_gradients"):
         opt.step()
     rec.close()
+
+
+# ----- depth order under activation checkpointing -------------------------------------------------
+
+
+class Checkpointed(nn.Module):
+    """inp, three checkpointed blocks, out: reentrant checkpointing runs the blocks' forward
+    under no_grad, then again under grad during the backward."""
+
+    def __init__(self, use_reentrant):
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+        self.out = nn.Linear(8, 3)
+        self.use_reentrant = use_reentrant
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            if self.use_reentrant is None:
+                x = torch.tanh(block(x))
+            else:
+                x = torch.utils.checkpoint.checkpoint(
+                    lambda t, b=block: torch.tanh(b(t)), x, use_reentrant=self.use_reentrant
+                )
+        return self.out(x)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_depth_is_forward_call_order_under_activation_checkpointing(tmp_path, use_reentrant):
+    runs = []
+    for mode in (use_reentrant, None):  # None: the same net without checkpointing
+        torch.manual_seed(0)
+        model = Checkpointed(mode)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.attach(model, tmp_path / f"{mode}.h5", optimizer=opt):
+            for step in range(2):
+                x, y = vector_batch(step)
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                opt.zero_grad()
+        runs.append(gradscope.open_run(tmp_path / f"{mode}.h5"))
+    assert list(runs[0].layers["name"]) == ["inp", "blocks.0", "blocks.1", "blocks.2", "out"]
+    assert_same_records(runs[0], runs[1], [0, 1])

@@ -8,6 +8,7 @@ from gradscope.figures._common import as_run_list, run_label, run_model
 from gradscope.figures._curves import DEFAULT_SMOOTHING, training_curves
 from gradscope.figures._flow import DEPTH_AXES, FLOW_LINES, flow_curve
 from gradscope.figures._heatmap import depth_step_heatmap, ratio_heatmap
+from gradscope.figures._nonfinite_marks import marked_origins
 from gradscope.figures._spp import SPP_LAYERS, SPP_STATS, signal_propagation
 from gradscope.figures._widths import DEFAULT_WIDTH_STAT, layer_group, width_check
 from gradscope.figures._words import stat_words
@@ -38,6 +39,7 @@ __all__ = [
     "flow_curve",
     "latest_common_step",
     "layer_group",
+    "marked_origins",
     "ratio_heatmap",
     "run_colours",
     "run_label",

@@ -20,6 +20,7 @@ from gradscope.figures._common import (
 )
 from gradscope.figures._layer_filter import select_layers
 from gradscope.figures._layers import common_layers, layer_names, merged_layer_order, share_layers
+from gradscope.figures._nonfinite_marks import nonfinite_marks
 from gradscope.figures._words import decade_ticks, stat_words
 
 ROW_PX = 6  # pixels per layer row: 115 rows of ResNet-56 make a 690 px plot
@@ -66,7 +67,8 @@ def depth_step_heatmap(
     blank row in the others), so the row labels are drawn once, on the left. The height grows
     with the number of rows. Each run is read block-averaged down to at most `max_steps`
     columns; hover gives the layer name, step and raw value. A run with no finite value says
-    so in its panel (an error if no run has one).
+    so in its panel (an error if no run has one). Where the flight recorder stored the origin
+    of a non-finite value, a red cross marks its step and layer (a dotted line its step alone).
     """
     runs = as_run_list(runs)
     panels = []
@@ -92,8 +94,8 @@ def depth_step_heatmap(
     gap = 0.02 if shared else min(0.3, 0.03 + longest * CHAR_PX / NOMINAL_WIDTH_PX)
     width, gap = _panel_widths(len(panels), gap)
 
-    traces, notes = [], []
-    layout = {"annotations": []}
+    traces, notes, marks = [], [], []
+    layout = {"annotations": [], "shapes": []}
     colour_of = run_colours(runs, colours)
     for k, (run, steps, names, values) in enumerate(panels):
         suffix = "" if k == 0 else str(k + 1)
@@ -133,6 +135,9 @@ def depth_step_heatmap(
             **({"matches": "y", "ticks": ""} if shared and k > 0 else {}),
         }
         layout["annotations"].append(_panel_title(run, steps, left + width / 2, colour_of[k]))
+        mark_traces, mark_shapes = nonfinite_marks(run, y_names, suffix)
+        marks.extend(mark_traces)
+        layout["shapes"].extend(mark_shapes)
         if not finite[k]:
             sentence = no_finite_sentence(run, stat)
             notes.append(sentence)
@@ -145,7 +150,7 @@ def depth_step_heatmap(
         uirevision=f"heatmap:{stat}",
     )
     # One Figure call with plain dicts: each big array is validated and copied once.
-    fig = go.Figure({"data": traces, "layout": layout})
+    fig = go.Figure({"data": traces + marks, "layout": layout})
     if notes:  # each is said in its own panel; the dashboard lists them in the panel's message
         fig.update_layout(meta={"notes": notes})
     return fig

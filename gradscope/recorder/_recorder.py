@@ -10,17 +10,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradscope.errors import UsageError
+from gradscope.errors import NonFiniteError, UsageError
 from gradscope.recorder import _distributed as D
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
 from gradscope.recorder._compiled_code import forget_compiled_code
+from gradscope.recorder._flight import AFTER_UPDATE
 from gradscope.recorder._forward_hooks import ForwardHooks
 from gradscope.recorder._kernels import kernel_choice
 from gradscope.recorder._layer_selection import select_modules
 from gradscope.recorder._record import finish_record, finish_record_fused
 from gradscope.recorder._schedule import make_schedule
+from gradscope.recorder._trips import NonFiniteTrips
 from gradscope.recorder._wrappers import unwrap, user_type_name
 from gradscope.store import RunWriter, open_run
 from gradscope.store._prepare import check_run_path
@@ -28,7 +30,7 @@ from gradscope.store._prepare import check_run_path
 DEFAULT_BATCH_SAMPLE = 32  # rows of each output used for activation moments (not act_grad_norm)
 
 
-class Recorder:
+class Recorder(NonFiniteTrips):
     """Records statistics of the watched modules of `model` at optimizer-step boundaries.
 
     Use `gradscope.attach(...)` to make one. A record for step s holds the gradients read just
@@ -47,6 +49,10 @@ class Recorder:
     With `manual_gradients=True` the gradients are read when `read_gradients()` is called (a
     framework's before-optimizer-step hook) instead of in the optimizer's step pre-hook, which
     under `optimizer.step(closure)` runs before the closure's forward and backward.
+
+    With `nonfinite` other than "off", the flight recorder (`_flight.FlightRecorder`) checks
+    every update for an inf or NaN in a gradient or weight, and when it finds one replays the
+    step to find where it first appeared (docs/nonfinite.md).
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class Recorder:
         flush_interval: float = 2.0,
         all_ranks: bool = False,
         manual_gradients: bool = False,
+        nonfinite: str = "watch",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"gradscope.attach needs a torch.nn.Module, got {type(model).__name__}")
@@ -77,6 +84,7 @@ class Recorder:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         self.path = os.fspath(path)
+        self._check_nonfinite_mode(nonfinite, optimizer, manual_gradients)
         self.rank, self.world = D.rank_and_world()
         self._writes_global = self.rank == 0  # rank 0 writes the global statistics
         # with all_ranks every rank also writes its own, local statistics
@@ -119,6 +127,7 @@ class Recorder:
         self._data_parallel = D.data_parallel_kind(model) if self.world > 1 else None
         self._manual_gradients = bool(manual_gradients)
         self._attach_args["manual_gradients"] = self._manual_gradients
+        self._attach_args["nonfinite"] = nonfinite
 
         self._first_call: dict[int, int] = {}  # module position -> order of first call
         self._order: list[int] | None = None  # module positions in depth order, fixed at 1st step
@@ -137,6 +146,9 @@ class Recorder:
         self._grad_sums: dict | None = None
         self._device = model_device(model)
         self._hooks = []  # the optimizer's
+        self._in_update = False  # between the optimizer's step pre- and post-hooks
+        self._muted = False  # the recorder's module hooks ignore calls (a replay's own)
+        self._flight = self._flight_recorder(model, nonfinite)
         self._install_hooks()
         for own in self._own_paths():
             _LIVE_PATHS[os.path.realpath(own)] = self
@@ -220,11 +232,17 @@ class Recorder:
             raise UsageError(
                 "this recorder follows optimizer.step() itself; do not call rec.step() as well"
             )
+        origin = None
+        if self._flight is not None and not self._manual_gradients and self._flight.detect():
+            origin = self._not_replayed(AFTER_UPDATE)  # the update has run
+            self._report(origin)
         if self._due and self._want_grad and not self._manual_gradients:
             self._grad_sums = P.gradient_sums(self._param_groups(), self._device)
         self._finish_step()
         if self._due and self._want_weight:
             self._before = P.weight_snapshot(self._param_groups(), self._device)
+        if origin is not None and self._flight.mode == "raise":
+            raise NonFiniteError(origin)
 
     def read_gradients(self) -> bool:
         """Read the gradient statistics of the step in progress now; True if the step is recorded.
@@ -238,6 +256,11 @@ class Recorder:
                 "read_gradients() is for a recorder attached with manual_gradients=True; "
                 "this one reads the gradients at optimizer.step() (or rec.step())"
             )
+        if self._flight is not None and self._flight.detect():
+            if self._in_update or self._optimizer is None:  # the update comes next: act now
+                self._trip()
+                return True
+            self._pending_trip = True  # a GradScaler may yet skip the update
         if not self._due:
             return False
         if self._want_grad:
@@ -267,6 +290,8 @@ class Recorder:
             return
         self.closed = True
         self._forward_hooks.remove()
+        if self._flight is not None:
+            self._flight.close()
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -310,6 +335,7 @@ class Recorder:
             # (one the AMP GradScaler skipped never reached optimizer.step()): drop their
             # forward and backward sums too, keeping forwards whose backward is still to come.
             def zero_grad(*args, **kwargs):
+                self._count_skipped_update()
                 self._drop_backpropagated()
                 return original_zero_grad(*args, **kwargs)
 
@@ -318,11 +344,15 @@ class Recorder:
 
     def _forward_hook(self, position: int):
         def hook(module, inputs, output):
-            if self.closed or not torch.is_grad_enabled():
-                return  # evaluation: nothing is recorded
-            self._in_step = True
+            if self.closed or self._muted:
+                return
+            # depth is forward call order whatever the grad mode (reentrant checkpointing runs
+            # the forward under no_grad, and again under grad during the backward)
             if self._order is None and position not in self._first_call:
                 self._first_call[position] = len(self._first_call)
+            if not torch.is_grad_enabled():
+                return  # evaluation: nothing is recorded
+            self._in_step = True
             if not self._due:
                 return
             tensors = S.floating_tensors(output)
@@ -358,10 +388,16 @@ class Recorder:
         """The gradients are being zeroed: forget the passes whose backward already ran."""
         self._act.drop_backpropagated()
         self._act_grad.clear()
+        if self._flight is not None:
+            self._flight.capture.drop_backpropagated()
         if self._manual_gradients:
             self._grad_sums = None  # read from the gradients being wiped (a skipped step)
 
     def _before_update(self, optimizer, args, kwargs) -> None:
+        self._in_update = True
+        if self._flight is not None and self._tripped_at_update():
+            self._trip()
+            return
         if not self._due:
             return
         groups = self._param_groups()
@@ -371,6 +407,8 @@ class Recorder:
             self._before = P.weight_snapshot(groups, self._device)
 
     def _after_update(self, optimizer, args, kwargs) -> None:
+        self._in_update = False
+        self._give_back_skipped_gradients()
         self._finish_step()
 
     # ----- step boundary ----------------------------------------------------------------------
@@ -384,6 +422,11 @@ class Recorder:
             )
         if self._order is None:
             self._fix_depth_order()
+        if self._flight is not None:
+            self._flight.capture.settle()  # after the first step, on the entries only
+            self._flight.capture.clear()
+        self._stepped_since_zero_grad = True
+        self._in_update = False
         if self._due:
             self._take_record()
         self._step += 1

@@ -15,7 +15,7 @@ import numpy as np
 from gradscope.errors import RunFileError, UsageError
 from gradscope.store import _schema as schema
 from gradscope.store._access import open_for_reading
-from gradscope.store._rows import read_rows
+from gradscope.store._rows import read_events_rows, read_rows
 
 LIVE_HEARTBEAT_SECONDS = 30.0  # a writer whose heartbeat is older than this is presumed gone
 COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied at once when rebuilding a crashed file
@@ -29,6 +29,7 @@ class WritableRun:
     n_records: int  # committed records in the file
     n_metrics: int  # committed metric rows in the file
     n_sealed: int  # records in the compressed stats datasets (a multiple of the chunk rows)
+    n_events: int  # committed event rows
     open_rows: np.ndarray  # [stats, n_records - n_sealed, layers]: the records in stats_tail
     last_record_step: int | None
     last_metric_step: int | None
@@ -91,14 +92,14 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
         }
         schema.write_attrs(f, plain, json_attrs)
         schema.create_datasets(f, layers, stats)
-        f[schema.STATUS][0] = (0, time.time(), 0, 0, 0)
+        f[schema.STATUS][0] = (0, time.time(), 0, 0, 0, 0)
         f.swmr_mode = True
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise RunFileError(f"{path}: cannot create run file: {e}") from e
     no_rows = np.empty((len(stats), 0, len(layers)), np.float32)
-    return WritableRun(f, 0, 0, 0, no_rows, None, None)
+    return WritableRun(f, 0, 0, 0, 0, no_rows, None, None)
 
 
 def _gradscope_version() -> str:
@@ -129,10 +130,10 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
             raise RunFileError(f"{path}: cannot open the run file for resuming: {e}") from e
     try:
         _check_same_layout(path, f, layers, stats)
-        n_records, n_metrics = _truncate(f, start_step)
+        n_records, n_metrics, n_events = _truncate(f, start_step)
         n_sealed, open_rows = _reopen_last_chunk(f, stats, n_records)
         schema.write_attrs(f, _writer_attrs(), json_attrs)
-        f[schema.STATUS][0] = (0, time.time(), n_records, n_metrics, n_sealed)
+        f[schema.STATUS][0] = (0, time.time(), n_records, n_metrics, n_sealed, n_events)
         f.flush()
         f.swmr_mode = True
     except BaseException:
@@ -145,6 +146,7 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
         n_records,
         n_metrics,
         n_sealed,
+        n_events,
         open_rows,
         int(steps[n_records - 1]) if n_records else None,
         int(metric_steps[:n_metrics].max()) if n_metrics else None,
@@ -219,10 +221,11 @@ def _check_same_layout(path: Path, f: h5py.File, layers, stats) -> None:
             )
 
 
-def _truncate(f: h5py.File, start_step) -> tuple[int, int]:
-    """Cut records and metrics to the committed prefix, dropping steps >= start_step."""
+def _truncate(f: h5py.File, start_step) -> tuple[int, int, int]:
+    """Cut records, metrics and events to the committed prefix, dropping steps >= start_step."""
     status = f[schema.STATUS][0]
     n_records, n_metrics = int(status["records"]), int(status["metrics"])
+    n_events = int(status["events"])
     steps = f[schema.STEPS][:n_records]
     if start_step is not None:
         n_records = int(np.searchsorted(steps, start_step, side="left"))
@@ -236,7 +239,13 @@ def _truncate(f: h5py.File, start_step) -> tuple[int, int]:
         f[name].resize(n_kept, axis=0)
         if n_kept:
             f[name][:] = values[keep]
-    return n_records, n_kept
+    events = f[schema.EVENTS][:n_events]
+    if start_step is not None:
+        events = events[events["step"] < start_step]
+    f[schema.EVENTS].resize(len(events), axis=0)
+    if len(events):
+        f[schema.EVENTS][:] = events
+    return n_records, n_kept, len(events)
 
 
 def _reopen_last_chunk(f: h5py.File, stats, n_records: int) -> tuple[int, np.ndarray]:
@@ -287,7 +296,11 @@ def _rebuild_committed_prefix(path: Path) -> None:
                 dst[name].resize(m, axis=0)
                 if m:
                     dst[name][:] = src[name][:m]
-            dst[schema.STATUS][0] = (1, float(status["heartbeat"]), n, m, n)
+            events = read_events_rows(src, status)  # none in a file of format 1 or 2
+            dst[schema.EVENTS].resize(len(events), axis=0)
+            if len(events):
+                dst[schema.EVENTS][:] = events
+            dst[schema.STATUS][0] = (1, float(status["heartbeat"]), n, m, n, len(events))
         os.replace(tmp, path)
     except (OSError, KeyError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)

@@ -14,9 +14,10 @@ from gradscope.errors import RunFileError, UsageError
 from gradscope.store import _schema as schema
 from gradscope.store._access import open_for_reading, require_on_disk
 from gradscope.store._blocks import block_means
+from gradscope.store._events import events_frame
 from gradscope.store._header import check_not_truncated
 from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS
-from gradscope.store._rows import read_column, read_rows, read_status
+from gradscope.store._rows import event_count, read_column, read_rows, read_status
 
 READ_PIECE_BYTES = 16 * 1024 * 1024  # rows read at once when reducing a stat to max_records
 
@@ -83,6 +84,7 @@ class Run:
             self._steps.flags.writeable = False
             self._n_metrics = int(status["metrics"])
             self._metrics = None
+            self._n_events = event_count(status)
         return self
 
     def close(self) -> None:
@@ -180,6 +182,19 @@ class Run:
         latest = long.sort_values("step", kind="stable").drop_duplicates("name", keep="last")
         order = list(dict.fromkeys(long["name"]))
         return latest.set_index("name").reindex(order)[["step", "value"]]
+
+    @property
+    def events(self) -> pd.DataFrame:
+        """Events, one row each in the order they happened: a step where a non-finite value
+        reached an update (`kind` "nonfinite": its origin's `phase`, `layer`, `op`, `message`,
+        what became of the `update`) and updates the AMP GradScaler skipped ("amp_overflow").
+        Empty for files of format 1 and 2."""
+        names = [d["name"] for d in self._layer_dicts]
+        if not self._n_events:
+            return events_frame(np.zeros(0, dtype=schema.EVENT_DTYPE), names)
+        with self._reading("the events"):
+            rows = read_column(self._open_file(), schema.EVENTS, self._n_events)
+        return events_frame(rows, names)
 
     def record_frame(self, step=None) -> pd.DataFrame:
         """All statistics at one record (default: the latest): layers as rows, stats as columns."""
