@@ -526,3 +526,28 @@ def test_resume_after_a_trip(tmp_path):
     run = gradscope.open_run(path)
     assert list(run.steps) == [0, 2, 4, later]
     assert list(run.events["step"]) == [later]
+
+
+def test_the_check_reads_only_and_sees_inf_and_nan_without_overflow():
+    from gradscope.recorder._nonfinite_check import NonFiniteCheck
+
+    layer = nn.Linear(4, 3)
+    layer(torch.randn(2, 4)).sum().backward()
+    check = NonFiniteCheck(list(layer.parameters()), reduce_across_ranks=False, device="cpu")
+    versions = [(p._version, p.grad._version) for p in layer.parameters()]
+    assert not check.any_nonfinite()
+    with torch.no_grad():
+        layer.weight.grad[0, 0] = 1e30  # finite: its square would overflow a 2-norm
+    assert not check.any_nonfinite()
+    for bad in (math.inf, math.nan):
+        with torch.no_grad():
+            layer.bias.grad[1] = bad
+        assert check.any_nonfinite()
+        with torch.no_grad():
+            layer.bias.grad[1] = 0.0
+    with torch.no_grad():
+        layer.weight[2, 3] = math.nan
+    assert check.any_nonfinite() and not check.any_nonfinite(weights=False)
+    # nothing was written by the checks: the version counters moved only for the test's writes
+    assert layer.weight._version == versions[0][0] + 1
+    assert layer.bias.grad._version == versions[1][1] + 4

@@ -71,7 +71,7 @@ class FlightRecorder:
         self._device = device
         self._rank, self._world = rank, world
         self._sharded = torch.tensor(sharded, dtype=torch.bool, device=device)
-        self._check = NonFiniteCheck(params, reduce_across_ranks=world > 1)
+        self._check = NonFiniteCheck(params, reduce_across_ranks=world > 1, device=device)
         self.capture = StepCapture(entry_candidates(root, [m for _, m in modules]), device)
 
     def detect(self) -> bool:

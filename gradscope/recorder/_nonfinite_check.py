@@ -2,53 +2,61 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from gradscope.recorder._wrappers import local_part
+
+INF = float("inf")
 
 
 class NonFiniteCheck:
     """Whether any gradient or weight of `params` holds an inf or NaN, as one flag.
 
-    The check is the GradScaler's own kernel (`torch._amp_foreach_non_finite_check_and_unscale_`,
-    with a scale of 1, which leaves every value as it was): one multi-tensor op over the
-    gradients and weights of each (device, dtype) group that sets a flag tensor. A step costs
-    that op, the flag's reset, under torch.distributed a MAX of the flag across ranks (so every
-    rank decides alike), and one read of the flag: nothing per layer.
+    Read-only: one multi-tensor max-norm (`torch._foreach_norm(..., inf)`, max |x|, which an inf
+    or a NaN anywhere in a tensor makes non-finite without the overflow a 2-norm could meet) over
+    the gradients and weights of each (device, dtype) group, the largest of those norms, and one
+    read of it. Nothing is written, so no parameter's version counter moves (a graph still to be
+    backpropagated through a watched module the optimizer does not step stays valid). Under
+    torch.distributed a MAX of the flag across ranks makes every rank decide alike. Nothing per
+    layer.
     """
 
-    def __init__(self, params: list[torch.nn.Parameter], reduce_across_ranks: bool):
+    def __init__(self, params: list[torch.nn.Parameter], reduce_across_ranks: bool, device):
         self._reduce = reduce_across_ranks
+        self._device = torch.device(device)  # where the flag meets the other ranks' flags
         params = _unique(params)
         groups: dict[tuple, list[torch.nn.Parameter]] = {}
         for p in params:
             groups.setdefault((p.device, p.dtype), []).append(p)
         self._groups = list(groups.values())
         self._sharded = any(local_part(p) is not p for p in params)  # FSDP2 DTensors
-        devices = {device for device, _ in groups}
-        self._flags = {d: torch.zeros(1, dtype=torch.float32, device=d) for d in devices}
-        self._ones = {d: torch.ones(1, dtype=torch.float32, device=d) for d in devices}
 
     def any_nonfinite(self, weights: bool = True) -> bool:
         """Whether a gradient (and, with `weights`, a weight) holds an inf or NaN now, on any
         rank. Every rank must call it at the same points (it holds a collective)."""
-        for flag in self._flags.values():
-            flag.zero_()
+        worst: dict[torch.device, list[torch.Tensor]] = {}
         with torch.no_grad():
             for params in self._groups:
-                grads = [_dense(g) for p in params if (g := p.grad) is not None]
-                if weights:  # in place under no_grad, as an optimizer writes them
-                    grads += [local_part(p) for p in params] if self._sharded else params
-                if grads:
-                    device = params[0].device
-                    torch._amp_foreach_non_finite_check_and_unscale_(
-                        grads, self._flags[device], self._ones[device]
-                    )
-        found = False
-        for flag in self._flags.values():
-            if self._reduce:
-                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            found = found or bool(flag.item())  # note: the step's one host sync
+                tensors = [_dense(g) for p in params if (g := p.grad) is not None]
+                if weights:
+                    tensors += [local_part(p) for p in params] if self._sharded else params
+                tensors = [t for t in tensors if t.numel()]
+                if tensors:
+                    norms = torch._foreach_norm(tensors, INF)  # NaN and inf propagate
+                    worst.setdefault(tensors[0].device, []).extend(norms)
+        largest = [torch.stack(norms).amax().to(self._device) for norms in worst.values()]
+        if not self._reduce:
+            # note: the step's one host sync (a read per device, where the model spans several)
+            return any(not math.isfinite(value.item()) for value in largest)
+        # one collective on every rank, whatever it holds; a flag, not the value: a MAX may
+        # drop a NaN
+        flag = torch.zeros(1, device=self._device)
+        for value in largest:
+            flag = torch.maximum(flag, value.isfinite().logical_not().float())
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        found = bool(flag.item())  # note: the step's one host sync
         return found
 
 
