@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from gradscope.errors import UsageError
+from gradscope.store._names import path_label
 
 
 def as_run_list(runs) -> list:
@@ -34,10 +35,9 @@ def run_label(run) -> str:
     experiment folder; a file whose stem is not its recorded model name adds the model, as in
     "exp/lr01 (resnet56)".
     """
-    path = Path(run.path)
-    label = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+    label = path_label(run.path)
     model = (getattr(run, "attrs", {}) or {}).get("model")
-    if isinstance(model, str) and model and model != path.stem:
+    if isinstance(model, str) and model and model != Path(run.path).stem:
         label = f"{label} ({model})"
     return label
 
