@@ -44,8 +44,12 @@ class RunIndex:
 
     def __init__(self, runs_dir: str | os.PathLike):
         root = Path(runs_dir).expanduser()
+        if root.exists() and not root.is_dir():
+            raise UsageError(
+                f"runs folder {str(root)!r} is a file; give the folder that holds the run files"
+            )
         if not root.is_dir():
-            raise UsageError(f"runs folder {str(root)!r} does not exist or is not a folder")
+            raise UsageError(f"runs folder {str(root)!r} does not exist")
         self.root = root.resolve()
         self._lock = threading.RLock()
         self._runs: dict[str, _CachedRun] = {}  # rel -> its open Run, inode and lock

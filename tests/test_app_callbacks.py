@@ -372,6 +372,19 @@ def test_cli_dashboard_missing_folder_exits_2_with_one_line(tmp_path, capsys):
     assert err.startswith("gradscope dashboard: error: runs folder") and err.count("\n") == 1
 
 
+def test_cli_dashboard_runs_naming_a_file_says_it_is_a_file(tmp_path, capsys):
+    run = tmp_path / "exp" / "run.h5"
+    write_run(run)
+    code = cli_main(["dashboard", "--runs", str(run)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"gradscope dashboard: error: --runs {run}: is a file, not a folder; pass the folder "
+        f"that holds the run files (--runs {tmp_path / 'exp'})\n"
+    )
+    with pytest.raises(UsageError, match="is a file; give the folder"):
+        RunIndex(run)
+
+
 def test_cli_dashboard_defaults_to_loopback():
     from gradscope.cli import build_parser
     from gradscope.cli.dashboard_cmd import dashboard_url

@@ -863,6 +863,14 @@ def test_attach_to_a_path_that_cannot_be_written_fails_at_attach(tmp_path):
         gradscope.attach(mlp(), tmp_path)
     with pytest.raises(TypeError, match="str or os.PathLike"):
         gradscope.attach(mlp(), 123)
+    (tmp_path / "file.h5").write_bytes(b"a file")
+    for path in (tmp_path / "file.h5" / "run.h5", tmp_path / "file.h5" / "deeper" / "run.h5"):
+        with pytest.raises(gradscope.RunFileError) as caught:
+            gradscope.attach(mlp(), path)
+        assert str(caught.value) == (
+            f"{path}: {tmp_path / 'file.h5'} is a file, not a folder; choose a path whose "
+            "folders are folders"
+        )
 
 
 @pytest.mark.parametrize("bad", [123, None])

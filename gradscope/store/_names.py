@@ -4,7 +4,7 @@ from pathlib import Path
 
 
 def path_label(path) -> str:
-    """"<folder>/<file stem>" of a run file ("worked/resnet56"), or the stem alone when the
-    path names no folder ("run.h5" in the current folder is "run")."""
+    """The short name of a run file: its folder and file stem ("worked/resnet56"), or the
+    stem alone when the path names no folder ("run.h5" in the current folder is "run")."""
     path = Path(path)
     return f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem

@@ -53,6 +53,11 @@ def check_run_path(path, overwrite: bool, resume: bool) -> Path:
         raise UsageError("pass overwrite=True or resume=True, not both")
     if path.is_dir():
         raise RunFileError(f"{path}: is a folder; give the path of a .h5 file to write")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise RunFileError(
+            f"{path}: {blocking} is a file, not a folder; choose a path whose folders are folders"
+        )
     if path.exists():
         if not (overwrite or resume):
             raise RunFileError(

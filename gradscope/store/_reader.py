@@ -40,6 +40,8 @@ class Run:
             )
         self.path = str(path)
         file_path = Path(path)
+        if file_path.is_dir():
+            raise RunFileError(f"{self.path}: is a folder, not a run file; {_runs_in(file_path)}")
         if not file_path.is_file():
             raise RunFileError(f"{self.path}: no such file")
         if not h5py.is_hdf5(file_path):
@@ -253,6 +255,17 @@ class Run:
             raise RunFileError(
                 f"{self.path}: cannot read {what} (truncated or corrupt?): {e}"
             ) from e
+
+
+def _runs_in(folder: Path, shown: int = 3) -> str:
+    """What to name instead of `folder`: the run files in it, or where else to look."""
+    runs = sorted(p.name for p in folder.glob("*.h5"))
+    if not runs:
+        return "name a .h5 run file (none is directly in this folder)"
+    names = ", ".join(runs[:shown])
+    if len(runs) > shown:
+        names += f" and {len(runs) - shown} more"
+    return f"name one of the run files in it: {names}"
 
 
 def _block_means(rows, n_layers: int, first: int, stop: int, block: int) -> np.ndarray:
