@@ -475,6 +475,32 @@ def test_log_stores_metrics_against_the_current_step(tmp_path):
     assert m.loc[10, "test_error"] == 0.25
 
 
+def test_log_takes_one_real_number_per_metric_and_says_so(tmp_path):
+    accepted = "must be a real number: a Python or NumPy int or float, or a one-element tensor"
+    with gradscope.attach(mlp(), tmp_path / "m.h5") as rec:
+        bad = {
+            "loss": (torch.tensor([1.0, 2.0]), "got a Tensor of 2 elements"),
+            "note": ("hello", "got 'hello' (str)"),
+            "lr": ("0.1", "got '0.1' (str)"),
+            "acc": (np.ones(3), "got a ndarray of 3 elements"),
+            "z": (torch.tensor(1 + 2j), "got (1+2j) (complex)"),
+            "none": (None, "got None (NoneType)"),
+        }
+        for name, (value, got) in bad.items():
+            with pytest.raises(gradscope.UsageError) as caught:
+                rec.log(**{name: value})
+            assert str(caught.value) == (
+                f"metric {name!r} {accepted} or array (inf and NaN are stored as they are); {got}"
+            )
+        good = [1, 2.5, np.float32(0.5), torch.tensor(3.0), torch.tensor([4.0]), np.array([[6]])]
+        good += [math.inf, math.nan]
+        for step, value in enumerate(good):
+            rec.log(step=step, x=value)
+    metrics = gradscope.open_run(tmp_path / "m.h5").metrics  # only the good ones were stored
+    assert list(metrics.columns) == ["x"]
+    np.testing.assert_array_equal(metrics["x"], [1, 2.5, 0.5, 3, 4, 6, math.inf, math.nan])
+
+
 def test_close_removes_every_hook(tmp_path):
     model = SmallCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -23,6 +23,7 @@ from gradscope.recorder._record import finish_record, finish_record_fused
 from gradscope.recorder._schedule import make_schedule
 from gradscope.recorder._wrappers import unwrap, user_type_name
 from gradscope.store import RunWriter, open_run
+from gradscope.store._metric_values import check_metric, metric_value
 from gradscope.store._prepare import check_run_path
 
 DEFAULT_BATCH_SAMPLE = 32  # rows of each output used for activation moments (not act_grad_norm)
@@ -245,17 +246,20 @@ class Recorder:
         return True
 
     def log(self, step: int | None = None, **metrics: float) -> None:
-        """Store scalar metrics against `step` (default: the step in progress or just finished)."""
+        """Store scalar metrics against `step` (default: the step in progress or just finished).
+
+        Each value is one real number: a Python or NumPy int or float, or a one-element tensor
+        or array; inf and NaN are stored as they are. Anything else is a UsageError.
+        """
         self._check_open()
-        if not self._own_paths():
-            return  # a rank that writes no file (under torch.distributed, rank 0 writes)
+        if not self._own_paths():  # a rank that writes no file (under torch.distributed)
+            for name, value in metrics.items():
+                check_metric(name, value)  # the error rank 0 raises, without reading tensors
+            return
         if step is None:
             step = self._step if self._in_step or self._step == self._start_step else self._step - 1
-        values = {}
-        for name, value in metrics.items():
-            if isinstance(value, torch.Tensor):
-                value = value.item()  # note: a host sync; pass floats to avoid it
-            values[name] = float(value)
+        # note: a tensor is read with .item(), a host sync; pass floats to avoid it
+        values = {name: metric_value(name, value) for name, value in metrics.items()}
         if not self._writers():
             self._pending_metrics.append((int(step), values))
         for writer in self._writers():

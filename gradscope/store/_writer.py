@@ -12,6 +12,7 @@ import numpy as np
 
 from gradscope.errors import RunFileError, UsageError
 from gradscope.store import _schema as schema
+from gradscope.store._metric_values import metric_value
 from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS, WRITING_HERE, prepare_run_file
 
 MAX_FLUSH_INTERVAL = LIVE_HEARTBEAT_SECONDS / 3  # the heartbeat is written at every flush
@@ -108,10 +109,7 @@ class RunWriter:
                 raise UsageError(
                     f"metric name {name!r} must be 1 to {schema.METRIC_NAME_BYTES} bytes of UTF-8"
                 )
-            try:
-                rows.append((step, encoded, float(value)))
-            except (TypeError, ValueError) as e:
-                raise UsageError(f"metric {name!r} must be a number, got {value!r}") from e
+            rows.append((step, encoded, metric_value(name, value)))
         if not rows:
             return
         last = self._last_metric_step
