@@ -103,6 +103,24 @@ def test_cli_export_errors_are_one_line_exit_2(run_path, tmp_path, capsys, extra
     assert not (tmp_path / "x.png").exists()
 
 
+def test_too_large_names_the_size_it_would_write(run_path, tmp_path, capsys):
+    # two heatmap panels of 4 rows: 2 x 480 + 320 = 1,280 wide, 260 + 160 = 420 tall
+    out = str(tmp_path / "x.png")
+    assert main(["export", str(run_path), str(run_path), "--scale", "30", "--out", out]) == 2
+    assert capsys.readouterr().err == (
+        "gradscope export: error: a 38,400 x 12,600 pixel PNG (1,280 x 420 at scale 30) is too "
+        "large: at most 32,767 pixels a side and 268,435,456 in all (width x height x scale "
+        "squared); choose a smaller --width, --height or --scale\n"
+    )
+    assert main(["export", str(run_path), "--height", "3000", "--scale", "12", "--out", out]) == 2
+    assert "a 36,000 pixel PNG (3,000 at scale 12)" in capsys.readouterr().err  # before reading
+    with pytest.raises(UsageError, match=r"35,000 x 25,000 pixel PNG \(700 x 500 at scale 50\)"):
+        export.write_png(go.Figure(), out, scale=50)  # plotly's default size
+    fig = go.Figure(layout={"width": 400, "height": 17000})
+    with pytest.raises(UsageError, match=r"800 x 34,000 pixel PNG \(400 x 17,000 at scale 2\)"):
+        export.figure_png_bytes(fig, scale=2)  # the figure's own size
+
+
 def test_cli_export_missing_run_file(tmp_path, capsys):
     code = main(["export", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x.png")])
     assert code == 2
