@@ -121,6 +121,29 @@ class WithUnused(nn.Module):
         return self.used(torch.relu(self.frozen(x)))
 
 
+class TinyTransformer(nn.Module):
+    """Token and position embeddings, a 2-layer nn.TransformerEncoder, a head tied to the token
+    embedding. Used without being called: each attention's out_proj (MultiheadAttention reads
+    its weight) and the position embedding (its weight is added to the input)."""
+
+    def __init__(self, vocab=5, length=4, width=8):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, width)
+        self.pos = nn.Embedding(length, width)
+        layer = nn.TransformerEncoderLayer(width, 2, 16, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, tokens):
+        h = self.tok(tokens) + self.pos.weight[: tokens.shape[1]]
+        return self.norm(self.encoder(h)).mean(dim=1) @ self.tok.weight.T  # tied head
+
+
+def token_batch(step, micro=0, n=6):
+    g = torch.Generator().manual_seed(1000 * step + micro)
+    return torch.randint(0, 5, (n, 4), generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
 class ScaleWithEmpty(nn.Module):
     """A per-feature scale that also owns a zero-element parameter."""
 
@@ -267,6 +290,19 @@ def test_structured_outputs(tmp_path, kind):
     run, expected = run_against_reference(tmp_path, lambda: StructuredOutputs(kind), vector_batch)
     assert_matches(run, expected)
     assert np.isfinite(run.stat("act_grad_norm")).all()
+
+
+def test_modules_used_without_a_call_sit_where_their_gradient_arrives(tmp_path):
+    # out_proj is the last step of self_attn's forward: between self_attn and norm1 (post-LN);
+    # the position embedding is added to the input: beside the token embedding, not after
+    # the head where a module whose forward never runs used to go.
+    run, expected = run_against_reference(tmp_path, TinyTransformer, token_batch, steps=2)
+    block = ["self_attn", "self_attn.out_proj", "norm1", "linear1", "linear2", "norm2"]
+    blocks = [f"encoder.layers.{i}.{name}" for i in range(2) for name in block]
+    assert list(run.layers["name"]) == ["tok", "pos", *blocks, "norm"]
+    assert_matches(run, expected)  # every row holds its own layer's numbers
+    out_proj = run.stat("grad_norm")[:, 3]
+    assert np.isfinite(out_proj).all() and np.isnan(run.stat("act_mean")[:, 3]).all()
 
 
 def test_frozen_and_gradientless_layers_give_nan(tmp_path):

@@ -15,6 +15,7 @@ from gradscope.recorder import _distributed as D
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
+from gradscope.recorder._backward_order import GradientArrivals
 from gradscope.recorder._compiled_code import forget_compiled_code
 from gradscope.recorder._forward_hooks import ForwardHooks
 from gradscope.recorder._kernels import kernel_choice
@@ -139,6 +140,8 @@ class Recorder:
         self._device = _model_device(model)
         self._hooks = []  # the optimizer's
         self._install_hooks()
+        # until the depth order is fixed: places modules whose parameters are used uncalled
+        self._arrivals = GradientArrivals([m for _, m in self._modules], self._sharded)
         for own in self._own_paths():
             _LIVE_PATHS[os.path.realpath(own)] = self
         for name, module in self._modules:
@@ -271,6 +274,7 @@ class Recorder:
             return
         self.closed = True
         self._forward_hooks.remove()
+        self._arrivals.remove()
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -480,8 +484,8 @@ class Recorder:
 
     def _fix_depth_order(self) -> None:
         called = sorted(self._first_call, key=self._first_call.get)
-        never = [i for i in range(len(self._modules)) if i not in self._first_call]
-        self._order = called + never
+        self._order = self._arrivals.depth_order(called, len(self._modules))
+        self._arrivals.remove()
 
     def _ensure_writer(self) -> tuple[RunWriter | None, RunWriter | None]:
         """The (global, local) writers this rank has, opened on first use."""
