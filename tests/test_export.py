@@ -1,6 +1,7 @@
 """Tests of PNG export (gradscope.export) and the `gradscope export` command."""
 
 import struct
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -170,6 +171,42 @@ def test_cli_export_ratio_of_nets_with_different_layers(twin_paths, tmp_path, ca
 
     # 7 convolutions both nets have (the 2 downsample convs are left out): readable rows
     assert png_size(out.read_bytes()) == (export.DEFAULT_WIDTHS["ratio"], heatmap_height(7))
+
+
+def test_cli_export_ratio_numerator_is_the_users_and_the_figure_says_which(
+    twin_paths, monkeypatch, capsys
+):
+    from gradscope.store import open_run
+
+    drawn = drawn_figures(monkeypatch)
+    resnet_path, plain_path = twin_paths
+    base = ["export", resnet_path, plain_path, "--figure", "ratio", "--out", "x.png"]
+    for numerator in ("plain56", plain_path, f"{Path(plain_path).parent.name}/plain56"):
+        assert main([*base, "--numerator", numerator]) == 0
+    assert main(base) == 0  # the first run given, by default
+    *plain_on_top, (resnet_on_top, _) = drawn
+    for fig, _ in plain_on_top:
+        assert fig.layout.title.text.startswith("Gradient norm ratio plain56 / resnet56 by layer")
+        assert "red: plain56 more, blue: resnet56 more" in fig.layout.title.text
+        assert (
+            fig.layout.coloraxis.colorbar.title.text == "plain56 / resnet56:<br>red = plain56 more"
+        )
+    assert "ratio resnet56 / plain56 by layer" in resnet_on_top.layout.title.text
+    # the colours are log10(plain / resnet): by hand from the files, layer by layer
+    with open_run(plain_path) as plain, open_run(resnet_path) as resnet:
+        rows = list(plain_on_top[0][0].data[0].y)
+        p = plain.stat("grad_norm")[:, [list(plain.layers["name"]).index(n) for n in rows]]
+        r = resnet.stat("grad_norm")[:, [list(resnet.layers["name"]).index(n) for n in rows]]
+    np.testing.assert_allclose(plain_on_top[0][0].data[0].z, np.log10(p / r).T, rtol=1e-5)
+    np.testing.assert_allclose(resnet_on_top.data[0].z, np.log10(r / p).T, rtol=1e-5)
+    assert main([*base, "--numerator", "resnet20"]) == 2
+    assert "--numerator resnet20 is neither run; name one of" in capsys.readouterr().err
+    twice = ["export", plain_path, plain_path, *base[3:], "--numerator", "plain56"]
+    assert main(twice) == 2
+    assert "--numerator plain56 names both runs" in capsys.readouterr().err
+    heatmap = ["export", *twin_paths, "--numerator", "plain56", "--out", "x.png"]
+    assert main(heatmap) == 2
+    assert "--numerator applies only to --figure ratio" in capsys.readouterr().err
 
 
 def test_cli_export_paper_template_font_size_and_size_from_the_figure(

@@ -3,7 +3,7 @@
 import numpy as np
 
 from gradscope.figures._colours import PALETTE, assign_colours, run_colours
-from gradscope.figures._common import as_run_list, run_label, run_model
+from gradscope.figures._common import as_run_list, run_label, run_model, short_labels
 from gradscope.figures._curves import DEFAULT_SMOOTHING, training_curves
 from gradscope.figures._flow import DEPTH_AXES, FLOW_LINES, flow_curve
 from gradscope.figures._heatmap import depth_step_heatmap, ratio_heatmap
@@ -35,6 +35,7 @@ __all__ = [
     "run_colours",
     "run_label",
     "run_model",
+    "short_labels",
     "stat_words",
     "training_curves",
 ]

@@ -42,6 +42,18 @@ def run_label(run) -> str:
     return label
 
 
+def short_labels(runs) -> list[str]:
+    """The runs' labels, without their folder when they all share one ("plain56", "resnet56"
+    for two runs of worked/), else in full."""
+    labels = [run_label(run) for run in runs]
+    parts = [label.split("/", 1) for label in labels]
+    if all(len(p) == 2 for p in parts) and len({p[0] for p in parts}) == 1:
+        names = [p[1] for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return labels
+
+
 def check_stat(run, stat: str) -> None:
     """Raise UsageError unless `stat` is recorded in `run`."""
     if stat not in run.stats:
