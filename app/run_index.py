@@ -126,6 +126,7 @@ class RunIndex:
             entry = RunEntry(**base, error=self.relative_message(f"cannot read file: {e}", rel))
         else:
             try:
+                run.check_readable()  # a copy cut short opens, but its records are not all there
                 entry = RunEntry(
                     **base,
                     model=run_model(run),
@@ -134,6 +135,8 @@ class RunIndex:
                     records=len(run.steps),
                     is_live=bool(run.is_live),
                 )
+            except GradscopeError as e:
+                entry = RunEntry(**base, error=self.relative_message(str(e), rel))
             finally:
                 run.close()
         if not entry.is_live:  # a live file may stop being live without changing: check again

@@ -23,7 +23,7 @@ from gradscope.app.layout import newest_runs, page
 from gradscope.app.run_index import RunIndex
 
 from gradscope.cli import main as cli_main
-from gradscope.errors import UsageError
+from gradscope.errors import RunFileError, UsageError
 from gradscope.store import RunWriter, open_run
 from tests.run_files import STATS, write_run, write_runs_folder
 
@@ -435,6 +435,30 @@ def folder_with_cut_runs(tmp_path, cut_live_runs):
     return root
 
 
+def test_page_passes_over_a_half_copied_run_and_lists_it_as_bad(tmp_path, cut_live_runs):
+    # The newest file is a copy of a live run cut at 50%: it opens and lists its records, but
+    # most are not in the file. The page selects the two newest runs that can be read.
+    write_run(tmp_path / "exp" / "old.h5", mtime=1_000_000)
+    write_run(tmp_path / "exp" / "good.h5", mtime=2_000_000)
+    half = tmp_path / "copy" / "half.h5"
+    half.parent.mkdir()
+    half.write_bytes(next(c for c in cut_live_runs if c.name == "cut0.5.h5").read_bytes())
+    with open_run(half) as run:  # what the page could not tell before: it opens
+        assert len(run.steps) == 40
+    index = RunIndex(tmp_path)
+    try:
+        entries = {e.rel: e for e in index.scan()}
+        assert entries["copy/half.h5"].error.startswith("cannot read the records (truncated")
+        layout = page(index, "runs")
+        assert find(layout, ids.RUNS).value == ["exp/good.h5", "exp/old.h5"]
+        listing = text_of(find(layout, ids.RUN_LIST))
+        assert "half.h5 cannot read the records (truncated" in listing and "error" in listing
+        (half_option,) = [o for o in find(layout, ids.RUNS).options if o["value"] == "copy/half.h5"]
+        assert half_option["disabled"]
+    finally:
+        index.close()
+
+
 def test_each_cut_run_is_its_own_error_beside_a_good_run(folder_with_cut_runs):
     index = RunIndex(folder_with_cut_runs)
     try:
@@ -456,7 +480,9 @@ def test_each_cut_run_is_its_own_error_beside_a_good_run(folder_with_cut_runs):
             assert "diagnosis of good/resnet" in text and rel.removesuffix(".h5") in text
             controls = control_values(index, chosen["runs"], "grad_norm", None, None)
             assert "grad_norm" in controls["stat_options"]
-            if entries[rel].error is not None:  # cannot even be opened: the controls say so
+            try:
+                open_run(folder_with_cut_runs / rel).close()
+            except RunFileError:  # cannot even be opened: the controls say so
                 assert rel in controls["message"]
     finally:
         index.close()

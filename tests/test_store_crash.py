@@ -215,3 +215,16 @@ def test_a_run_this_process_writes_is_refused_until_its_writer_closes(tmp_path):
     RunWriter(path, layers, ["grad_norm"], resume=True).close()
     with open_run(path) as run:
         assert run.steps.tolist() == [0]
+
+
+def test_check_readable_finds_every_cut_copy_that_still_opens(cut_live_runs):
+    opened = 0
+    for cut in cut_live_runs:
+        try:
+            run = open_run(cut)
+        except RunFileError:
+            continue  # cut inside what opening reads
+        opened += 1
+        with run, pytest.raises(RunFileError, match=f"{cut}: (cannot read the records|truncated)"):
+            run.check_readable()
+    assert opened >= 3  # the cuts that list their records but do not hold them

@@ -16,7 +16,7 @@ from gradscope.store._access import open_for_reading, require_on_disk
 from gradscope.store._blocks import block_means
 from gradscope.store._header import check_not_truncated
 from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS
-from gradscope.store._rows import read_column, read_rows, read_status
+from gradscope.store._rows import read_column, read_rows, read_status, sealed_count
 
 READ_PIECE_BYTES = 16 * 1024 * 1024  # rows read at once when reducing a stat to max_records
 
@@ -115,6 +115,25 @@ class Run:
             status = self._read_status()
         age = time.time() - float(status["heartbeat"])
         return not status["closed"] and age < LIVE_HEARTBEAT_SECONDS
+
+    def check_readable(self) -> None:
+        """Raise RunFileError unless every committed record and metric row is in the file.
+
+        Checks where each chunk of data lies against the file's size on disk, reading no data:
+        a copy cut short may open and list its records, yet hold only the first of them.
+        """
+        f = self._open_file()
+        with self._reading("the records"):
+            status = self._read_status()
+            n_records, n_metrics = int(status["records"]), int(status["metrics"])
+            sealed = min(sealed_count(status), n_records)
+            for name in (schema.STEPS, schema.TIME):
+                require_on_disk(f[name], 0, n_records)
+            for name in self.stats:
+                require_on_disk(f[schema.STATS_GROUP][name], 0, sealed)
+                require_on_disk(f[schema.TAIL_GROUP][name], 0, n_records - sealed)
+            for name in (schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE):
+                require_on_disk(f[name], 0, n_metrics)
 
     # contents
 
