@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from dash import no_update
 from gradscope.app import create_app, ids
 from gradscope.app.callbacks import (
     control_values,
@@ -16,10 +17,12 @@ from gradscope.app.callbacks import (
     figure_output,
     png_download,
     refresh_run_list,
+    step_input,
     step_label,
 )
 from gradscope.app.controls import Controls, flow_position
 from gradscope.app.layout import newest_runs, page
+from gradscope.app.panels import view_key
 from gradscope.app.run_index import RunIndex
 
 from gradscope.cli import main as cli_main
@@ -217,6 +220,48 @@ def test_flow_position_maps_slider_and_window_to_steps(index):
             flow_position(runs, 30, None)
     label = step_label(index, ["sweep/lr01.h5"], 4, 3)
     assert label == "mean over steps 20..40"
+
+
+def test_the_step_box_shows_and_takes_steps_not_record_indices(index):
+    # sweep/lr01 records steps 0, 10, ..., 290 and baseline/tanh 0, ..., 190: 30 positions
+    pair = NEWEST_TWO
+    assert step_input(index, pair, 29) == (no_update, 190)  # latest: what both runs have
+    assert step_input(index, pair, None) == (no_update, 190)
+    assert step_input(index, pair, 19) == (no_update, 190)  # step 190 is position 19 too
+    assert step_input(index, pair, 4) == (no_update, 40)  # the slider moved: the box follows
+    assert step_input(index, pair, 29, 47, was_typed=True) == (5, 50)  # nearest record
+    assert step_input(index, pair, 29, 45, was_typed=True) == (4, 40)  # a tie: the earlier
+    assert step_input(index, pair, 5, 10_000, was_typed=True) == (29, 190)  # past the end
+    assert step_input(index, pair, 5, -3, was_typed=True) == (0, 0)
+    assert step_input(index, pair, 29, 190, was_typed=True) == (no_update, 190)  # stays latest
+    assert step_input(index, pair, 5, None, was_typed=True) == (no_update, 50)  # emptied
+    assert step_input(index, [], None) == (no_update, None)
+    assert step_input(index, ["../x.h5"], 3) == (no_update, no_update)  # the label says why
+    # and what the slider then points at is that step, for the flow curve and its label
+    assert step_label(index, pair, 5, None) == "step 50"
+    fig, _ = figure_output(index, "flow", values(step_index=5))
+    assert fig.layout.title.text.endswith("step 50")
+
+
+def test_the_ratio_panel_lets_the_user_choose_its_numerator(index):
+    options = control_values(index, NEWEST_TWO, None, None, None)["ratio_options"]
+    assert options == [
+        {"label": "sweep/lr01 / baseline/tanh", "value": 0},
+        {"label": "baseline/tanh / sweep/lr01", "value": 1},
+    ]
+    assert control_values(index, NEWEST_TWO[:1], None, None, None)["ratio_options"] == []
+    first, _ = figure_output(index, "ratio", values())
+    second, _ = figure_output(index, "ratio", values(ratio_numerator=1))
+    assert "ratio sweep/lr01 / baseline/tanh by layer" in first.layout.title.text
+    assert "ratio baseline/tanh / sweep/lr01 by layer" in second.layout.title.text
+    assert second.layout.coloraxis.colorbar.title.text.endswith("red = baseline/tanh more")
+    # sweep/lr01 is baseline/tanh's values x 4 (scale 2 against 0.5): log10 of 4, and of 1/4
+    np.testing.assert_allclose(np.asarray(first.data[0].z, float), np.log10(4), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(second.data[0].z, float), -np.log10(4), rtol=1e-5)
+    zoom = {"view": view_key("ratio", Controls.from_request(**values())), "ranges": {}}
+    assert view_key("ratio", Controls.from_request(**values(ratio_numerator=1))) == zoom["view"]
+    with pytest.raises(UsageError, match="ratio numerator"):
+        Controls.from_request(**values(ratio_numerator=2))
 
 
 # ----- figures and messages -----

@@ -6,7 +6,7 @@ from gradscope.figures._colours import PALETTE, assign_colours, run_colours
 from gradscope.figures._common import as_run_list, run_label, run_model, short_labels
 from gradscope.figures._curves import DEFAULT_SMOOTHING, training_curves
 from gradscope.figures._flow import DEPTH_AXES, FLOW_LINES, flow_curve
-from gradscope.figures._heatmap import depth_step_heatmap, ratio_heatmap
+from gradscope.figures._heatmap import depth_step_heatmap, nearest_positions, ratio_heatmap
 from gradscope.figures._words import stat_words
 
 
@@ -31,6 +31,7 @@ __all__ = [
     "depth_step_heatmap",
     "flow_curve",
     "latest_common_step",
+    "nearest_positions",
     "ratio_heatmap",
     "run_colours",
     "run_label",

@@ -290,7 +290,7 @@ def ratio_heatmap(
         raise UsageError(f"{label_a} and {label_b} share no range of steps")
     steps_a, values_a = _read_range(run_a, stat, low, high, max_steps)
     steps_b, values_b = _read_range(run_b, stat, low, high, max_steps)
-    nearest = _nearest_positions(steps_b, steps_a)
+    nearest = nearest_positions(steps_b, steps_a)
     a = values_a[:, idx_a[keep_a]].T.astype(np.float64)  # [layers, records]
     b = values_b[nearest][:, idx_b[keep_b]].T.astype(np.float64)
     require_finite(run_a, stat, a)
@@ -359,7 +359,7 @@ def _read_range(run, stat: str, low: int, high: int, max_steps: int):
     return steps[keep], np.asarray(values)[keep]
 
 
-def _nearest_positions(reference: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+def nearest_positions(reference: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Positions in sorted `reference` of the entry nearest each of `wanted`."""
     right = np.clip(np.searchsorted(reference, wanted), 0, len(reference) - 1)
     left = np.clip(right - 1, 0, len(reference) - 1)
