@@ -158,6 +158,5 @@ def ratio_order(runs, numerator: str | None) -> tuple:
 def _names_of(run) -> set[str]:
     """What --numerator may call a run: its path as given or resolved, label, model, stem."""
     path = Path(run.path)
-    return {run.path, str(path.resolve()), figures.run_label(run), figures.run_model(run)} | {
-        path.stem
-    }
+    names = {run.path, str(path.resolve()), path.stem}
+    return names | {figures.run_label(run), figures.run_model(run)}

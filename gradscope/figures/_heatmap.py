@@ -260,7 +260,13 @@ def _panel_message(sentence: str, x: float) -> dict:
 
 
 def ratio_heatmap(
-    run_a, run_b, stat: str, types=None, pattern=None, max_steps: int = 2000, height=None
+    run_a,
+    run_b,
+    stat: str,
+    types=None,
+    pattern=None,
+    max_steps: int = 2000,
+    height: int | None = None,
 ) -> go.Figure:
     """log10(A / B) of a statistic by layer and step, over the layers both runs have: run A
     is the numerator (red where it has more), B the denominator, as title and colour bar say.
