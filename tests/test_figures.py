@@ -422,9 +422,7 @@ def test_heatmap_rows_are_all_labelled_where_they_fit_else_at_block_starts(tmp_p
     assert list(axes["short"].tickvals) == stages
     for case in ("resnet56", "short"):
         title = axes[case].title.text
-        assert (
-            title == "layer (input at top): labelled where a block starts, every row named on hover"
-        )
+        assert title == "layer (input at top): block starts labelled, hover names each row"
     flat = [f"{i}" for i in range(300)]  # nn.Sequential: no blocks, every k-th row
     with write_run(
         tmp_path / "flat.h5", {"grad_norm": np.ones((2, 300), np.float32)}, names=flat

@@ -55,10 +55,10 @@ def row_axis(names: list[str], height: int) -> dict:
         starts = _block_starts(names, gap)
         if starts is not None:
             shown = [names[i] for i in starts]
-            title += ": labelled where a block starts, every row named on hover"
+            title += ": block starts labelled, hover names each row"
         else:
             shown = names[::gap]
-            title += f": every {_ordinal(gap)} row labelled, every row named on hover"
+            title += f": every {_ordinal(gap)} row labelled, hover names each row"
     return {
         "title": {"text": title},
         "tickmode": "array",
