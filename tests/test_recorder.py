@@ -930,8 +930,8 @@ def test_attach_to_a_path_that_cannot_be_written_fails_at_attach(tmp_path):
         with pytest.raises(gradscope.RunFileError) as caught:
             gradscope.attach(mlp(), path)
         assert str(caught.value) == (
-            f"{path}: {tmp_path / 'file.h5'} is a file, not a folder; choose a path whose "
-            "folders are folders"
+            f"{path}: {tmp_path / 'file.h5'} is a file, not a folder, so nothing can be written "
+            "inside it; choose another path"
         )
 
 

@@ -56,7 +56,8 @@ def check_run_path(path, overwrite: bool, resume: bool) -> Path:
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise RunFileError(
-            f"{path}: {blocking} is a file, not a folder; choose a path whose folders are folders"
+            f"{path}: {blocking} is a file, not a folder, so nothing can be written inside it; "
+            "choose another path"
         )
     if path.exists():
         if not (overwrite or resume):
