@@ -6,7 +6,9 @@ STAT = "stat"  # dropdown: statistic
 LAYER_TYPES = "layer-types"  # dropdown: layer types to keep (empty = all)
 LAYER_PATTERN = "layer-pattern"  # text: layer name pattern
 STEP = "step"  # slider: index into the steps of the selected runs
+STEP_INPUT = "step-input"  # number box beside the slider: the step, typed or shown
 STEP_LABEL = "step-label"  # text: the step the slider points at
+RATIO_NUMERATOR = "ratio-numerator"  # radio: which of the ratio's two runs is on top (0 or 1)
 WINDOW = "window"  # number: records to average the flow curve over
 SCALE = "scale"  # radio: log or linear values
 DEPTH_AXIS = "depth-axis"  # radio: layers aligned by name, own layer index, normalized depth
@@ -24,7 +26,7 @@ NONFINITE = "nonfinite"  # above the panels: where each selected run's first inf
 PANELS = {
     "flow": "Gradient flow across depth",
     "heatmap": "Depth x step heatmap",
-    "ratio": "Ratio heatmap of the first two selected runs",
+    "ratio": "Ratio heatmap of the first two selected runs:",
     "training": "Training curves",
 }
 
@@ -46,6 +48,7 @@ CONTROL_VALUES = {
     "depth_axis": (DEPTH_AXIS, "value"),
     "lines": (LINES, "value"),
     "smoothing": (SMOOTHING, "value"),
+    "ratio_numerator": (RATIO_NUMERATOR, "value"),
 }
 
 # The probe view: probe files (gradscope probe), listed and shown apart from training runs.

@@ -53,7 +53,7 @@ def attach(
             owning parameters directly).
         batch_sample: activation moments use the first this-many rows of each output (None:
             the whole batch); `act_grad_norm` always uses the whole batch.
-        overwrite: replace an existing file.
+        overwrite: replace an existing file (never one that a live recorder is writing).
         resume: append to an existing file after its last step.
         start_step: with `resume=True`, the step to continue from: records at steps >= it are
             dropped first (a run resumed from a checkpoint at that step).

@@ -7,13 +7,13 @@ _diagnosis.py applies the rules that make sense on one record, and the probe's o
 import math
 import warnings
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 
 from gradscope._json import json_number
 from gradscope.errors import UsageError
 from gradscope.store import is_probe
+from gradscope.store._names import path_label
 
 SCAN_CHUNK_RECORDS = 4096  # records read at a time by the exact non-finite scan
 # Statistics scanned record by record for the first non-finite value (those present in the run).
@@ -130,10 +130,9 @@ class Diagnosis:
 
     def to_text(self) -> str:
         """Human-readable report, findings grouped by kind, as printed by `gradscope inspect`."""
-        path = Path(self.path)
         if self.probe is None:
             lines = [
-                f"diagnosis of {path.parent.name}/{path.stem}: {self.records} records "
+                f"diagnosis of {path_label(self.path)}: {self.records} records "
                 f"(steps {self.first_step}..{self.last_step}), {self.layers} layers"
             ]
             when = f"median over the latest {self.thresholds.recent_fraction:.0%} of records"

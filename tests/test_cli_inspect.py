@@ -93,6 +93,27 @@ def test_inspect_reports_bad_files_with_exit_code_2(tmp_path, capsys, content):
     assert err.startswith("gradscope inspect: error:") and "nope.h5" in err
 
 
+def test_inspect_of_a_folder_says_it_is_a_folder_and_names_its_runs(tmp_path, capsys):
+    for name in ("b.h5", "a.h5"):
+        _write_run(tmp_path / name)
+    assert main(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"gradscope inspect: error: {tmp_path}: is a folder, not a run file; name one of the "
+        "run files in it: a.h5, b.h5\n"
+    )
+    assert main(["inspect", str(tmp_path.parent)]) == 2
+    assert "none is directly in this folder" in capsys.readouterr().err
+
+
+def test_inspect_in_the_runs_own_folder_names_it_without_a_slash(tmp_path, capsys, monkeypatch):
+    _write_run(tmp_path / "run.h5")
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "run.h5"]) == 0
+    out = capsys.readouterr().out
+    assert "\ndiagnosis of run: 4 records" in out and "/run" not in out
+
+
 def test_inspect_shows_diagnosis_and_json(tmp_path, capsys):
     import json
 

@@ -15,6 +15,7 @@ from gradscope.recorder import _distributed as D
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
+from gradscope.recorder._backward_order import GradientArrivals
 from gradscope.recorder._compiled_code import forget_compiled_code
 from gradscope.recorder._flight import AFTER_UPDATE
 from gradscope.recorder._forward_hooks import ForwardHooks
@@ -25,6 +26,7 @@ from gradscope.recorder._schedule import make_schedule
 from gradscope.recorder._trips import NonFiniteTrips
 from gradscope.recorder._wrappers import unwrap, user_type_name
 from gradscope.store import RunWriter, open_run
+from gradscope.store._metric_values import check_metric, metric_value
 from gradscope.store._prepare import check_run_path
 
 DEFAULT_BATCH_SAMPLE = 32  # rows of each output used for activation moments (not act_grad_norm)
@@ -150,6 +152,8 @@ class Recorder(NonFiniteTrips):
         self._muted = False  # the recorder's module hooks ignore calls (a replay's own)
         self._flight = self._flight_recorder(model, nonfinite)
         self._install_hooks()
+        # until the depth order is fixed: places modules whose parameters are used uncalled
+        self._arrivals = GradientArrivals([m for _, m in self._modules], self._sharded)
         for own in self._own_paths():
             _LIVE_PATHS[os.path.realpath(own)] = self
         for name, module in self._modules:
@@ -268,17 +272,20 @@ class Recorder(NonFiniteTrips):
         return True
 
     def log(self, step: int | None = None, **metrics: float) -> None:
-        """Store scalar metrics against `step` (default: the step in progress or just finished)."""
+        """Store scalar metrics against `step` (default: the step in progress or just finished).
+
+        Each value is one real number: a Python or NumPy int or float, or a one-element tensor
+        or array; inf and NaN are stored as they are. Anything else is a UsageError.
+        """
         self._check_open()
-        if not self._own_paths():
-            return  # a rank that writes no file (under torch.distributed, rank 0 writes)
+        if not self._own_paths():  # a rank that writes no file (under torch.distributed)
+            for name, value in metrics.items():
+                check_metric(name, value)  # the error rank 0 raises, without reading tensors
+            return
         if step is None:
             step = self._step if self._in_step or self._step == self._start_step else self._step - 1
-        values = {}
-        for name, value in metrics.items():
-            if isinstance(value, torch.Tensor):
-                value = value.item()  # note: a host sync; pass floats to avoid it
-            values[name] = float(value)
+        # note: a tensor is read with .item(), a host sync; pass floats to avoid it
+        values = {name: metric_value(name, value) for name, value in metrics.items()}
         if not self._writers():
             self._pending_metrics.append((int(step), values))
         for writer in self._writers():
@@ -292,6 +299,7 @@ class Recorder(NonFiniteTrips):
         self._forward_hooks.remove()
         if self._flight is not None:
             self._flight.close()
+        self._arrivals.remove()
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -519,8 +527,8 @@ class Recorder(NonFiniteTrips):
 
     def _fix_depth_order(self) -> None:
         called = sorted(self._first_call, key=self._first_call.get)
-        never = [i for i in range(len(self._modules)) if i not in self._first_call]
-        self._order = called + never
+        self._order = self._arrivals.depth_order(called, len(self._modules))
+        self._arrivals.remove()
 
     def _ensure_writer(self) -> tuple[RunWriter | None, RunWriter | None]:
         """The (global, local) writers this rank has, opened on first use."""

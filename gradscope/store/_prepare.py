@@ -20,6 +20,10 @@ from gradscope.store._rows import read_events_rows, read_rows
 LIVE_HEARTBEAT_SECONDS = 30.0  # a writer whose heartbeat is older than this is presumed gone
 COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied at once when rebuilding a crashed file
 
+# The run files that writers of this process hold open (real paths): the process's own pid
+# says nothing about whether a file it wrote is still being written.
+WRITING_HERE: set[str] = set()
+
 
 @dataclass
 class WritableRun:
@@ -39,8 +43,9 @@ def check_run_path(path, overwrite: bool, resume: bool) -> Path:
     """Check that a run file can be written at `path` now; returns it as a Path.
 
     Creates the parent folder if missing. Raises UsageError for conflicting options and
-    RunFileError for an existing file (without overwrite or resume), a folder in the way, or
-    a place that cannot be written.
+    RunFileError for an existing file (without overwrite or resume), a file that a live
+    recorder is writing (whatever overwrite says), a folder in the way, or a place that
+    cannot be written.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"a run file path must be a str or os.PathLike, got {type(path).__name__}")
@@ -49,10 +54,18 @@ def check_run_path(path, overwrite: bool, resume: bool) -> Path:
         raise UsageError("pass overwrite=True or resume=True, not both")
     if path.is_dir():
         raise RunFileError(f"{path}: is a folder; give the path of a .h5 file to write")
-    if path.exists() and not (overwrite or resume):
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
         raise RunFileError(
-            f"{path}: file exists; pass overwrite=True to replace it or resume=True to append"
+            f"{path}: {blocking} is a file, not a folder, so nothing can be written inside it; "
+            "choose another path"
         )
+    if path.exists():
+        if not (overwrite or resume):
+            raise RunFileError(
+                f"{path}: file exists; pass overwrite=True to replace it or resume=True to append"
+            )
+        _check_not_being_written(path, resume)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):
@@ -118,7 +131,6 @@ def _package_version(name: str) -> str:
 
 
 def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
-    _check_not_being_written(path)
     f = _open_current_format(path)
     if f is None:
         # The writer died (the file still carries its "open for write" flags), or an older
@@ -165,35 +177,51 @@ def _open_current_format(path: Path) -> h5py.File | None:
     return f
 
 
-def _check_not_being_written(path: Path) -> None:
-    """Refuse to resume a file that another live process is writing."""
+def _check_not_being_written(path: Path, resume: bool) -> None:
+    """Refuse to resume or replace a run file that a live recorder is writing.
+
+    A file that cannot be read as a run file has no recorder writing it: resuming it is an
+    error, replacing it (overwrite) is allowed.
+    """
+    action = "resume it" if resume else "replace it"
     try:
         with open_for_reading(path) as f:
             if f.attrs.get("format") != schema.FORMAT_NAME:
-                raise RunFileError(f"{path}: not a gradscope run file; cannot resume it")
+                if resume:
+                    raise RunFileError(f"{path}: not a gradscope run file; cannot resume it")
+                return
             status = f[schema.STATUS][0]
             host = f.attrs.get("writer_host")
             pid = int(f.attrs.get("writer_pid", -1))
     except (OSError, KeyError, RuntimeError) as e:
-        raise RunFileError(f"{path}: cannot read the run file to resume it: {e}") from e
+        if not resume:
+            return
+        raise RunFileError(f"{path}: cannot read the run file to {action}: {e}") from e
     if status["closed"]:
         return
-    if host == socket.gethostname():
+    here = host == socket.gethostname() and pid == os.getpid()
+    if here:
+        alive = os.path.realpath(path) in WRITING_HERE
+    elif host == socket.gethostname():
         alive = _process_exists(pid)
     else:
         alive = time.time() - float(status["heartbeat"]) < LIVE_HEARTBEAT_SECONDS
-    if alive:
+    if not alive:
+        return
+    if here:
         raise RunFileError(
-            f"{path}: another process (pid {pid} on {host}) is still writing this run; "
-            "stop it before resuming"
+            f"{path}: this process (pid {pid}) is still writing this run; close its recorder "
+            f"(rec.close()) or RunWriter before you {action}, or write to another path"
         )
+    raise RunFileError(
+        f"{path}: a live recorder (pid {pid} on {host}) is writing this run; refusing to "
+        f"{action}: stop that process first, or write to another path"
+    )
 
 
 def _process_exists(pid: int) -> bool:
     if pid <= 0:
         return False
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

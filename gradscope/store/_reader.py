@@ -17,7 +17,7 @@ from gradscope.store._blocks import block_means
 from gradscope.store._events import events_frame
 from gradscope.store._header import check_not_truncated
 from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS
-from gradscope.store._rows import event_count, read_column, read_rows, read_status
+from gradscope.store._rows import event_count, read_column, read_rows, read_status, sealed_count
 
 READ_PIECE_BYTES = 16 * 1024 * 1024  # rows read at once when reducing a stat to max_records
 
@@ -41,6 +41,8 @@ class Run:
             )
         self.path = str(path)
         file_path = Path(path)
+        if file_path.is_dir():
+            raise RunFileError(f"{self.path}: is a folder, not a run file; {_runs_in(file_path)}")
         if not file_path.is_file():
             raise RunFileError(f"{self.path}: no such file")
         if not h5py.is_hdf5(file_path):
@@ -115,6 +117,25 @@ class Run:
             status = self._read_status()
         age = time.time() - float(status["heartbeat"])
         return not status["closed"] and age < LIVE_HEARTBEAT_SECONDS
+
+    def check_readable(self) -> None:
+        """Raise RunFileError unless every committed record and metric row is in the file.
+
+        Checks where each chunk of data lies against the file's size on disk, reading no data:
+        a copy cut short may open and list its records, yet hold only the first of them.
+        """
+        f = self._open_file()
+        with self._reading("the records"):
+            status = self._read_status()
+            n_records, n_metrics = int(status["records"]), int(status["metrics"])
+            sealed = min(sealed_count(status), n_records)
+            for name in (schema.STEPS, schema.TIME):
+                require_on_disk(f[name], 0, n_records)
+            for name in self.stats:
+                require_on_disk(f[schema.STATS_GROUP][name], 0, sealed)
+                require_on_disk(f[schema.TAIL_GROUP][name], 0, n_records - sealed)
+            for name in (schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE):
+                require_on_disk(f[name], 0, n_metrics)
 
     # contents
 
@@ -268,6 +289,17 @@ class Run:
             raise RunFileError(
                 f"{self.path}: cannot read {what} (truncated or corrupt?): {e}"
             ) from e
+
+
+def _runs_in(folder: Path, shown: int = 3) -> str:
+    """What to name instead of `folder`: the run files in it, or where else to look."""
+    runs = sorted(p.name for p in folder.glob("*.h5"))
+    if not runs:
+        return "name a .h5 run file (none is directly in this folder)"
+    names = ", ".join(runs[:shown])
+    if len(runs) > shown:
+        names += f" and {len(runs) - shown} more"
+    return f"name one of the run files in it: {names}"
 
 
 def _block_means(rows, n_layers: int, first: int, stop: int, block: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import atexit
 import operator
+import os
 import queue
 import threading
 import time
@@ -12,7 +13,8 @@ import numpy as np
 from gradscope.errors import RunFileError, UsageError
 from gradscope.store import _schema as schema
 from gradscope.store._events import encode_event
-from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS, prepare_run_file
+from gradscope.store._metric_values import metric_value
+from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS, WRITING_HERE, prepare_run_file
 
 MAX_FLUSH_INTERVAL = LIVE_HEARTBEAT_SECONDS / 3  # the heartbeat is written at every flush
 MAX_PENDING_BYTES = 32 * 1024 * 1024  # the writer thread flushes early past this much data
@@ -51,6 +53,8 @@ class RunWriter:
         )
         self.path = str(path)
         self._file = opened.file
+        self._real_path = os.path.realpath(path)
+        WRITING_HERE.add(self._real_path)
         self._datasets = {}  # path -> open dataset, for the writer thread (see _dataset)
         self._n_records = opened.n_records
         self._n_metrics = opened.n_metrics
@@ -109,10 +113,7 @@ class RunWriter:
                 raise UsageError(
                     f"metric name {name!r} must be 1 to {schema.METRIC_NAME_BYTES} bytes of UTF-8"
                 )
-            try:
-                rows.append((step, encoded, float(value)))
-            except (TypeError, ValueError) as e:
-                raise UsageError(f"metric {name!r} must be a number, got {value!r}") from e
+            rows.append((step, encoded, metric_value(name, value)))
         if not rows:
             return
         last = self._last_metric_step
@@ -185,6 +186,7 @@ class RunWriter:
                 self._file.close()
             except Exception as e:  # noqa: BLE001
                 self._error = self._error or e
+            WRITING_HERE.discard(self._real_path)
 
     def _serve(self) -> None:
         next_flush = time.monotonic() + self._flush_interval
