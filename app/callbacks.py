@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from dash import MATCH, Input, Output, State, ctx, dcc, html, no_update
 from gradscope.app import ids
 from gradscope.app.controls import (
     Controls,
     layer_type_options,
     pick_stat,
+    ratio_options,
     stat_options,
 )
-from gradscope.app.layout import diagnosis_heading, run_options, run_table, run_versions
+from gradscope.app.layout import (
+    diagnosis_heading,
+    nonfinite_banner,
+    run_options,
+    run_table,
+    run_versions,
+)
 from gradscope.app.panels import (
     PANEL_CONTROLS,
     apply_zoom,
@@ -88,8 +96,8 @@ def refresh_run_list(index: RunIndex, root_label: str, selected, versions, searc
 def control_values(index: RunIndex, selected, stat, step_index, step_max) -> dict:
     """Options and values of the controls that depend on the selected runs.
 
-    Keys: stat_options, stat, type_options, step_max, step_index, step_marks, message.
-    A slider left at its last position stays at the last position as runs grow.
+    Keys: stat_options, stat, type_options, step_max, step_index, step_marks, ratio_options,
+    message. A slider left at its last position stays at the last position as runs grow.
     """
     out = {
         "stat_options": [],
@@ -98,6 +106,7 @@ def control_values(index: RunIndex, selected, stat, step_index, step_max) -> dic
         "step_max": 0,
         "step_index": 0,
         "step_marks": None,
+        "ratio_options": [],
         "message": "",
     }
     try:
@@ -107,10 +116,11 @@ def control_values(index: RunIndex, selected, stat, step_index, step_max) -> dic
             return out
 
         def options(runs):
-            return stat_options(runs), figures.available_steps(runs), layer_type_options(runs)
+            steps = figures.available_steps(runs)
+            return stat_options(runs), steps, layer_type_options(runs), ratio_options(runs)
 
-        (available, steps, out["type_options"]), problems = with_readable_runs(
-            index, controls.runs, options
+        (available, steps, out["type_options"], out["ratio_options"]), problems = (
+            with_readable_runs(index, controls.runs, options)
         )
     except Exception as e:  # noqa: BLE001 - shown on the page
         out["message"] = describe_error(index, e)
@@ -158,6 +168,44 @@ def _latest_steps(runs) -> tuple[int, dict]:
     """(the latest step every run has, {run label: its own latest step})."""
     ends = {figures.run_label(run): int(run.steps[-1]) for run in runs if len(run.steps)}
     return figures.latest_common_step(runs), ends
+
+
+def step_input(index: RunIndex, selected, step_index, typed=None, was_typed=False) -> tuple:
+    """(slider position or no_update, the step box's value) for the box beside the slider.
+
+    The box shows the step the flow curve draws at the slider's position (at the last: the
+    latest step every selected run has). A step typed in it (applied on Enter or on leaving
+    the box) moves the slider to the nearest record, and the box then shows that record's step.
+    """
+    try:
+        controls = Controls.from_request(runs=selected, step_index=step_index)
+        if not controls.runs:
+            return no_update, None
+        (steps, common), _ = with_readable_runs(index, controls.runs, _steps_and_latest)
+    except Exception:  # noqa: BLE001 - the step label beside the box shows what is wrong
+        return no_update, no_update
+    if len(steps) == 0:
+        return no_update, None
+    last = len(steps) - 1
+    position = last if controls.step_index is None else min(controls.step_index, last)
+
+    def shown(at: int) -> int:
+        return common if at == last else int(steps[at])
+
+    if not was_typed:
+        return no_update, shown(position)
+    if isinstance(typed, bool) or not isinstance(typed, (int, float)) or typed != typed:
+        return no_update, shown(position)  # emptied or not a number: back to the slider's step
+    if typed == shown(position):
+        return no_update, shown(position)  # unchanged: a slider at "latest" stays there
+    nearest = int(figures.nearest_positions(steps, np.array([typed]))[0])
+    return nearest, shown(nearest)
+
+
+def _steps_and_latest(runs) -> tuple:
+    """(every step of the runs, sorted; the latest step all of them have), or no latest."""
+    steps = figures.available_steps(runs)
+    return steps, figures.latest_common_step(runs) if len(steps) else None
 
 
 def figure_output(index: RunIndex, kind: str, values: dict, zoom: dict | None = None) -> tuple:
@@ -233,6 +281,25 @@ def diagnosis_output(index: RunIndex, selected) -> list:
     return blocks
 
 
+def nonfinite_output(index: RunIndex, selected) -> list:
+    """The banner over the panels: each selected run's stored origins of non-finite values
+    (the flight recorder's sentences, in step order, as the heatmap marks them); empty when no
+    run has one."""
+    try:
+        controls = Controls.from_request(runs=selected)
+        colours = index.colours()
+        origins = []
+        with index.open_good_runs(list(controls.runs)) as (runs, _):
+            for run in runs:
+                label = figures.run_label(run)
+                sentences = list(figures.marked_origins(run)["message"])
+                if sentences:
+                    origins.append((label, colours.get(label), sentences))
+    except Exception as e:  # noqa: BLE001 - shown on the page
+        return [html.Div(describe_error(index, e), className="panel-message text-danger")]
+    return nonfinite_banner(origins)
+
+
 # ----- Dash wrappers -----
 
 
@@ -267,6 +334,7 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
         Output(ids.STEP, "max"),
         Output(ids.STEP, "value"),
         Output(ids.STEP, "marks"),
+        Output(ids.RATIO_NUMERATOR, "options"),
         Output(ids.PAGE_MESSAGE, "children"),
         Input(ids.RUNS, "value"),
         Input(ids.VERSIONS, "data"),
@@ -283,8 +351,22 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
             v["step_max"],
             v["step_index"],
             v["step_marks"],
+            v["ratio_options"],
             v["message"],
         )
+
+    @app.callback(
+        Output(ids.STEP, "value", allow_duplicate=True),
+        Output(ids.STEP_INPUT, "value"),
+        Input(ids.STEP, "value"),
+        Input(ids.STEP_INPUT, "value"),
+        Input(ids.VERSIONS, "data"),
+        State(ids.RUNS, "value"),
+        prevent_initial_call=True,
+    )
+    def _on_step_input(step_index, typed, _versions, selected):
+        was_typed = ctx.triggered_id == ids.STEP_INPUT
+        return step_input(index, selected, step_index, typed, was_typed)
 
     @app.callback(
         Output(ids.STEP_LABEL, "children"),
@@ -318,6 +400,14 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
     )
     def _on_diagnosis(selected, _versions):
         return diagnosis_output(index, selected)
+
+    @app.callback(
+        Output(ids.NONFINITE, "children"),
+        Input(ids.RUNS, "value"),
+        Input(ids.VERSIONS, "data"),
+    )
+    def _on_nonfinite(selected, _versions):
+        return nonfinite_output(index, selected)
 
 
 def _register_panel(app, index: RunIndex, kind: str) -> None:

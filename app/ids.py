@@ -6,7 +6,9 @@ STAT = "stat"  # dropdown: statistic
 LAYER_TYPES = "layer-types"  # dropdown: layer types to keep (empty = all)
 LAYER_PATTERN = "layer-pattern"  # text: layer name pattern
 STEP = "step"  # slider: index into the steps of the selected runs
+STEP_INPUT = "step-input"  # number box beside the slider: the step, typed or shown
 STEP_LABEL = "step-label"  # text: the step the slider points at
+RATIO_NUMERATOR = "ratio-numerator"  # radio: which of the ratio's two runs is on top (0 or 1)
 WINDOW = "window"  # number: records to average the flow curve over
 SCALE = "scale"  # radio: log or linear values
 DEPTH_AXIS = "depth-axis"  # radio: layers aligned by name, own layer index, normalized depth
@@ -18,12 +20,13 @@ VERSIONS = "run-versions"  # store: records and mtime of each selected run, chan
 RUN_LIST = "run-list"  # the run table: swatch, model, folder, records, state
 PAGE_MESSAGE = "page-message"  # problems with the selection as a whole
 DIAGNOSIS = "diagnosis"  # the diagnosis text of each selected run
+NONFINITE = "nonfinite"  # above the panels: where each selected run's first inf/NaN appeared
 
 # Figure panels, in page order, with their titles.
 PANELS = {
     "flow": "Gradient flow across depth",
     "heatmap": "Depth x step heatmap",
-    "ratio": "Ratio heatmap of the first two selected runs",
+    "ratio": "Ratio heatmap of the first two selected runs:",
     "training": "Training curves",
 }
 
@@ -45,6 +48,7 @@ CONTROL_VALUES = {
     "depth_axis": (DEPTH_AXIS, "value"),
     "lines": (LINES, "value"),
     "smoothing": (SMOOTHING, "value"),
+    "ratio_numerator": (RATIO_NUMERATOR, "value"),
 }
 
 # The probe view: probe files (gradscope probe), listed and shown apart from training runs.

@@ -139,9 +139,38 @@ def _run_row(entry: RunEntry, root_label: str, colours: dict, chosen: bool) -> h
     )
 
 
+BANNER_PER_RUN = 3  # origins said over the panels per run; `gradscope inspect` lists all
+
+
+def nonfinite_banner(origins: list[tuple[str, str | None, list[str]]]) -> list:
+    """The sentences saying where each run's first non-finite values appeared, over the panels:
+    (run label, its colour, its sentences) each; nothing when no run has one."""
+    lines = []
+    for label, colour, sentences in origins:
+        for sentence in sentences[:BANNER_PER_RUN]:
+            lines.append(
+                html.Div([swatch(colour), html.Strong(f"{label}: "), sentence], className="small")
+            )
+        if len(sentences) > BANNER_PER_RUN:
+            more = len(sentences) - BANNER_PER_RUN
+            lines.append(html.Div(f"{label}: and {more} more (gradscope inspect lists them)"))
+    if not lines:
+        return []
+    return [dbc.Alert(lines, color="danger", className="mt-3 mb-2 py-2 nonfinite-origin")]
+
+
 def diagnosis_heading(label: str, colour: str | None) -> html.H6:
     """The heading of one run's diagnosis: its swatch and name."""
     return html.H6([swatch(colour), label], className="mt-3")
+
+
+# Dash 4's slider shows its value (here a record index) in a box of its own: the step box
+# beside it shows the step instead. Dash 2's slider has no such box (nor the argument).
+_NO_INDEX_BOX = (
+    {"allow_direct_input": False}
+    if "allow_direct_input" in dcc.Slider().available_properties
+    else {}
+)
 
 
 def _labelled(label: str, control) -> html.Div:
@@ -185,7 +214,31 @@ def controls(entries: list[RunEntry], selected: list[str], colours: dict) -> htm
                 "Step (flow curve)",
                 html.Div(
                     [
-                        dcc.Slider(id=ids.STEP, min=0, max=0, step=1, value=0, marks=None),
+                        html.Div(
+                            [
+                                html.Div(
+                                    dcc.Slider(
+                                        id=ids.STEP,
+                                        min=0,
+                                        max=0,
+                                        step=1,
+                                        value=0,
+                                        marks=None,
+                                        **_NO_INDEX_BOX,
+                                    ),
+                                    className="flex-grow-1",
+                                ),
+                                dbc.Input(
+                                    id=ids.STEP_INPUT,
+                                    type="number",
+                                    debounce=True,  # Enter or leaving the box applies it
+                                    size="sm",
+                                    placeholder="step",
+                                    style={"width": "6.5em"},
+                                ),
+                            ],
+                            className="d-flex align-items-center gap-2",
+                        ),
                         html.Div(id=ids.STEP_LABEL, className="small text-muted"),
                     ]
                 ),
@@ -242,13 +295,15 @@ def controls(entries: list[RunEntry], selected: list[str], colours: dict) -> htm
     )
 
 
-def figure_panel(panel: str, title: str) -> dbc.Card:
-    """One figure with its title, PNG download button and message line."""
+def figure_panel(panel: str, title: str, choice=None) -> dbc.Card:
+    """One figure with its title, a control of its own after it (`choice`), PNG download
+    button and message line."""
     return dbc.Card(
         [
             dbc.CardHeader(
                 [
                     html.H5(title, className="d-inline-block me-3 mb-0 align-middle"),
+                    *([choice] if choice is not None else []),
                     dbc.Button(
                         "PNG",
                         id=ids.panel_id("png-button", panel),
@@ -286,6 +341,20 @@ def figure_panel(panel: str, title: str) -> dbc.Card:
     )
 
 
+def panel_choice(panel: str):
+    """The control that belongs to one panel, shown in its header, or None: which run is the
+    ratio's numerator (its options, named after the runs, follow the selection)."""
+    if panel != "ratio":
+        return None
+    return dbc.RadioItems(
+        id=ids.RATIO_NUMERATOR,
+        options=[],
+        value=0,
+        inline=True,
+        className="d-inline-block small me-3 align-middle",
+    )
+
+
 def page(index: RunIndex, root_label: str) -> dbc.Container:
     """The whole page, scanned fresh on each load so new runs and the newest selection show."""
     from gradscope.app.probe_view import probe_section, probe_sidebar  # it imports this module
@@ -319,7 +388,8 @@ def page(index: RunIndex, root_label: str) -> dbc.Container:
                 className="text-danger small mt-3",
                 style={"whiteSpace": "pre-wrap"},
             ),
-            *[figure_panel(p, t) for p, t in ids.PANELS.items()],
+            html.Div(id=ids.NONFINITE),
+            *[figure_panel(p, t, panel_choice(p)) for p, t in ids.PANELS.items()],
             dbc.Card(
                 [
                     dbc.CardHeader(html.H5("Diagnosis", className="mb-0")),

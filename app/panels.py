@@ -27,7 +27,7 @@ PANEL_CONTROLS = {
         "lines",
     ),
     "heatmap": ("stat", "layer_types", "layer_pattern", "scale"),
-    "ratio": ("stat", "layer_types", "layer_pattern"),
+    "ratio": ("stat", "layer_types", "layer_pattern", "ratio_numerator"),
     "training": ("smoothing",),
 }
 
@@ -59,8 +59,9 @@ def _heatmap(runs, c: Controls, colours) -> go.Figure:
 def _ratio(runs, c: Controls, colours) -> go.Figure:
     if len(runs) < 2:
         raise UsageError("select two runs to see their ratio heatmap")
+    top, bottom = runs[:2] if c.ratio_numerator == 0 else runs[1::-1]
     return figures.ratio_heatmap(
-        runs[0], runs[1], _require_stat(c), max_steps=MAX_HEATMAP_STEPS, **c.filters()
+        top, bottom, _require_stat(c), max_steps=MAX_HEATMAP_STEPS, **c.filters()
     )
 
 
@@ -94,7 +95,7 @@ def panel_figure(kind: str, runs, controls: Controls, colours=None) -> go.Figure
 
 
 # Controls that move along the same axes rather than change them: the zoom survives these.
-SAME_VIEW_CONTROLS = ("step_index", "window", "smoothing")
+SAME_VIEW_CONTROLS = ("step_index", "window", "smoothing", "ratio_numerator")
 
 
 def view_key(kind: str, controls: Controls) -> str:

@@ -46,8 +46,12 @@ class RunIndex:
 
     def __init__(self, runs_dir: str | os.PathLike):
         root = Path(runs_dir).expanduser()
+        if root.exists() and not root.is_dir():
+            raise UsageError(
+                f"runs folder {str(root)!r} is a file; give the folder that holds the run files"
+            )
         if not root.is_dir():
-            raise UsageError(f"runs folder {str(root)!r} does not exist or is not a folder")
+            raise UsageError(f"runs folder {str(root)!r} does not exist")
         self.root = root.resolve()
         self._lock = threading.RLock()
         self._runs: dict[str, _CachedRun] = {}  # rel -> its open Run, inode and lock
@@ -124,6 +128,7 @@ class RunIndex:
             entry = RunEntry(**base, error=self.relative_message(f"cannot read file: {e}", rel))
         else:
             try:
+                run.check_readable()  # a copy cut short opens, but its records are not all there
                 entry = RunEntry(
                     **base,
                     model=run_model(run),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gradscope.diagnosis import diagnose
-from gradscope.errors import GradscopeError, RunFileError, UsageError
+from gradscope.errors import GradscopeError, NonFiniteError, RunFileError, UsageError
 from gradscope.store import open_run
 
 if TYPE_CHECKING:  # torch loads only when a recorder is made: `import gradscope` stays light
@@ -35,6 +35,7 @@ def attach(
     flush_interval: float = 2.0,
     all_ranks: bool = False,
     manual_gradients: bool = False,
+    nonfinite: str = "watch",
 ) -> Recorder:
     """Attach a recorder to `model` that streams per-layer statistics to the run file `path`.
 
@@ -52,7 +53,7 @@ def attach(
             owning parameters directly).
         batch_sample: activation moments use the first this-many rows of each output (None:
             the whole batch); `act_grad_norm` always uses the whole batch.
-        overwrite: replace an existing file.
+        overwrite: replace an existing file (never one that a live recorder is writing).
         resume: append to an existing file after its last step.
         start_step: with `resume=True`, the step to continue from: records at steps >= it are
             dropped first (a run resumed from a checkpoint at that step).
@@ -64,6 +65,13 @@ def attach(
         manual_gradients: read the gradients when `rec.read_gradients()` is called (from a
             framework's before-optimizer-step hook), not in `optimizer.step()`'s pre-hook, which
             under `optimizer.step(closure)` runs before the closure's backward.
+        nonfinite: the flight recorder (docs/nonfinite.md). At every update, one check for an
+            inf or NaN in any gradient or weight; when it finds one, the step is replayed with
+            checks on every watched module to find the first op that made it, the origin is
+            stored in the run file and the step recorded in full. Then "watch" (the default)
+            lets the update run, "skip" skips it (needs `optimizer`), "raise" raises
+            `gradscope.NonFiniteError` from `optimizer.step()` before the update; "off" does
+            none of it.
 
     Returns:
         The `gradscope.recorder.Recorder`: `log(**scalars)`, `step()`, `read_gradients()`,
@@ -86,6 +94,7 @@ def attach(
         flush_interval=flush_interval,
         all_ranks=all_ranks,
         manual_gradients=manual_gradients,
+        nonfinite=nonfinite,
     )
 
 
@@ -169,6 +178,7 @@ def probe(
 
 __all__ = [
     "GradscopeError",
+    "NonFiniteError",
     "RunFileError",
     "UsageError",
     "attach",

@@ -7,13 +7,13 @@ _diagnosis.py applies the rules that make sense on one record, and the probe's o
 import math
 import warnings
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 
 from gradscope._json import json_number
 from gradscope.errors import UsageError
 from gradscope.store import is_probe
+from gradscope.store._names import path_label
 
 SCAN_CHUNK_RECORDS = 4096  # records read at a time by the exact non-finite scan
 # Statistics scanned record by record for the first non-finite value (those present in the run).
@@ -86,6 +86,8 @@ class Finding:
     step: int | None  # first step at which the condition held
     value: float | None  # the measured quantity compared with the threshold
     message: str
+    phase: str | None = None  # "nonfinite" found by the replay: where in the step (see _origin)
+    op: str | None = None  # "nonfinite" found by the replay: the ATen op that made the value
 
     def to_dict(self) -> dict:
         """JSON-able dict; a non-finite value is written as the string "nan", "inf" or "-inf"."""
@@ -128,10 +130,9 @@ class Diagnosis:
 
     def to_text(self) -> str:
         """Human-readable report, findings grouped by kind, as printed by `gradscope inspect`."""
-        path = Path(self.path)
         if self.probe is None:
             lines = [
-                f"diagnosis of {path.parent.name}/{path.stem}: {self.records} records "
+                f"diagnosis of {path_label(self.path)}: {self.records} records "
                 f"(steps {self.first_step}..{self.last_step}), {self.layers} layers"
             ]
             when = f"median over the latest {self.thresholds.recent_fraction:.0%} of records"
@@ -186,7 +187,7 @@ def diagnose(run, thresholds: Thresholds | None = None, **overrides) -> Diagnosi
         result.skipped.append("every rule: the run has no records yet")
         return result
     stats = set(run.stats)
-    result.findings.extend(_first_nonfinite(run, names, stats))
+    result.findings.extend(_replayed_nonfinite(run) or _first_nonfinite(run, names, stats))
     if "grad_norm" in stats:
         rec_steps, grad = run.read("grad_norm", max_records=int(thresholds.max_records))
         grad = _positive(grad)
@@ -433,6 +434,24 @@ def _no_gradient(grad, names) -> list[Finding]:
             f"{names[j]}: no gradient recorded at any step (frozen or unused?)",
         )
         for j in np.flatnonzero(np.isnan(grad).all(axis=0))
+    ]
+
+
+def _replayed_nonfinite(run) -> list[Finding]:
+    """The origins the flight recorder stored (one per tripped step, in step order)."""
+    events = run.events
+    origins = events[events["kind"] == "nonfinite"]
+    return [
+        Finding(
+            "nonfinite",
+            row["layer"],
+            int(row["step"]),
+            None if math.isnan(row["op_absmax"]) else float(row["op_absmax"]),
+            row["message"],
+            phase=row["phase"],
+            op=row["op"],
+        )
+        for _, row in origins.iterrows()
     ]
 
 

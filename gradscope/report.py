@@ -18,8 +18,11 @@ if TYPE_CHECKING:  # the training side imports torch; `inspect` must not
 
 
 def print_report(run: Run, out) -> None:
-    """Print every section of the report on `out`."""
+    """Print every section of the report on `out`: where a non-finite value first appeared
+    (when the flight recorder found one) comes first."""
+    origins = nonfinite_text(run)
     sections = (
+        *([origins] if origins else []),
         summary_text(run),
         latest_record_text(run),
         latest_metrics_text(run),
@@ -45,8 +48,44 @@ def report_dict(run: Run) -> dict:
         "last_step": int(run.steps[-1]) if len(run.steps) else None,
         "latest_record": None if table is None else json_records(table.reset_index()),
         "latest_metrics": json_records(latest.reset_index()) if not latest.empty else [],
+        "nonfinite": nonfinite_counts(run),
+        "events": json_records(run.events),
         "diagnosis": diagnose(run).to_dict(),
     }
+
+
+def nonfinite_counts(run: Run) -> dict:
+    """How often the flight recorder acted: origins stored (steps where a non-finite value
+    reached an update), updates skipped by nonfinite="skip", and updates the AMP GradScaler
+    skipped for an overflow (expected under AMP: counted, never an origin)."""
+    events = run.events
+    origins = events[events["kind"] == "nonfinite"]
+    return {
+        "origins": len(origins),
+        "updates_skipped": int((origins["update"] == "skipped").sum()),
+        "amp_overflows_skipped": int((events["kind"] == "amp_overflow").sum()),
+    }
+
+
+def nonfinite_text(run: Run) -> str | None:
+    """The stored origins of non-finite values, one sentence each (None when there are none)."""
+    events = run.events
+    origins = events[events["kind"] == "nonfinite"]
+    if origins.empty:
+        return None
+    lines = [f"non-finite values ({len(origins)} step{'s' if len(origins) > 1 else ''}):"]
+    for _, row in origins.iterrows():
+        what = _UPDATE_WORDS[row["update"]]
+        recorded = "; recorded in full" if row["recorded"] else ""
+        lines.append(f"  {row['message']} [{what}{recorded}]")
+    return "\n".join(lines)
+
+
+_UPDATE_WORDS = {
+    "applied": "the update ran",
+    "skipped": "the update was skipped",
+    "raised": "NonFiniteError raised before the update",
+}
 
 
 def run_state(run: Run) -> str:
@@ -74,6 +113,15 @@ def summary_text(run: Run) -> str:
         f"stats:     {', '.join(run.stats)}",
         f"records:   {step_range}",
     ]
+    nonfinite = (attrs.get("attach_args") or {}).get("nonfinite")
+    counts = nonfinite_counts(run)
+    if nonfinite is not None or any(counts.values()):
+        mode = f"{nonfinite}; " if nonfinite else ""
+        lines.append(
+            f"nonfinite: {mode}origins stored: {counts['origins']}, updates skipped by "
+            f'nonfinite="skip": {counts["updates_skipped"]}, AMP overflows skipped by the '
+            f"GradScaler: {counts['amp_overflows_skipped']}"
+        )
     extras = {k: v for k, v in attrs.items() if k not in _SHOWN_ATTRS}
     if isinstance(extras.get(PROBE_ATTR), dict):  # a probe file: its description, in words
         extras[PROBE_ATTR] = probe_summary(extras[PROBE_ATTR])

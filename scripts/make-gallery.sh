@@ -39,8 +39,8 @@ FIRST=$(python3 -c "import gradscope, sys; print(int(gradscope.open_run(sys.argv
 "${EXPORT[@]}" --figure flow --stat act_grad_norm --width 900 --height 460 \
   --out "$IMAGES/flow-late.png"
 "${EXPORT[@]}" --figure heatmap --stat act_grad_norm --width 1100 --out "$IMAGES/heatmaps.png"
-gradscope export "$RUN/plain56.h5" "$RUN/resnet56.h5" --template paper --font-size 15 \
-  --figure ratio --stat act_grad_norm --width 1150 --out "$IMAGES/ratio.png"
+"${EXPORT[@]}" --figure ratio --numerator plain56 --stat act_grad_norm --width 1150 \
+  --out "$IMAGES/ratio.png"
 "${EXPORT[@]}" --figure curves --width 1000 --height 420 --out "$IMAGES/curves.png"
 
 # The pair before training: a probe at initialization (a Gaussian batch of 128), a few seconds.

@@ -22,7 +22,9 @@ def test_overhead_benchmark_runs_and_reports_every_variant(tmp_path, heap):
     out = result.stdout
     assert heap in out.splitlines()[0]
     assert "paired" in out and "A/A control" in out and "faults" in out
-    for variant in ("all stats, every=1", "all stats, every=10", "parameter stats, every=1"):
+    variants = ("all stats, every=1", "all stats, every=10", "parameter stats, every=1")
+    variants += ("all stats, every=1, nonfinite=off", "all stats, every=10, nonfinite=off")
+    for variant in variants:
         rows = re.findall(rf"^{re.escape(variant)}\s", out, flags=re.MULTILINE)
         assert len(rows) == 2  # a timing row and an on-disk row
     if heap == "steady heap":  # the floors: a timing row each (they write no file)
@@ -112,10 +114,13 @@ def test_overhead_device_path_reports_ratios_and_device_ops(tmp_path):
     assert set(figures["variants"]) >= {
         "all stats, every=1",
         "all stats, every=10",
+        "all stats, every=1, nonfinite=off",
+        "all stats, every=10, nonfinite=off",
         "floor: hooks alone",
         "floor: reads alone",
     }
     assert 0 < figures["device_ops_per_layer"] < 20
+    assert 0 < figures["watch_ops_per_step"] <= 4  # the goal: a few ops a step, none per layer
 
 
 def test_probe_benchmark_times_the_pair_and_the_sweep_against_bare_twins(one_thread, capsys):

@@ -170,3 +170,26 @@ def test_a_backward_that_reaches_no_watched_output_warns_and_records_no_batch(tm
     assert np.isnan(run.stat("gns_large_batch")).all()
     assert np.isnan(run.stat("gns_small_sq")).all()
     assert np.isfinite(run.stat("gns_large_sq")).all()
+
+
+def test_a_tripped_step_has_no_noise_scale_and_the_next_is_whole(tmp_path):
+    # The flight recorder replays a step whose gradient is not finite: its passes are no
+    # small batches, and its record has no noise scale; the steps around it are measured.
+    net = population_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    path = tmp_path / "trip.h5"
+    with pytest.warns(RuntimeWarning, match="step 1: .* is not"):
+        with gradscope.attach(net, path, optimizer=opt, stats=list(GNS_STATS), nonfinite="skip"):
+            for step in range(3):
+                for micro in range(2):
+                    x, y = draw(ROWS, step, micro)
+                    if step == 1 and micro == 1:
+                        y = y * float("inf")
+                    loss(net, x, y).backward()
+                opt.step()
+                opt.zero_grad()
+    run = gradscope.open_run(path)
+    assert list(run.steps) == [0, 1, 2]
+    for stat in GNS_STATS:
+        values = run.stat(stat)
+        assert np.isnan(values[1]).all() and np.isfinite(values[[0, 2]]).all(), stat

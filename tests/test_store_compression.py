@@ -142,6 +142,6 @@ def test_format_1_files_are_read_and_resumed(tmp_path):
     with _writer(path, resume=True) as w:
         w.append(12, values[0])
     with open_run(path) as run:
-        assert run.attrs["format_version"] == 2
+        assert run.attrs["format_version"] == 3
         np.testing.assert_array_equal(run.stat("act_mean")[:12], values[:, 1])
         np.testing.assert_array_equal(run.stat("act_mean")[12], values[0, 1])

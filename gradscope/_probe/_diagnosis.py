@@ -10,7 +10,6 @@ mean |activation| grows or shrinks with width. Needs numpy only, like the rest o
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +32,7 @@ from gradscope.store import (
     probe_values,
     width_exponents,
 )
+from gradscope.store._names import path_label
 
 WIDTH_STAT = "act_abs_mean"  # the coordinate size a width-stable layer keeps (muP)
 # Statistics scanned for non-finite values at initialization: a count of inf/NaN gradient
@@ -81,9 +81,8 @@ def diagnose_probe(run, thresholds: Thresholds) -> Diagnosis:
 
 def probe_heading(diagnosis: Diagnosis) -> str:
     """The first line of a probe's diagnosis text."""
-    path = Path(diagnosis.path)
     return (
-        f"diagnosis at initialization of {path.parent.name}/{path.stem} ({diagnosis.layers} "
+        f"diagnosis at initialization of {path_label(diagnosis.path)} ({diagnosis.layers} "
         f"layers): probe of {probe_summary(diagnosis.probe or {})}"
     )
 

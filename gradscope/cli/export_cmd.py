@@ -1,6 +1,7 @@
 """`gradscope export`: write a figure of one or more runs to a PNG file."""
 
 from contextlib import ExitStack
+from pathlib import Path
 
 from gradscope import figures
 from gradscope.errors import UsageError
@@ -76,6 +77,12 @@ def register(subparsers) -> None:
         help="curves only: EMA weight of the training curves in [0, 1), 0 = off (default: "
         f"{figures.DEFAULT_SMOOTHING:g})",
     )
+    parser.add_argument(
+        "--numerator",
+        metavar="RUN",
+        help="ratio only: the run on top of the ratio (red where it has more), one of the two "
+        "given, by file path, label (folder/model) or model name (default: the first)",
+    )
     parser.add_argument("--types", nargs="+", help="keep layers of these classes, e.g. Conv2d")
     parser.add_argument("--pattern", help="keep layers whose name matches this glob")
     parser.add_argument("--out", required=True, metavar="FILE.png", help="output PNG path")
@@ -110,6 +117,8 @@ def run(args) -> int:
             raise UsageError("--window applies only to --figure flow")
         if args.step is not None and args.figure not in PROBE_FIGURES:
             raise UsageError("--step applies only to --figure flow, spp and widths")
+    if args.figure != "ratio" and args.numerator is not None:
+        raise UsageError("--numerator applies only to --figure ratio")
     if args.figure == "ratio" and len(args.runs) != 2:
         raise UsageError(f"--figure ratio needs exactly 2 runs, got {len(args.runs)}")
     check_png_size(args.width, args.height, args.scale)
@@ -138,7 +147,7 @@ def build_figure(args, runs):
     selection = {"types": args.types, "pattern": args.pattern}
     stat = args.stat or DEFAULT_STAT
     if args.figure == "heatmap":
-        return figures.depth_step_heatmap(runs, stat, **selection)
+        return figures.depth_step_heatmap(runs, stat, height=args.height, **selection)
     if args.figure == "flow":
         return figures.flow_curve(
             runs,
@@ -150,5 +159,27 @@ def build_figure(args, runs):
             **selection,
         )
     if args.figure == "ratio":
-        return figures.ratio_heatmap(runs[0], runs[1], stat, **selection)
+        top, bottom = ratio_order(runs, args.numerator)
+        return figures.ratio_heatmap(top, bottom, stat, height=args.height, **selection)
     return figures.training_curves(runs, smoothing=args.smoothing)
+
+
+def ratio_order(runs, numerator: str | None) -> tuple:
+    """(numerator, denominator) of the two runs: `numerator` names one of them by file path,
+    label (folder/model) or model name; None keeps the order given."""
+    if numerator is None:
+        return runs[0], runs[1]
+    matches = [run for run in runs if numerator in _names_of(run)]
+    if len(matches) != 1:
+        names = " or ".join(f"{figures.run_label(run)} ({run.path})" for run in runs)
+        how = "names both runs" if matches else "is neither run"
+        raise UsageError(f"--numerator {numerator} {how}; name one of {names}")
+    top = matches[0]
+    return top, next(run for run in runs if run is not top)
+
+
+def _names_of(run) -> set[str]:
+    """What --numerator may call a run: its path as given or resolved, label, model, stem."""
+    path = Path(run.path)
+    names = {run.path, str(path.resolve()), path.stem}
+    return names | {figures.run_label(run), figures.run_model(run)}

@@ -4,10 +4,11 @@ and for probe files the signal propagation plot and the coordinate check)."""
 import numpy as np
 
 from gradscope.figures._colours import PALETTE, assign_colours, run_colours
-from gradscope.figures._common import as_run_list, run_label, run_model
+from gradscope.figures._common import as_run_list, run_label, run_model, short_labels
 from gradscope.figures._curves import DEFAULT_SMOOTHING, training_curves
 from gradscope.figures._flow import DEPTH_AXES, FLOW_LINES, flow_curve
-from gradscope.figures._heatmap import depth_step_heatmap, ratio_heatmap
+from gradscope.figures._heatmap import depth_step_heatmap, nearest_positions, ratio_heatmap
+from gradscope.figures._nonfinite_marks import marked_origins
 from gradscope.figures._spp import SPP_LAYERS, SPP_STATS, signal_propagation
 from gradscope.figures._widths import DEFAULT_WIDTH_STAT, layer_group, width_check
 from gradscope.figures._words import stat_words
@@ -38,11 +39,14 @@ __all__ = [
     "flow_curve",
     "latest_common_step",
     "layer_group",
+    "marked_origins",
+    "nearest_positions",
     "ratio_heatmap",
     "run_colours",
     "run_label",
     "run_model",
     "signal_propagation",
+    "short_labels",
     "stat_words",
     "training_curves",
     "width_check",

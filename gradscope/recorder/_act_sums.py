@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 
 from gradscope.recorder import _stats as S
+from gradscope.recorder._compiled_code import untraced
 from gradscope.recorder._kernels import KernelChoice, SampleGroup, grad_norm_into
 
 INITIAL_HOST_ROWS = 256
@@ -46,21 +45,6 @@ class HostRows:
         kept = self.used - count
         self.table[:kept] = self.table[count : self.used]
         self.used = kept
-
-
-def _untraced(method):
-    """`method`, run as it is even where dynamo traces its caller (the hooks of a compiled
-    model): it fills host tables and calls numba, which dynamo must not trace. Untraced calls
-    cost one test in eager mode, where torch.compiler.disable costs about 1 µs per call."""
-    eager = torch.compiler.disable(method)
-
-    @functools.wraps(method)
-    def wrapper(*args):
-        if torch.compiler.is_compiling():
-            return eager(*args)
-        return method(*args)
-
-    return wrapper
 
 
 def _numba_kernels():
@@ -111,7 +95,7 @@ class ActivationSums:
         """Each call's layer position (a view of a reused table)."""
         return self._calls.column(1)
 
-    @_untraced
+    @untraced
     def add(self, tensors: list[torch.Tensor], position: int) -> None:
         """The sums of one call's floating outputs (`tensors`, all of one module call)."""
         if self._numba_on_cpu and tensors[0].is_cpu:
@@ -235,7 +219,7 @@ class OutputGradSums:
             return columns[0]
         return np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
 
-    @_untraced
+    @untraced
     def add(self, grad: torch.Tensor, position: int) -> None:
         """The sum of squares of one output gradient of the layer at `position`."""
         device = grad.device

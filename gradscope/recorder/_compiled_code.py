@@ -1,10 +1,14 @@
-"""torch.compile's code in this process: how much of it others compiled, and dropping theirs."""
+"""torch.compile's code in this process: how much of it others compiled, dropping theirs, and
+hooks that run untraced inside compiled models."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from contextlib import contextmanager, nullcontext
 from types import CodeType
+
+import torch
 
 _own_frames = 0  # frames compiled for gradscope's own kernels (`compiling_our_own`)
 _own_codes: set[CodeType] = set()  # the functions of those kernels, whose code is kept
@@ -64,3 +68,19 @@ def forget_compiled_code() -> None:
             if code is not None and code not in _own_codes:
                 reset_code(code)
     _others_frames_dropped = others
+
+
+def untraced(method):
+    """`method`, run as it is even where dynamo traces its caller (the hooks of a compiled
+    model): hooks that fill host tables, call numba or keep references, which dynamo must not
+    trace. Untraced calls cost one test in eager mode, where torch.compiler.disable costs about
+    1 µs per call."""
+    eager = torch.compiler.disable(method)
+
+    @functools.wraps(method)
+    def wrapper(*args):
+        if torch.compiler.is_compiling():
+            return eager(*args)
+        return method(*args)
+
+    return wrapper

@@ -115,9 +115,17 @@ class NoiseScaleSums:
         self._hooked.clear()
         self.armed = False
 
+    def void(self) -> None:
+        """This step's passes do not count (a non-finite value tripped the flight recorder,
+        which replays them): its record has no noise scale."""
+        self.disarm()
+        self._void = True
+
     def output(self, starts_forward: bool, tensors: list[torch.Tensor]) -> None:
         """A watched module's floating outputs on a recorded step (`starts_forward`: it is the
         first module of a forward pass): the first that needs a gradient will tell its rows."""
+        if self._void:
+            return
         if starts_forward:
             self._forward += 1
             self._call = 0
@@ -165,7 +173,7 @@ class NoiseScaleSums:
 
     def _backward_started(self) -> None:
         """The first hook of a backward pass: close the small batch when the pass ends."""
-        if not self._queued:
+        if not self._queued and not self._void:
             self._queued = True
             torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
 
@@ -232,6 +240,9 @@ class NoiseScaleSums:
         def per_layer(value: float) -> torch.Tensor:
             return torch.full((self._n_layers,), value, dtype=torch.float64, device=self._device)
 
+        if self._void:
+            nan = per_layer(float("nan"))
+            return {name: nan for name in SMALL_SUMS + LARGE_SUMS}
         if not self._rows_known and not self._warned:
             self._warned = True
             warnings.warn(
@@ -264,6 +275,7 @@ class NoiseScaleSums:
         self._rows_known = True
         self._reached: dict[int, tuple[int, int]] = {}  # forward pass -> (call, rows)
         self._queued = False
+        self._void = False
         self._norms.zero_()
 
 

@@ -11,26 +11,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradscope.errors import UsageError
+from gradscope.errors import NonFiniteError, UsageError
 from gradscope.recorder import _distributed as D
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
+from gradscope.recorder._backward_order import GradientArrivals
 from gradscope.recorder._compiled_code import forget_compiled_code
+from gradscope.recorder._flight import AFTER_UPDATE
 from gradscope.recorder._forward_hooks import ForwardHooks
 from gradscope.recorder._kernels import kernel_choice
 from gradscope.recorder._layer_selection import select_modules
 from gradscope.recorder._noise_scale import NoiseScaleSums
 from gradscope.recorder._record import finish_record, finish_record_fused
 from gradscope.recorder._schedule import make_schedule
+from gradscope.recorder._trips import NonFiniteTrips
 from gradscope.recorder._wrappers import unwrap, user_type_name
 from gradscope.store import RunWriter, open_run
+from gradscope.store._metric_values import check_metric, metric_value
 from gradscope.store._prepare import check_run_path
 
 DEFAULT_BATCH_SAMPLE = 32  # rows of each output used for activation moments (not act_grad_norm)
 
 
-class Recorder:
+class Recorder(NonFiniteTrips):
     """Records statistics of the watched modules of `model` at optimizer-step boundaries.
 
     Use `gradscope.attach(...)` to make one. A record for step s holds the gradients read just
@@ -49,6 +53,10 @@ class Recorder:
     With `manual_gradients=True` the gradients are read when `read_gradients()` is called (a
     framework's before-optimizer-step hook) instead of in the optimizer's step pre-hook, which
     under `optimizer.step(closure)` runs before the closure's forward and backward.
+
+    With `nonfinite` other than "off", the flight recorder (`_flight.FlightRecorder`) checks
+    every update for an inf or NaN in a gradient or weight, and when it finds one replays the
+    step to find where it first appeared (docs/nonfinite.md).
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class Recorder:
         flush_interval: float = 2.0,
         all_ranks: bool = False,
         manual_gradients: bool = False,
+        nonfinite: str = "watch",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"gradscope.attach needs a torch.nn.Module, got {type(model).__name__}")
@@ -79,6 +88,7 @@ class Recorder:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         self.path = os.fspath(path)
+        self._check_nonfinite_mode(nonfinite, optimizer, manual_gradients)
         self.rank, self.world = D.rank_and_world()
         self._writes_global = self.rank == 0  # rank 0 writes the global statistics
         # with all_ranks every rank also writes its own, local statistics
@@ -121,6 +131,7 @@ class Recorder:
         self._data_parallel = D.data_parallel_kind(model) if self.world > 1 else None
         self._manual_gradients = bool(manual_gradients)
         self._attach_args["manual_gradients"] = self._manual_gradients
+        self._attach_args["nonfinite"] = nonfinite
 
         self._first_call: dict[int, int] = {}  # module position -> order of first call
         self._order: list[int] | None = None  # module positions in depth order, fixed at 1st step
@@ -151,7 +162,12 @@ class Recorder:
             if self._due:
                 self._noise.arm()
         self._hooks = []  # the optimizer's
+        self._in_update = False  # between the optimizer's step pre- and post-hooks
+        self._muted = False  # the recorder's module hooks ignore calls (a replay's own)
+        self._flight = self._flight_recorder(model, nonfinite)
         self._install_hooks()
+        # until the depth order is fixed: places modules whose parameters are used uncalled
+        self._arrivals = GradientArrivals([m for _, m in self._modules], self._sharded)
         for own in self._own_paths():
             _LIVE_PATHS[os.path.realpath(own)] = self
         for name, module in self._modules:
@@ -236,11 +252,17 @@ class Recorder:
             raise UsageError(
                 "this recorder follows optimizer.step() itself; do not call rec.step() as well"
             )
+        origin = None
+        if self._flight is not None and not self._manual_gradients and self._flight.detect():
+            origin = self._not_replayed(AFTER_UPDATE)  # the update has run
+            self._report(origin)
         if self._due and self._want_grad and not self._manual_gradients:
             self._grad_sums = P.gradient_sums(self._param_groups(), self._device)
         self._finish_step()
         if self._due and self._want_weight:
             self._before = P.weight_snapshot(self._param_groups(), self._device)
+        if origin is not None and self._flight.mode == "raise":
+            raise NonFiniteError(origin)
 
     def read_gradients(self) -> bool:
         """Read the gradient statistics of the step in progress now; True if the step is recorded.
@@ -254,6 +276,11 @@ class Recorder:
                 "read_gradients() is for a recorder attached with manual_gradients=True; "
                 "this one reads the gradients at optimizer.step() (or rec.step())"
             )
+        if self._flight is not None and self._flight.detect():
+            if self._in_update or self._optimizer is None:  # the update comes next: act now
+                self._trip()
+                return True
+            self._pending_trip = True  # a GradScaler may yet skip the update
         if not self._due:
             return False
         if self._want_grad:
@@ -261,17 +288,20 @@ class Recorder:
         return True
 
     def log(self, step: int | None = None, **metrics: float) -> None:
-        """Store scalar metrics against `step` (default: the step in progress or just finished)."""
+        """Store scalar metrics against `step` (default: the step in progress or just finished).
+
+        Each value is one real number: a Python or NumPy int or float, or a one-element tensor
+        or array; inf and NaN are stored as they are. Anything else is a UsageError.
+        """
         self._check_open()
-        if not self._own_paths():
-            return  # a rank that writes no file (under torch.distributed, rank 0 writes)
+        if not self._own_paths():  # a rank that writes no file (under torch.distributed)
+            for name, value in metrics.items():
+                check_metric(name, value)  # the error rank 0 raises, without reading tensors
+            return
         if step is None:
             step = self._step if self._in_step or self._step == self._start_step else self._step - 1
-        values = {}
-        for name, value in metrics.items():
-            if isinstance(value, torch.Tensor):
-                value = value.item()  # note: a host sync; pass floats to avoid it
-            values[name] = float(value)
+        # note: a tensor is read with .item(), a host sync; pass floats to avoid it
+        values = {name: metric_value(name, value) for name, value in metrics.items()}
         if not self._writers():
             self._pending_metrics.append((int(step), values))
         for writer in self._writers():
@@ -285,6 +315,9 @@ class Recorder:
         self._forward_hooks.remove()
         if self._noise is not None:
             self._noise.disarm()
+        if self._flight is not None:
+            self._flight.close()
+        self._arrivals.remove()
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -328,6 +361,7 @@ class Recorder:
             # (one the AMP GradScaler skipped never reached optimizer.step()): drop their
             # forward and backward sums too, keeping forwards whose backward is still to come.
             def zero_grad(*args, **kwargs):
+                self._count_skipped_update()
                 self._drop_backpropagated()
                 return original_zero_grad(*args, **kwargs)
 
@@ -336,11 +370,15 @@ class Recorder:
 
     def _forward_hook(self, position: int):
         def hook(module, inputs, output):
-            if self.closed or not torch.is_grad_enabled():
-                return  # evaluation: nothing is recorded
-            self._in_step = True
+            if self.closed or self._muted:
+                return
+            # depth is forward call order whatever the grad mode (reentrant checkpointing runs
+            # the forward under no_grad, and again under grad during the backward)
             if self._order is None and position not in self._first_call:
                 self._first_call[position] = len(self._first_call)
+            if not torch.is_grad_enabled():
+                return  # evaluation: nothing is recorded
+            self._in_step = True
             if not self._due:
                 return
             tensors = S.floating_tensors(output)
@@ -387,10 +425,16 @@ class Recorder:
         self._act_grad.clear()
         if self._noise is not None:
             self._noise.clear()
+        if self._flight is not None:
+            self._flight.capture.drop_backpropagated()
         if self._manual_gradients:
             self._grad_sums = None  # read from the gradients being wiped (a skipped step)
 
     def _before_update(self, optimizer, args, kwargs) -> None:
+        self._in_update = True
+        if self._flight is not None and self._tripped_at_update():
+            self._trip()
+            return
         if not self._due:
             return
         groups = self._param_groups()
@@ -400,6 +444,8 @@ class Recorder:
             self._before = P.weight_snapshot(groups, self._device)
 
     def _after_update(self, optimizer, args, kwargs) -> None:
+        self._in_update = False
+        self._give_back_skipped_gradients()
         self._finish_step()
 
     # ----- step boundary ----------------------------------------------------------------------
@@ -413,6 +459,11 @@ class Recorder:
             )
         if self._order is None:
             self._fix_depth_order()
+        if self._flight is not None:
+            self._flight.capture.settle()  # after the first step, on the entries only
+            self._flight.capture.clear()
+        self._stepped_since_zero_grad = True
+        self._in_update = False
         if self._due:
             self._take_record()
         self._step += 1
@@ -514,8 +565,8 @@ class Recorder:
 
     def _fix_depth_order(self) -> None:
         called = sorted(self._first_call, key=self._first_call.get)
-        never = [i for i in range(len(self._modules)) if i not in self._first_call]
-        self._order = called + never
+        self._order = self._arrivals.depth_order(called, len(self._modules))
+        self._arrivals.remove()
 
     def _ensure_writer(self) -> tuple[RunWriter | None, RunWriter | None]:
         """The (global, local) writers this rank has, opened on first use."""

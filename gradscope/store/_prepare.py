@@ -15,10 +15,14 @@ import numpy as np
 from gradscope.errors import RunFileError, UsageError
 from gradscope.store import _schema as schema
 from gradscope.store._access import open_for_reading
-from gradscope.store._rows import read_rows
+from gradscope.store._rows import read_events_rows, read_rows
 
 LIVE_HEARTBEAT_SECONDS = 30.0  # a writer whose heartbeat is older than this is presumed gone
 COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied at once when rebuilding a crashed file
+
+# The run files that writers of this process hold open (real paths): the process's own pid
+# says nothing about whether a file it wrote is still being written.
+WRITING_HERE: set[str] = set()
 
 
 @dataclass
@@ -29,6 +33,7 @@ class WritableRun:
     n_records: int  # committed records in the file
     n_metrics: int  # committed metric rows in the file
     n_sealed: int  # records in the compressed stats datasets (a multiple of the chunk rows)
+    n_events: int  # committed event rows
     open_rows: np.ndarray  # [stats, n_records - n_sealed, layers]: the records in stats_tail
     last_record_step: int | None
     last_metric_step: int | None
@@ -38,8 +43,9 @@ def check_run_path(path, overwrite: bool, resume: bool) -> Path:
     """Check that a run file can be written at `path` now; returns it as a Path.
 
     Creates the parent folder if missing. Raises UsageError for conflicting options and
-    RunFileError for an existing file (without overwrite or resume), a folder in the way, or
-    a place that cannot be written.
+    RunFileError for an existing file (without overwrite or resume), a file that a live
+    recorder is writing (whatever overwrite says), a folder in the way, or a place that
+    cannot be written.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"a run file path must be a str or os.PathLike, got {type(path).__name__}")
@@ -48,10 +54,18 @@ def check_run_path(path, overwrite: bool, resume: bool) -> Path:
         raise UsageError("pass overwrite=True or resume=True, not both")
     if path.is_dir():
         raise RunFileError(f"{path}: is a folder; give the path of a .h5 file to write")
-    if path.exists() and not (overwrite or resume):
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
         raise RunFileError(
-            f"{path}: file exists; pass overwrite=True to replace it or resume=True to append"
+            f"{path}: {blocking} is a file, not a folder, so nothing can be written inside it; "
+            "choose another path"
         )
+    if path.exists():
+        if not (overwrite or resume):
+            raise RunFileError(
+                f"{path}: file exists; pass overwrite=True to replace it or resume=True to append"
+            )
+        _check_not_being_written(path, resume)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path.parent):
@@ -91,14 +105,14 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
         }
         schema.write_attrs(f, plain, json_attrs)
         schema.create_datasets(f, layers, stats)
-        f[schema.STATUS][0] = (0, time.time(), 0, 0, 0)
+        f[schema.STATUS][0] = (0, time.time(), 0, 0, 0, 0)
         f.swmr_mode = True
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise RunFileError(f"{path}: cannot create run file: {e}") from e
     no_rows = np.empty((len(stats), 0, len(layers)), np.float32)
-    return WritableRun(f, 0, 0, 0, no_rows, None, None)
+    return WritableRun(f, 0, 0, 0, 0, no_rows, None, None)
 
 
 def _gradscope_version() -> str:
@@ -117,7 +131,6 @@ def _package_version(name: str) -> str:
 
 
 def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
-    _check_not_being_written(path)
     f = _open_current_format(path)
     if f is None:
         # The writer died (the file still carries its "open for write" flags), or an older
@@ -129,10 +142,10 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
             raise RunFileError(f"{path}: cannot open the run file for resuming: {e}") from e
     try:
         _check_same_layout(path, f, layers, stats)
-        n_records, n_metrics = _truncate(f, start_step)
+        n_records, n_metrics, n_events = _truncate(f, start_step)
         n_sealed, open_rows = _reopen_last_chunk(f, stats, n_records)
         schema.write_attrs(f, _writer_attrs(), json_attrs)
-        f[schema.STATUS][0] = (0, time.time(), n_records, n_metrics, n_sealed)
+        f[schema.STATUS][0] = (0, time.time(), n_records, n_metrics, n_sealed, n_events)
         f.flush()
         f.swmr_mode = True
     except BaseException:
@@ -145,6 +158,7 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
         n_records,
         n_metrics,
         n_sealed,
+        n_events,
         open_rows,
         int(steps[n_records - 1]) if n_records else None,
         int(metric_steps[:n_metrics].max()) if n_metrics else None,
@@ -163,35 +177,51 @@ def _open_current_format(path: Path) -> h5py.File | None:
     return f
 
 
-def _check_not_being_written(path: Path) -> None:
-    """Refuse to resume a file that another live process is writing."""
+def _check_not_being_written(path: Path, resume: bool) -> None:
+    """Refuse to resume or replace a run file that a live recorder is writing.
+
+    A file that cannot be read as a run file has no recorder writing it: resuming it is an
+    error, replacing it (overwrite) is allowed.
+    """
+    action = "resume it" if resume else "replace it"
     try:
         with open_for_reading(path) as f:
             if f.attrs.get("format") != schema.FORMAT_NAME:
-                raise RunFileError(f"{path}: not a gradscope run file; cannot resume it")
+                if resume:
+                    raise RunFileError(f"{path}: not a gradscope run file; cannot resume it")
+                return
             status = f[schema.STATUS][0]
             host = f.attrs.get("writer_host")
             pid = int(f.attrs.get("writer_pid", -1))
     except (OSError, KeyError, RuntimeError) as e:
-        raise RunFileError(f"{path}: cannot read the run file to resume it: {e}") from e
+        if not resume:
+            return
+        raise RunFileError(f"{path}: cannot read the run file to {action}: {e}") from e
     if status["closed"]:
         return
-    if host == socket.gethostname():
+    here = host == socket.gethostname() and pid == os.getpid()
+    if here:
+        alive = os.path.realpath(path) in WRITING_HERE
+    elif host == socket.gethostname():
         alive = _process_exists(pid)
     else:
         alive = time.time() - float(status["heartbeat"]) < LIVE_HEARTBEAT_SECONDS
-    if alive:
+    if not alive:
+        return
+    if here:
         raise RunFileError(
-            f"{path}: another process (pid {pid} on {host}) is still writing this run; "
-            "stop it before resuming"
+            f"{path}: this process (pid {pid}) is still writing this run; close its recorder "
+            f"(rec.close()) or RunWriter before you {action}, or write to another path"
         )
+    raise RunFileError(
+        f"{path}: a live recorder (pid {pid} on {host}) is writing this run; refusing to "
+        f"{action}: stop that process first, or write to another path"
+    )
 
 
 def _process_exists(pid: int) -> bool:
     if pid <= 0:
         return False
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -219,10 +249,11 @@ def _check_same_layout(path: Path, f: h5py.File, layers, stats) -> None:
             )
 
 
-def _truncate(f: h5py.File, start_step) -> tuple[int, int]:
-    """Cut records and metrics to the committed prefix, dropping steps >= start_step."""
+def _truncate(f: h5py.File, start_step) -> tuple[int, int, int]:
+    """Cut records, metrics and events to the committed prefix, dropping steps >= start_step."""
     status = f[schema.STATUS][0]
     n_records, n_metrics = int(status["records"]), int(status["metrics"])
+    n_events = int(status["events"])
     steps = f[schema.STEPS][:n_records]
     if start_step is not None:
         n_records = int(np.searchsorted(steps, start_step, side="left"))
@@ -236,7 +267,13 @@ def _truncate(f: h5py.File, start_step) -> tuple[int, int]:
         f[name].resize(n_kept, axis=0)
         if n_kept:
             f[name][:] = values[keep]
-    return n_records, n_kept
+    events = f[schema.EVENTS][:n_events]
+    if start_step is not None:
+        events = events[events["step"] < start_step]
+    f[schema.EVENTS].resize(len(events), axis=0)
+    if len(events):
+        f[schema.EVENTS][:] = events
+    return n_records, n_kept, len(events)
 
 
 def _reopen_last_chunk(f: h5py.File, stats, n_records: int) -> tuple[int, np.ndarray]:
@@ -287,7 +324,11 @@ def _rebuild_committed_prefix(path: Path) -> None:
                 dst[name].resize(m, axis=0)
                 if m:
                     dst[name][:] = src[name][:m]
-            dst[schema.STATUS][0] = (1, float(status["heartbeat"]), n, m, n)
+            events = read_events_rows(src, status)  # none in a file of format 1 or 2
+            dst[schema.EVENTS].resize(len(events), axis=0)
+            if len(events):
+                dst[schema.EVENTS][:] = events
+            dst[schema.STATUS][0] = (1, float(status["heartbeat"]), n, m, n, len(events))
         os.replace(tmp, path)
     except (OSError, KeyError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)

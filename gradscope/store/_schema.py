@@ -9,7 +9,9 @@ import numpy as np
 from gradscope.errors import UsageError
 
 FORMAT_NAME = "gradscope-run"  # value of the `format` file attribute
-FORMAT_VERSION = 2  # bumped on incompatible schema changes (2: compressed stats + stats_tail)
+# bumped on incompatible schema changes (2: compressed stats + stats_tail; 3: events and
+# status.events)
+FORMAT_VERSION = 3
 
 # File attributes written by the store itself; user attrs may not reuse these names.
 RESERVED_ATTRS = ("format", "format_version", "gradscope_version", "torch_version", "created")
@@ -24,6 +26,7 @@ METRIC_STEP = "metrics/step"
 METRIC_NAME = "metrics/name"
 METRIC_VALUE = "metrics/value"
 STATUS = "status"
+EVENTS = "events"
 
 METRIC_NAME_BYTES = 64  # metric names are fixed-length UTF-8 (SWMR-friendly, no heap)
 LAYER_DTYPE = np.dtype(
@@ -38,8 +41,31 @@ STATUS_DTYPE = np.dtype(
         ("records", "<i8"),
         ("metrics", "<i8"),
         ("sealed", "<i8"),
+        ("events", "<i8"),
     ]
 )
+# One row per event of the run (docs/run-file.md): a step where a non-finite value reached an
+# update (its origin, found by the replay) or an update the AMP GradScaler skipped. Fixed-size
+# text (UTF-8 bytes, cut to fit) keeps rows SWMR-friendly; `layer` is a depth, -1 for none.
+EVENT_DTYPE = np.dtype(
+    [
+        ("step", "<i8"),
+        ("kind", "S16"),
+        ("phase", "S24"),
+        ("layer", "<i4"),
+        ("rank", "<i4"),
+        ("micro_batch", "<i4"),
+        ("micro_batches", "<i4"),
+        ("update", "S8"),
+        ("recorded", "u1"),
+        ("op", "S64"),
+        ("op_dtype", "S16"),
+        ("op_shape", "S48"),
+        ("op_absmax", "<f8"),
+        ("message", "S512"),
+    ]
+)
+EVENT_CHUNK_ROWS = 64  # events are rare: a chunk is about 50 KB
 
 STAT_CHUNK_BYTES = 64 * 1024  # raw bytes per stats chunk
 TAIL_CHUNK_BYTES = 4 * 1024  # raw bytes per stats_tail chunk: allocated as the tail fills
@@ -195,9 +221,12 @@ def create_datasets(f: h5py.File, layers: list[dict], stats: list[str]) -> None:
     f.create_dataset(METRIC_STEP, dtype="<i8", **vector)
     f.create_dataset(METRIC_NAME, dtype=f"S{METRIC_NAME_BYTES}", **vector)
     f.create_dataset(METRIC_VALUE, dtype="<f8", **vector)
+    f.create_dataset(
+        EVENTS, shape=(0,), maxshape=(None,), chunks=(EVENT_CHUNK_ROWS,), dtype=EVENT_DTYPE
+    )
     status = f.create_dataset(STATUS, shape=(1,), dtype=STATUS_DTYPE)
     # Written now so the dataset has storage before SWMR starts (readers fail otherwise).
-    status[0] = (0, 0.0, 0, 0, 0)
+    status[0] = (0, 0.0, 0, 0, 0, 0)
 
 
 def _text(value) -> str:

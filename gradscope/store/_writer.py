@@ -2,6 +2,7 @@
 
 import atexit
 import operator
+import os
 import queue
 import threading
 import time
@@ -11,7 +12,9 @@ import numpy as np
 
 from gradscope.errors import RunFileError, UsageError
 from gradscope.store import _schema as schema
-from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS, prepare_run_file
+from gradscope.store._events import encode_event
+from gradscope.store._metric_values import metric_value
+from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS, WRITING_HERE, prepare_run_file
 
 MAX_FLUSH_INTERVAL = LIVE_HEARTBEAT_SECONDS / 3  # the heartbeat is written at every flush
 MAX_PENDING_BYTES = 32 * 1024 * 1024  # the writer thread flushes early past this much data
@@ -19,7 +22,7 @@ _CLOSE = object()  # queue sentinel: drain, mark the file closed, stop
 
 
 class RunWriter:
-    """Append records ([stats, layers] float32 arrays) and scalar metrics to a run file.
+    """Append records ([stats, layers] float32 arrays), scalar metrics and events to a run file.
 
     All HDF5 work happens in a background thread; `append` and `log` only enqueue. An error in
     that thread is re-raised as `RunFileError` at the next `append`, `log` or `close`.
@@ -50,9 +53,12 @@ class RunWriter:
         )
         self.path = str(path)
         self._file = opened.file
+        self._real_path = os.path.realpath(path)
+        WRITING_HERE.add(self._real_path)
         self._datasets = {}  # path -> open dataset, for the writer thread (see _dataset)
         self._n_records = opened.n_records
         self._n_metrics = opened.n_metrics
+        self._n_events = opened.n_events
         self._sealed = opened.n_sealed
         self._chunk_rows = schema.stat_chunk_shape(len(self.layers))[0]
         # The records of the chunk being filled, [stats, chunk rows, layers]: sealed from memory.
@@ -66,6 +72,8 @@ class RunWriter:
         self._queue = queue.Queue(maxsize=int(queue_size))
         self._pending_records = []  # (step, wall time, [stats, layers] array), writer thread only
         self._pending_metrics = []  # (step, encoded name, value), writer thread only
+        self._pending_events = []  # 1-row EVENT_DTYPE arrays, writer thread only
+        self._layer_names = [layer["name"] for layer in self.layers]
         self._error = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="gradscope-run-writer", daemon=True)
@@ -105,15 +113,18 @@ class RunWriter:
                 raise UsageError(
                     f"metric name {name!r} must be 1 to {schema.METRIC_NAME_BYTES} bytes of UTF-8"
                 )
-            try:
-                rows.append((step, encoded, float(value)))
-            except (TypeError, ValueError) as e:
-                raise UsageError(f"metric {name!r} must be a number, got {value!r}") from e
+            rows.append((step, encoded, metric_value(name, value)))
         if not rows:
             return
         last = self._last_metric_step
         self._last_metric_step = step if last is None else max(last, step)
         self._put(("metrics", rows))
+
+    def event(self, event: dict) -> None:
+        """Queue one event: a dict of `schema.EVENT_DTYPE`'s fields (`layer` by name), e.g.
+        `{"step": 7, "kind": "nonfinite", "phase": "forward", "layer": "fc", ...}`."""
+        self._check_open()
+        self._put(("event", encode_event(event, self._layer_names)))
 
     def close(self) -> None:
         """Write everything queued, mark the file closed and close it. Idempotent."""
@@ -175,6 +186,7 @@ class RunWriter:
                 self._file.close()
             except Exception as e:  # noqa: BLE001
                 self._error = self._error or e
+            WRITING_HERE.discard(self._real_path)
 
     def _serve(self) -> None:
         next_flush = time.monotonic() + self._flush_interval
@@ -193,6 +205,8 @@ class RunWriter:
                     values = self._checked_array(values(), RunFileError)
                 self._pending_records.append((step, wall, values))
                 pending_bytes += values.nbytes
+            elif item is not None and item[0] == "event":
+                self._pending_events.append(item[1])
             elif item is not None:
                 self._pending_metrics.extend(item[1])
             if time.monotonic() >= next_flush or pending_bytes >= MAX_PENDING_BYTES:
@@ -225,6 +239,12 @@ class RunWriter:
             for j, (name, dtype) in enumerate(zip(names, dtypes, strict=True)):
                 self._write_column(name, self._n_metrics, n_metrics, [r[j] for r in rows], dtype)
             self._pending_metrics = []
+        if self._pending_events:
+            rows = np.concatenate(self._pending_events)
+            n_events = self._n_events + len(rows)
+            self._write_column(schema.EVENTS, self._n_events, n_events, rows, schema.EVENT_DTYPE)
+            self._n_events = n_events
+            self._pending_events = []
         if block is not None:
             self._append_stat_rows(block)  # commits at each sealed chunk keep the old metrics
         self._n_metrics = n_metrics
@@ -283,7 +303,14 @@ class RunWriter:
 
     def _commit(self, closed: bool) -> None:
         status = self._dataset(schema.STATUS)
-        status[0] = (int(closed), time.time(), self._n_records, self._n_metrics, self._sealed)
+        status[0] = (
+            int(closed),
+            time.time(),
+            self._n_records,
+            self._n_metrics,
+            self._sealed,
+            self._n_events,
+        )
         status.flush()
 
 
