@@ -39,7 +39,13 @@ from gradscope.errors import GradscopeError, RunFileError
 log = logging.getLogger(__name__)
 
 SLIDER_MARKS = 5  # labelled positions on the step slider
-PNG_FIGURE_KINDS = {"flow": "flow", "heatmap": "heatmap", "ratio": "ratio", "training": "curves"}
+PNG_FIGURE_KINDS = {
+    "flow": "flow",
+    "heatmap": "heatmap",
+    "ratio": "ratio",
+    "noise": "noise",
+    "training": "curves",
+}
 
 
 def describe_error(index: RunIndex, error: Exception) -> str:

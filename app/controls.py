@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from gradscope import figures
 from gradscope.errors import UsageError
+from gradscope.store import NOISE_SCALE_WINDOW
 
 SCALES = ("log", "linear")
 DEFAULT_STAT = "grad_norm"
@@ -28,6 +29,7 @@ class Controls:
     lines: str = "by_type"  # flow curve: a line per layer type, or one through all layers
     smoothing: float = figures.DEFAULT_SMOOTHING  # EMA weight of the training curves
     ratio_numerator: int = 0  # which of the first two runs is the ratio's numerator
+    noise_window: int = NOISE_SCALE_WINDOW  # records the gradient noise scale averages over
 
     @classmethod
     def from_request(
@@ -43,6 +45,7 @@ class Controls:
         lines="by_type",
         smoothing=figures.DEFAULT_SMOOTHING,
         ratio_numerator=0,
+        noise_window=None,
     ) -> Controls:
         """Check raw callback values and build Controls; raise UsageError on anything odd."""
         return cls(
@@ -57,6 +60,8 @@ class Controls:
             lines=_choice(lines, figures.FLOW_LINES, "flow lines"),
             smoothing=_smoothing(smoothing),
             ratio_numerator=_choice(ratio_numerator, (0, 1), "ratio numerator"),
+            noise_window=_optional_int(noise_window, "noise scale window", minimum=1)
+            or NOISE_SCALE_WINDOW,
         )
 
     def filters(self) -> dict:

@@ -9,6 +9,7 @@ STEP = "step"  # slider: index into the steps of the selected runs
 STEP_INPUT = "step-input"  # number box beside the slider: the step, typed or shown
 STEP_LABEL = "step-label"  # text: the step the slider points at
 RATIO_NUMERATOR = "ratio-numerator"  # radio: which of the ratio's two runs is on top (0 or 1)
+NOISE_WINDOW = "noise-window"  # number: records the gradient noise scale averages over
 WINDOW = "window"  # number: records to average the flow curve over
 SCALE = "scale"  # radio: log or linear values
 DEPTH_AXIS = "depth-axis"  # radio: layers aligned by name, own layer index, normalized depth
@@ -27,6 +28,7 @@ PANELS = {
     "flow": "Gradient flow across depth",
     "heatmap": "Depth x step heatmap",
     "ratio": "Ratio heatmap of the first two selected runs:",
+    "noise": "Gradient noise scale, records averaged:",
     "training": "Training curves",
 }
 
@@ -49,6 +51,7 @@ CONTROL_VALUES = {
     "lines": (LINES, "value"),
     "smoothing": (SMOOTHING, "value"),
     "ratio_numerator": (RATIO_NUMERATOR, "value"),
+    "noise_window": (NOISE_WINDOW, "value"),
 }
 
 # The probe view: probe files (gradscope probe), listed and shown apart from training runs.

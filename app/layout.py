@@ -9,6 +9,7 @@ from gradscope.app.controls import DEFAULT_SELECTED_RUNS, MAX_SELECTED_RUNS
 from gradscope.app.run_index import RunEntry, RunIndex
 
 from gradscope import figures
+from gradscope.store import NOISE_SCALE_WINDOW
 
 LIVE_POLL_MS = 2000  # how often the page asks the server for new records
 RUN_TABLE_MAX_HEIGHT = "38vh"  # the run table scrolls past this instead of pushing the controls
@@ -343,7 +344,20 @@ def figure_panel(panel: str, title: str, choice=None) -> dbc.Card:
 
 def panel_choice(panel: str):
     """The control that belongs to one panel, shown in its header, or None: which run is the
-    ratio's numerator (its options, named after the runs, follow the selection)."""
+    ratio's numerator (its options, named after the runs, follow the selection), and how many
+    records the gradient noise scale averages."""
+    if panel == "noise":
+        return dbc.Input(
+            id=ids.NOISE_WINDOW,
+            type="number",
+            min=1,
+            step=1,
+            placeholder=str(NOISE_SCALE_WINDOW),
+            debounce=True,
+            size="sm",
+            className="d-inline-block me-3 align-middle",
+            style={"width": "6em"},
+        )
     if panel != "ratio":
         return None
     return dbc.RadioItems(

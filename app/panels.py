@@ -28,6 +28,7 @@ PANEL_CONTROLS = {
     ),
     "heatmap": ("stat", "layer_types", "layer_pattern", "scale"),
     "ratio": ("stat", "layer_types", "layer_pattern", "ratio_numerator"),
+    "noise": ("noise_window",),
     "training": ("smoothing",),
 }
 
@@ -65,11 +66,21 @@ def _ratio(runs, c: Controls, colours) -> go.Figure:
     )
 
 
+def _noise(runs, c: Controls, colours) -> go.Figure:
+    return figures.noise_scale_curves(runs, window=c.noise_window)
+
+
 def _training(runs, c: Controls, colours) -> go.Figure:
     return figures.training_curves(runs, smoothing=c.smoothing, colours=colours)
 
 
-PANEL_BUILDERS = {"flow": _flow, "heatmap": _heatmap, "ratio": _ratio, "training": _training}
+PANEL_BUILDERS = {
+    "flow": _flow,
+    "heatmap": _heatmap,
+    "ratio": _ratio,
+    "noise": _noise,
+    "training": _training,
+}
 
 
 def _require_stat(c: Controls) -> str:

@@ -11,7 +11,8 @@ import pandas as pd
 
 from gradscope._json import json_records
 from gradscope.diagnosis import diagnose
-from gradscope.store import PROBE_ATTR, Run, open_run, probe_summary
+from gradscope.errors import UsageError
+from gradscope.store import PROBE_ATTR, Run, latest_noise_scale, open_run, probe_summary
 
 if TYPE_CHECKING:  # the training side imports torch; `inspect` must not
     from gradscope.train import ExperimentResult, TrainResult
@@ -26,6 +27,7 @@ def print_report(run: Run, out) -> None:
         summary_text(run),
         latest_record_text(run),
         latest_metrics_text(run),
+        *([noise] if (noise := noise_scale_text(run)) else []),
         diagnose(run).to_text(),
     )
     for section in sections:
@@ -50,8 +52,46 @@ def report_dict(run: Run) -> dict:
         "latest_metrics": json_records(latest.reset_index()) if not latest.empty else [],
         "nonfinite": nonfinite_counts(run),
         "events": json_records(run.events),
+        "noise_scale": noise_scale_dict(run),
         "diagnosis": diagnose(run).to_dict(),
     }
+
+
+def noise_scale_text(run: Run) -> str | None:
+    """The model's gradient noise scale over the latest records, with the batch sizes it was
+    measured on (None for a run without the gns_* statistics or records)."""
+    try:
+        latest = latest_noise_scale(run)
+    except UsageError as e:
+        return f"gradient noise scale: none ({str(e).split(': ', 1)[1]})"
+    if latest is None:
+        return None
+    where = (
+        f"model, mean of the last {latest.records} records, steps {latest.first_step}.."
+        f"{latest.step}"
+    )
+    value = (
+        f"{latest.value:.4g} examples"
+        if math.isfinite(latest.value)
+        else "not resolved (the window's |G|^2 estimate is not above 0, or its tr(Sigma) below)"
+    )
+    lines = [f"gradient noise scale ({where}): {value}"]
+    if math.isfinite(latest.batch):
+        sizes = f"  batch size {latest.batch:.0f} rows a step"
+        if math.isfinite(latest.small_batch):
+            sizes += f", small batches of {latest.small_batch:.4g} (micro-batches x ranks)"
+        lines.append(sizes)
+    return "\n".join(lines)
+
+
+def noise_scale_dict(run: Run) -> dict | None:
+    """`noise_scale_text` as JSON data: step, first_step, records, value, batch, small_batch
+    (null where not measured), or {"error": why} without a noise scale; None without gns_*."""
+    try:
+        latest = latest_noise_scale(run)
+    except UsageError as e:
+        return {"error": str(e)}
+    return None if latest is None else latest.to_dict()
 
 
 def nonfinite_counts(run: Run) -> dict:

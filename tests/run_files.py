@@ -136,3 +136,34 @@ def write_twin(
     if close:
         writer.close()
     return writer
+
+
+NOISE_SMALL, NOISE_LARGE = 8, 32  # rows of the small batches and of the step's batch
+
+
+def write_noise_run(path: Path, records: int = 12, measured: bool = True) -> dict:
+    """A run of LAYERS holding the gradient noise scale's sums (and grad_norm) for layers with
+    |G|^2 = l + 1 and tr(Sigma) = 10 (l + 1)^2 at layer l, so their noise scale is exactly
+    10 (l + 1); layer1.0.bn1 measured nothing (NaN). `measured=False`: one small batch a step
+    (no small-batch values). Returns {layer: true noise scale} (and "model")."""
+    from gradscope.store import GNS_STATS
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(LAYERS)
+    grad_sq = np.arange(1.0, n + 1)
+    trace = 10 * grad_sq**2
+    grad_sq[2] = trace[2] = np.nan
+    small = grad_sq + trace / NOISE_SMALL  # what the estimates' expectations give
+    large = grad_sq + trace / NOISE_LARGE
+    rows = np.where(np.isnan(grad_sq), np.nan, 1.0)
+    columns = [small, large, NOISE_SMALL * rows, NOISE_LARGE * rows]
+    if not measured:
+        columns[0] = columns[2] = np.full(n, np.nan)
+    writer = open_writer(path, LAYERS, ["grad_norm", *GNS_STATS], attrs={"model": "noisy"})
+    for i in range(records):
+        writer.append(i, np.stack([np.sqrt(large), *columns]).astype(np.float32))
+        writer.log(i, {"loss": 1.0 / (i + 1)})
+    writer.close()
+    truth = {layer["name"]: t / g for layer, g, t in zip(LAYERS, grad_sq, trace, strict=True)}
+    truth["model"] = np.nansum(trace) / np.nansum(grad_sq)
+    return truth

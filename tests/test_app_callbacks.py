@@ -29,7 +29,7 @@ from gradscope.app.run_index import RunIndex
 from gradscope.cli import main as cli_main
 from gradscope.errors import RunFileError, UsageError
 from gradscope.store import RunWriter, open_run
-from tests.run_files import LAYERS, STATS, write_run, write_runs_folder
+from tests.run_files import LAYERS, STATS, write_noise_run, write_run, write_runs_folder
 
 NEWEST_TWO = ["sweep/lr01.h5", "baseline/tanh.h5"]
 
@@ -272,11 +272,32 @@ def test_the_ratio_panel_lets_the_user_choose_its_numerator(index):
     ("kind", "min_traces"), [("flow", 2), ("heatmap", 2), ("ratio", 1), ("training", 2)]
 )
 def test_every_panel_draws_the_selected_runs(index, kind, min_traces):
-    assert set(ids.PANELS) == {"flow", "heatmap", "ratio", "training"}
+    assert set(ids.PANELS) == {"flow", "heatmap", "ratio", "noise", "training"}
     fig, message = figure_output(index, kind, values())
     assert message == ""
     assert len(fig.data) >= min_traces
     assert fig.layout.uirevision  # the zoom survives timer redraws
+
+
+def test_the_noise_panel_draws_the_runs_that_measured_it_and_says_why_others_did_not(runs_dir):
+    truth = write_noise_run(runs_dir / "accum" / "noisy.h5")
+    index = RunIndex(runs_dir)
+    try:
+        chosen = values(runs=["accum/noisy.h5", "sweep/lr01.h5"], noise_window=3)
+        fig, message = figure_output(index, "noise", chosen)
+        assert "sweep/lr01.h5 has no gradient noise scale sums" in message
+        assert fig.layout.title.text.endswith("(mean of 3 records)")
+        model = next(trace for trace in fig.data if trace.name == "model")
+        np.testing.assert_allclose(np.asarray(model.y, float), truth["model"], rtol=1e-5)
+        assert view_key("noise", Controls.from_request(**chosen)) != view_key(
+            "noise", Controls.from_request(**values(runs=chosen["runs"]))
+        )
+        _, message = figure_output(index, "noise", values())  # neither run has one
+        assert "has no gradient noise scale sums" in message
+        with pytest.raises(UsageError, match="noise scale window"):
+            Controls.from_request(**values(noise_window=0))
+    finally:
+        index.close()
 
 
 def test_changing_the_statistic_changes_the_flow_curve(index):
@@ -546,7 +567,7 @@ def test_each_cut_run_is_its_own_error_beside_a_good_run(folder_with_cut_runs):
             chosen = values(runs=["good/resnet.h5", rel])
             for kind in ids.PANELS:
                 fig, message = figure_output(index, kind, chosen)
-                if kind == "ratio":  # needs both runs: it says why it cannot draw
+                if kind in ("ratio", "noise"):  # both runs, noise scale sums: it says why not
                     assert message, rel
                     continue
                 drawn = json.dumps(fig.to_plotly_json(), default=str)
@@ -688,6 +709,9 @@ def test_latest_means_the_latest_step_every_selected_run_has(twin_index):
 def test_default_panels_of_the_pair_draw_without_error(twin_index):
     for kind in ids.PANELS:
         fig, message = figure_output(twin_index, kind, values(runs=TWINS))
+        if kind == "noise":  # runs of one small batch a step, or without the sums, say so
+            assert "has no gradient noise scale sums" in message
+            continue
         assert message == "" and fig.data, kind
     ratio, _ = figure_output(twin_index, "ratio", values(runs=TWINS))
     assert "4 only in worked/resnet56 left out" in ratio.layout.title.text

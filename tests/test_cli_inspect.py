@@ -148,3 +148,24 @@ def test_cut_copies_of_a_live_run_are_one_line_exit_2_within_seconds(cut_live_ru
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("gradscope inspect: error: "), lines
         assert str(cut) in lines[0]
+
+
+def test_inspect_prints_the_models_gradient_noise_scale(tmp_path, capsys):
+    from tests.run_files import NOISE_LARGE, NOISE_SMALL, write_noise_run
+
+    truth = write_noise_run(tmp_path / "noisy.h5")
+    write_noise_run(tmp_path / "single.h5", measured=False)
+    assert main(["inspect", str(tmp_path / "noisy.h5")]) == 0
+    text = capsys.readouterr().out
+    line = next(x for x in text.splitlines() if x.startswith("gradient noise scale"))
+    assert line.startswith("gradient noise scale (model, mean of the last 12 records, steps 0..11)")
+    assert float(line.split(": ")[1].split()[0]) == pytest.approx(truth["model"], rel=1e-3)
+    assert f"batch size {NOISE_LARGE} rows a step, small batches of {NOISE_SMALL}" in text
+    assert main(["inspect", str(tmp_path / "noisy.h5"), "--json"]) == 0
+    noise = json.loads(capsys.readouterr().out)["noise_scale"]
+    assert noise["value"] == pytest.approx(truth["model"], rel=1e-5)
+    assert (noise["batch"], noise["small_batch"], noise["records"]) == (32, 8, 12)
+    assert main(["inspect", str(tmp_path / "single.h5")]) == 0
+    assert "gradient noise scale: none (no record has two or more small batches" in (
+        capsys.readouterr().out
+    )

@@ -11,6 +11,7 @@ from gradscope import export
 from gradscope.cli import main
 from gradscope.errors import UsageError
 from gradscope.store import RunWriter
+from tests.run_files import write_noise_run
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -93,6 +94,8 @@ def test_cli_export_heatmap_png(run_path, tmp_path, capsys):
         (["--figure", "ratio"], "exactly 2 runs"),
         (["--figure", "heatmap", "--step", "5"], "--step applies only to --figure flow"),
         (["--figure", "flow", "--types", "Conv2d"], "no layer matches"),
+        (["--figure", "noise"], "has no gradient noise scale sums"),
+        (["--noise-window", "4"], "--noise-window applies only to --figure noise"),
     ],
 )
 def test_cli_export_errors_are_one_line_exit_2(run_path, tmp_path, capsys, extra, message):
@@ -235,3 +238,15 @@ def test_log_axes_have_decade_ticks_only(twin_paths, monkeypatch):
     ((flow, _),) = drawn
     assert flow.layout.yaxis.type == "log" and flow.layout.yaxis.dtick == 1
     assert flow.layout.yaxis.exponentformat == "power"
+
+
+def test_cli_export_noise_scale_with_its_window(tmp_path, monkeypatch, capsys):
+    write_noise_run(tmp_path / "noisy.h5")
+    drawn = drawn_figures(monkeypatch)
+    args = ["export", str(tmp_path / "noisy.h5"), "--figure", "noise", "--out", "n.png"]
+    assert main([*args, "--noise-window", "4"]) == 0, capsys.readouterr().err
+    ((fig, size),) = drawn
+    assert fig.layout.title.text == "Gradient noise scale by layer group (mean of 4 records)"
+    assert size["width"] == export.NOISE_PANEL_WIDTH + export.LEGEND_WIDTH
+    assert main([*args, "--noise-window", "0"]) == 2
+    assert "window must be a positive number of records" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from gradscope.errors import UsageError
 from gradscope.figures._heatmap import LABEL_PX, MARGIN_PX
 from gradscope.figures._layer_filter import select_layers
 from gradscope.store import RunWriter
-from tests.run_files import write_twin
+from tests.run_files import NOISE_LARGE, write_noise_run, write_twin
 
 
 def write_run(path, stats, steps=None, types=None, metrics=None, names=None, attrs=None):
@@ -481,3 +481,32 @@ def test_assign_colours_is_stable_and_keeps_colours_apart():
     assert set(figures.assign_colours(labels[:8]).values()) == set(figures.PALETTE[:8])
     pair = figures.assign_colours(["gallery-400/plain56", "gallery-400/resnet56"])
     assert len(set(pair.values())) == 2 and set(pair.values()) <= set(figures.PALETTE[:8])
+
+
+def test_noise_scale_curves_per_layer_group_model_and_batch(tmp_path):
+    truth = write_noise_run(tmp_path / "noisy.h5")
+    with gradscope.open_run(tmp_path / "noisy.h5") as run:
+        fig = figures.noise_scale_curves(run, window=5)
+    names = [trace.name for trace in fig.data]
+    # layer1.0.bn1 measured nothing: no line; every other layer is its own group here
+    assert names == ["conv1", "layer1.*.conv1", "layer2.*.conv1", "fc", "model", "batch size"]
+    lines = {trace.name: np.asarray(trace.y, float) for trace in fig.data}
+    for group, layer in (("conv1", "conv1"), ("layer2.*.conv1", "layer2.0.conv1")):
+        np.testing.assert_allclose(lines[group], truth[layer], rtol=1e-5)
+    np.testing.assert_allclose(lines["model"], truth["model"], rtol=1e-5)
+    np.testing.assert_array_equal(lines["batch size"], NOISE_LARGE)
+    assert fig.data[-1].line.dash == "dash" and fig.data[-2].line.color == "black"
+    assert fig.layout.yaxis.type == "log"
+    assert fig.layout.title.text == "Gradient noise scale by layer group (mean of 5 records)"
+
+
+def test_noise_scale_curves_say_which_runs_have_none(tmp_path, run):
+    write_noise_run(tmp_path / "noisy.h5")
+    write_noise_run(tmp_path / "single.h5", measured=False)
+    noisy, single = (gradscope.open_run(tmp_path / f"{n}.h5") for n in ("noisy", "single"))
+    fig = figures.noise_scale_curves([noisy, single, run])
+    notes = fig.layout.meta["notes"]
+    assert "single.h5: no record has two or more small batches" in notes[0]
+    assert "has no gradient noise scale sums" in notes[1]
+    with pytest.raises(UsageError, match="gradient accumulation"):
+        figures.noise_scale_curves(single)

@@ -14,9 +14,9 @@ from gradscope.export import (
     style_for_print,
     write_png,
 )
-from gradscope.store import open_run
+from gradscope.store import NOISE_SCALE_WINDOW, open_run
 
-FIGURES = ("heatmap", "flow", "curves", "ratio", "spp", "widths")
+FIGURES = ("heatmap", "flow", "curves", "ratio", "noise", "spp", "widths")
 PROBE_FIGURES = ("spp", "widths")  # of probe files (gradscope probe): --stat has its own default
 DEFAULT_STAT = "grad_norm"  # of the other figures
 
@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     """Add the `export` subcommand."""
     parser = subparsers.add_parser(
         "export",
-        help="write a figure (heatmap, flow, curves, ratio; of probes: spp, widths) to a PNG",
+        help="write a figure (heatmap, flow, curves, ratio, noise; of probes: spp, widths) to a "
+        "PNG",
         description="Write a figure of one or more run files to a PNG (rendered by kaleido).",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN.h5", help="run files")
@@ -33,8 +34,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--stat",
         default=None,
-        help=f"statistic (not used by curves; default: {DEFAULT_STAT}; spp: Brock et al.'s "
-        f"{', '.join(figures.SPP_STATS)}, one panel each; widths: {figures.DEFAULT_WIDTH_STAT})",
+        help=f"statistic (not used by curves and noise; default: {DEFAULT_STAT}; spp: Brock "
+        f"et al.'s {', '.join(figures.SPP_STATS)}, one panel each; widths: "
+        f"{figures.DEFAULT_WIDTH_STAT})",
     )
     parser.add_argument(
         "--step",
@@ -56,6 +58,14 @@ def register(subparsers) -> None:
         nargs=2,
         metavar=("START", "STOP"),
         help="flow only: average the records with START <= step < STOP",
+    )
+    parser.add_argument(
+        "--noise-window",
+        type=int,
+        default=NOISE_SCALE_WINDOW,
+        metavar="N",
+        help="noise only: each point of the gradient noise scale divides the means of its "
+        f"estimates over the last N records (default: {NOISE_SCALE_WINDOW})",
     )
     parser.add_argument(
         "--depth-axis",
@@ -117,6 +127,8 @@ def run(args) -> int:
             raise UsageError("--window applies only to --figure flow")
         if args.step is not None and args.figure not in PROBE_FIGURES:
             raise UsageError("--step applies only to --figure flow, spp and widths")
+    if args.figure != "noise" and args.noise_window != NOISE_SCALE_WINDOW:
+        raise UsageError("--noise-window applies only to --figure noise")
     if args.figure != "ratio" and args.numerator is not None:
         raise UsageError("--numerator applies only to --figure ratio")
     if args.figure == "ratio" and len(args.runs) != 2:
@@ -144,6 +156,8 @@ def build_figure(args, runs):
     if args.figure == "widths":
         stat = args.stat or figures.DEFAULT_WIDTH_STAT
         return figures.width_check(runs, stat, step=args.step)
+    if args.figure == "noise":
+        return figures.noise_scale_curves(runs, window=args.noise_window)
     selection = {"types": args.types, "pattern": args.pattern}
     stat = args.stat or DEFAULT_STAT
     if args.figure == "heatmap":

@@ -1,5 +1,6 @@
 """Figures: pure functions from opened runs to plotly Figures (flow, heatmaps, training curves,
-and for probe files the signal propagation plot and the coordinate check)."""
+the gradient noise scale, and for probe files the signal propagation plot and the coordinate
+check)."""
 
 import numpy as np
 
@@ -8,6 +9,7 @@ from gradscope.figures._common import as_run_list, run_label, run_model, short_l
 from gradscope.figures._curves import DEFAULT_SMOOTHING, training_curves
 from gradscope.figures._flow import DEPTH_AXES, FLOW_LINES, flow_curve
 from gradscope.figures._heatmap import depth_step_heatmap, nearest_positions, ratio_heatmap
+from gradscope.figures._noise import noise_scale_curves
 from gradscope.figures._nonfinite_marks import marked_origins
 from gradscope.figures._spp import SPP_LAYERS, SPP_STATS, signal_propagation
 from gradscope.figures._widths import DEFAULT_WIDTH_STAT, layer_group, width_check
@@ -39,6 +41,7 @@ __all__ = [
     "flow_curve",
     "latest_common_step",
     "layer_group",
+    "noise_scale_curves",
     "marked_origins",
     "nearest_positions",
     "ratio_heatmap",

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from gradscope.store import PROBE_STATS
+from gradscope.store import GNS_STATS, PROBE_STATS
 
 # What each recorded statistic is, for figure titles ("Gradient norm by layer and step").
 STAT_WORDS = {
@@ -20,6 +20,7 @@ STAT_WORDS = {
     "act_absmax": "Largest activation magnitude",
     "act_zero_frac": "Fraction of zero activations",
     "act_grad_norm": "Backpropagated signal norm",
+    **GNS_STATS,  # the gradient noise scale's raw sums
     **PROBE_STATS,  # the probe's own (gradscope.probe)
 }
 

@@ -129,3 +129,41 @@ def _windowed_ratio(numerator: np.ndarray, denominator: np.ndarray, window: int)
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = top / bottom
     return np.where((bottom > 0) & (top >= 0), ratio, np.nan)
+
+
+@dataclass(frozen=True)
+class LatestNoiseScale:
+    """The model's noise scale at a run's latest record, and what it was measured on."""
+
+    step: int  # the latest record's step
+    first_step: int  # the first step of the window
+    records: int  # records in the window
+    value: float  # B_noise in rows (NaN: not resolved by the window)
+    batch: float  # the large batch B in use at `step`, in rows
+    small_batch: float  # the small batches' size b at `step`
+
+    def to_dict(self) -> dict:
+        """As JSON-able numbers (NaN as None)."""
+        return {
+            key: (None if isinstance(value, float) and not np.isfinite(value) else value)
+            for key, value in self.__dict__.items()
+        }
+
+
+def latest_noise_scale(run, window: int = NOISE_SCALE_WINDOW) -> LatestNoiseScale | None:
+    """The model's noise scale over the last `window` records of an opened run; None when the
+    run has no gns_* statistics or no record. UsageError when no record had two or more small
+    batches (see `noise_scale`)."""
+    if not all(name in run.stats for name in GNS_STATS) or len(run.steps) == 0:
+        return None
+    frame = noise_scale(run, window, groups={})
+    estimates = noise_estimates(run)
+    first = max(0, len(frame) - int(window))
+    return LatestNoiseScale(
+        step=int(frame.index[-1]),
+        first_step=int(frame.index[first]),
+        records=len(frame) - first,
+        value=float(frame[MODEL_COLUMN].iloc[-1]),
+        batch=float(estimates.batch[-1]),
+        small_batch=float(estimates.small_batch[-1]),
+    )
