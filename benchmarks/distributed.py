@@ -4,14 +4,16 @@
     python benchmarks/distributed.py --rounds 10       # a quick look
     python benchmarks/distributed.py --json out.json   # the figures as JSON too
 
-Each rank (one thread, one process per core) holds three DDP copies of ResNet-20 with the
+Each rank (one thread, one process per core) holds four DDP copies of ResNet-20 with the
 same initialization: a bare twin, the recorded one (`gradscope.attach(ddp_model, ...)` with
-every statistic, every=1) and a second bare twin, the A/A control: on a quiet machine its
-ratio to the first twin is 1, and its spread says how noisy the machine was. One round steps
-each copy once on the same preloaded batch slice, so drifts in machine speed hit all alike; the
-paired ratio is the median over rounds of (copy's step time / bare twin's step time in that
-round), rank 0's clock. A step is timed from a barrier to the end of `optimizer.step()`, so it
-includes DDP's gradient all-reduce and the recorder's collectives.
+every statistic, every=1), the same recorder without the gradient noise scale (its hooks on
+the ranks' gradients before the all-reduce), and a second bare twin, the A/A control: on a
+quiet machine its ratio to the first twin is 1, and its spread says how noisy the machine was.
+"recorded / without the noise scale" is the paired ratio of the two recorders (goal: 1.02).
+One round steps each copy once on the same preloaded batch slice, so drifts in machine speed
+hit all alike; the paired ratio is the median over rounds of (copy's step time / bare twin's
+step time in that round), rank 0's clock. A step is timed from a barrier to the end of
+`optimizer.step()`, so it includes DDP's gradient all-reduce and the recorder's collectives.
 
 The recorder's collectives are counted by wrapping `torch.distributed.all_reduce` (DDP's own
 reductions run in C++ and are not counted): how many per record and the bytes they reduce,
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 WORLD = 2  # ranks: one per core of the machine this was written on
+WITHOUT_NOISE = "without the noise scale"  # the recorded copy without the gns_* statistics
 TIMEOUT = timedelta(minutes=5)  # a collective that waits longer ends the benchmark
 
 
@@ -74,7 +77,7 @@ class CountedAllReduce:
 class Copy:
     """One DDP copy of the model with its optimizer, optionally recorded, and its step times."""
 
-    def __init__(self, name: str, model: nn.Module, record_path: str | None):
+    def __init__(self, name: str, model: nn.Module, record_path: str | None, stats=None):
         import gradscope
 
         self.name = name
@@ -82,7 +85,9 @@ class Copy:
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         self.recorder = None
         if record_path is not None:
-            self.recorder = gradscope.attach(self.model, record_path, optimizer=self.opt, every=1)
+            self.recorder = gradscope.attach(
+                self.model, record_path, optimizer=self.opt, every=1, stats=stats
+            )
         self.times: list[float] = []
         self.collectives: list[tuple[int, int]] = []  # (all_reduce calls, bytes) per step
 
@@ -102,19 +107,22 @@ class Copy:
 
 def _rank(rank: int, args, rendezvous: str, folder: str, results: str) -> None:
     from gradscope.models import create_model
+    from gradscope.recorder import ALL_STATS, GNS_STATS
 
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=WORLD, timeout=TIMEOUT
     )
     copies = []
-    for name, path in (
-        ("bare DDP", None),
-        ("recorded, every=1", f"{folder}/recorded.h5"),
-        ("bare DDP (A/A control)", None),
+    without_noise = [s for s in ALL_STATS if s not in GNS_STATS]
+    for name, path, stats in (
+        ("bare DDP", None, None),
+        ("recorded, every=1", f"{folder}/recorded.h5", None),
+        (WITHOUT_NOISE, f"{folder}/without-noise.h5", without_noise),
+        ("bare DDP (A/A control)", None, None),
     ):
         torch.manual_seed(0)
-        copies.append(Copy(name, create_model(args.model), path))
+        copies.append(Copy(name, create_model(args.model), path, stats))
     g = torch.Generator().manual_seed(1 + rank)  # each rank its own slice
     rows = args.batch // WORLD
     x = torch.randn(rows, 3, args.image_size, args.image_size, generator=g)
@@ -140,6 +148,11 @@ def _rank(rank: int, args, rendezvous: str, folder: str, results: str) -> None:
     dist.destroy_process_group()
 
 
+def quartiles(ratios: list[float]) -> list[float] | None:
+    """[q1, q3] of the ratios (None for a single one)."""
+    return statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else None
+
+
 def summarize(figures: dict, args) -> dict:
     """Paired ratios against the bare twin, and the recorder's collectives per record."""
     times = figures["times"]
@@ -150,8 +163,9 @@ def summarize(figures: dict, args) -> dict:
         rows[name] = {
             "median_ms": 1000 * statistics.median(steps),
             "paired": statistics.median(ratios),
-            "paired_q1_q3": statistics.quantiles(ratios, n=4)[::2] if len(ratios) > 1 else None,
+            "paired_q1_q3": quartiles(ratios),
         }
+    noise = [t / b for t, b in zip(times["recorded, every=1"], times[WITHOUT_NOISE], strict=True)]
     calls, sent = zip(*figures["collectives"]["recorded, every=1"], strict=True)
     return {
         "model": args.model,
@@ -161,6 +175,8 @@ def summarize(figures: dict, args) -> dict:
         "rounds": args.rounds,
         "layers": figures["layers"],
         "variants": rows,
+        "noise_scale_ratio": statistics.median(noise),
+        "noise_scale_ratio_q1_q3": quartiles(noise),
         "collectives_per_record": statistics.median(calls),
         "bytes_reduced_per_record": statistics.median(sent),
         "gradient_bytes_per_step": figures["gradient_bytes"],
@@ -178,6 +194,11 @@ def print_summary(summary: dict) -> None:
         spread = row["paired_q1_q3"]
         quartiles = f"{spread[0]:.3f}-{spread[1]:.3f}" if spread else "-"
         print(f"{name:<24} {row['median_ms']:>9.1f} ms {row['paired']:>13.3f} {quartiles:>15}")
+    spread = summary["noise_scale_ratio_q1_q3"]
+    quartiles = f"{spread[0]:.3f}-{spread[1]:.3f}" if spread else "-"
+    print(
+        f"recorded / {WITHOUT_NOISE}: {summary['noise_scale_ratio']:.3f} paired (q1-q3 {quartiles})"
+    )
     per_record = summary["bytes_reduced_per_record"]
     print(
         f"recorder collectives per record: {summary['collectives_per_record']:g} all_reduce, "

@@ -135,3 +135,22 @@ def test_probe_benchmark_times_the_pair_and_the_sweep_against_bare_twins(one_thr
     assert "pair resnet20 + plain20 at batch 4" in out and "sweep resnet20 widths 2,4" in out
     assert results["pair"]["paired_ratio"] > 0 and results["sweep"]["ratio"] > 0
     assert results["sweep"]["steps"] == 1
+
+
+def test_instruments_benchmark_times_the_new_statistics_against_the_recorder_without(
+    one_thread, capsys, monkeypatch
+):
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports overhead.py
+    path = ROOT / "benchmarks" / "instruments.py"
+    spec = importlib.util.spec_from_file_location("instruments", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--skip-resnet", "--steps", "1", "--warmup", "0", "--sequences", "4"]
+    results = bench.main([*args, "--tokens", "8", "--gpt2-width", "16"])
+    out = capsys.readouterr().out
+    assert "GPT-2 (" in out and "2 micro-batches" in out
+    assert "instruments / without, every=10" in out and "noise scale recorded:" in out
+    ratios = results["gpt2"]["instruments"]
+    assert set(ratios) == {"every=10", "every=1"} and ratios["every=1"]["paired"] > 0
