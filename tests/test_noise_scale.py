@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 import gradscope
 from gradscope.store import GNS_STATS, MODEL_COLUMN, noise_estimates
@@ -163,13 +164,66 @@ def test_a_backward_that_reaches_no_watched_output_warns_and_records_no_batch(tm
     opt = torch.optim.SGD(net.parameters(), lr=0.0)
     with gradscope.attach(net, tmp_path / "w.h5", optimizer=opt, layers=["0"]):
         net(torch.randn(2, 4)).sum().backward()
-        (net[0].weight.sum() * 2).backward()  # a watched parameter, but no watched output
+        net(torch.randn(2, 4))  # a forward pass, then a backward that skips its outputs
+        (net[0].weight.sum() * 2).backward()
         with pytest.warns(RuntimeWarning, match="size of its batch is unknown"):
             opt.step()
     run = gradscope.open_run(tmp_path / "w.h5")
     assert np.isnan(run.stat("gns_large_batch")).all()
     assert np.isnan(run.stat("gns_small_sq")).all()
     assert np.isfinite(run.stat("gns_large_sq")).all()
+
+
+def test_two_backward_passes_of_one_forward_warn_and_record_no_small_batches(tmp_path):
+    net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    with gradscope.attach(net, tmp_path / "t.h5", optimizer=opt, stats=list(GNS_STATS)):
+        for _ in range(2):  # two micro-batches; the second backpropagated twice
+            out = net(torch.randn(3, 4))
+            out.sum().backward(retain_graph=True)
+        out.pow(2).sum().backward()
+        with pytest.warns(RuntimeWarning, match="two gradients between forward passes"):
+            opt.step()
+    run = gradscope.open_run(tmp_path / "t.h5")
+    assert np.isnan(run.stat("gns_small_sq")).all() and (run.stat("gns_large_batch") == 6).all()
+
+
+class Checkpointed(nn.Module):
+    """Three linear layers, each in its own activation checkpoint (reentrant or not)."""
+
+    def __init__(self, reentrant):
+        super().__init__()
+        self.reentrant = reentrant
+        self.a, self.b, self.c = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        if self.reentrant is None:
+            return self.c(torch.tanh(self.b(self.a(x))))
+        h = checkpoint(self.a, x, use_reentrant=self.reentrant)
+        h = checkpoint(lambda t: torch.tanh(self.b(t)), h, use_reentrant=self.reentrant)
+        return checkpoint(self.c, h, use_reentrant=self.reentrant)
+
+
+def test_activation_checkpointing_reentrant_or_not_records_the_same_sums(tmp_path):
+    # Under reentrant checkpointing the forward runs under no_grad and each segment's backward
+    # is a graph task of its own: still three small batches a step, as without checkpoints.
+    runs = {}
+    for reentrant in (None, True, False):
+        torch.manual_seed(0)
+        net = Checkpointed(reentrant)
+        opt = torch.optim.SGD(net.parameters(), lr=0.0)
+        path = tmp_path / f"{reentrant}.h5"
+        with gradscope.attach(net, path, optimizer=opt, stats=list(GNS_STATS)):
+            for step in range(2):
+                for micro in range(3):
+                    x, y = draw(5, step, micro)
+                    (F.mse_loss(net(x.requires_grad_()), y[:, :2]) / 3).backward()
+                opt.step()
+                opt.zero_grad()
+        runs[reentrant] = np.stack([gradscope.open_run(path).stat(s) for s in GNS_STATS])
+    assert np.isfinite(runs[None]).all() and (runs[None][3] == 15).all()
+    for reentrant in (True, False):
+        np.testing.assert_allclose(runs[reentrant], runs[None], rtol=1e-5)
 
 
 def test_a_tripped_step_has_no_noise_scale_and_the_next_is_whole(tmp_path):

@@ -24,13 +24,15 @@ LARGE_SUMS = ("gns_large_sumsq", "gns_large_count")
 class NoiseScaleSums:
     """This step's raw sums for the gradient noise scale of every watched layer.
 
-    A small batch is one backward pass on one rank: a tensor hook on each parameter sees the
-    gradient that pass adds (before it is accumulated into `.grad`, and under DDP or FSDP2
-    before the ranks' reduction), so gradient accumulation and data parallelism both give
-    several small batches per step. The large batch is all of them: the gradient the step
-    applies, read from `.grad` at the end of each backward pass, after DDP's all-reduce or
-    FSDP2's reduce-scatter has written it (the last pass of the step counts), and before any
-    unscaling or clipping, so both norms are of the same backpropagated loss.
+    A small batch is the backward pass (or passes) between two forward passes on one rank: a
+    tensor hook on each parameter sees the gradient that pass adds (before it is accumulated
+    into `.grad`, and under DDP or FSDP2 before the ranks' reduction), so gradient accumulation
+    and data parallelism both give several small batches per step; a forward pass begun
+    outside a backward closes the one before it, the record the last. The large batch is all
+    of them: the gradient the step applies, read from `.grad` at the end of each backward
+    pass, after DDP's all-reduce or FSDP2's reduce-scatter has written it (the last pass of
+    the step counts), and before any unscaling or clipping, so both norms are of the same
+    backpropagated loss.
 
     A small batch's rows are, for each forward pass it backpropagates, the first dimension of
     the output gradient of the earliest watched module of that pass the backward reaches
@@ -83,6 +85,7 @@ class NoiseScaleSums:
         ]
         self._norms = torch.zeros(len(self._params), device=device)
         self._slots = list(self._norms.unbind())  # 0-d views, made once
+        self._fired = np.zeros(len(self._params), dtype=bool)  # in the open small batch
         self._hooks = [self._param_hook(slot) for slot in range(len(self._params))]
         self._present: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._handles: list = []
@@ -90,7 +93,7 @@ class NoiseScaleSums:
         self.armed = False
         self._forward = 0  # forward passes begun on recorded steps
         self._call = 0  # watched-module calls in the current forward pass
-        self._warned = False
+        self._warned: set[str] = set()
         self.clear()
 
     # ----- hooks on recorded steps ------------------------------------------------------------
@@ -121,14 +124,20 @@ class NoiseScaleSums:
         self.disarm()
         self._void = True
 
-    def output(self, starts_forward: bool, tensors: list[torch.Tensor]) -> None:
-        """A watched module's floating outputs on a recorded step (`starts_forward`: it is the
-        first module of a forward pass): the first that needs a gradient will tell its rows."""
-        if self._void:
-            return
-        if starts_forward:
+    def forward_began(self) -> None:
+        """The first watched module of a forward pass ran (in any grad mode: reentrant
+        checkpointing runs it under no_grad). Begun outside a backward pass, it closes the
+        small batch before it; inside, it is a recomputation (activation checkpointing)."""
+        if torch._C._current_graph_task_id() == -1:
+            self._close_small_batch()
             self._forward += 1
             self._call = 0
+
+    def output(self, tensors: list[torch.Tensor]) -> None:
+        """A watched module's floating outputs on a recorded step, in a forward pass with grad
+        enabled: the first that needs a gradient will tell its rows."""
+        if self._void:
+            return
         for t in tensors:
             if t.requires_grad:
                 t.register_hook(self._rows_hook(self._forward, self._call))
@@ -140,7 +149,7 @@ class NoiseScaleSums:
         earliest call of a pass that the backward reaches gives the pass's rows."""
 
         def hook(grad):
-            self._backward_started()
+            self._backward_ran()
             reached = self._reached.get(forward)
             if reached is None or call < reached[0]:
                 self._reached[forward] = (call, grad.shape[0] if grad.dim() else 1)
@@ -151,7 +160,10 @@ class NoiseScaleSums:
         out = self._slots[slot]
 
         def hook(grad):
-            self._backward_started()
+            self._backward_ran()
+            if self._fired[slot]:  # a second gradient before the next forward pass
+                self._parts_unknown = True
+            self._fired[slot] = True
             _square_into(grad, out, self._squares)
 
         return hook
@@ -171,17 +183,33 @@ class NoiseScaleSums:
 
         return pre_hook
 
-    def _backward_started(self) -> None:
-        """The first hook of a backward pass: close the small batch when the pass ends."""
-        if not self._queued and not self._void:
-            self._queued = True
-            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+    def _backward_ran(self) -> None:
+        """A hook of a backward pass ran: a small batch is open, and the large batch is read
+        when this graph task ends (under reentrant checkpointing, each nested one too: the
+        outermost, whose end comes last, is read last)."""
+        if self._void:
+            return
+        self._open = True
+        task = torch._C._current_graph_task_id()
+        if task not in self._tasks:
+            self._tasks.add(task)
+            torch.autograd.Variable._execution_engine.queue_callback(
+                lambda: self._end_of_task(task)
+            )
 
-    def _end_of_backward(self) -> None:
-        """The backward pass is done: add its small batch. DDP queued its own end-of-backward
-        work (waiting for the all-reduce, writing `.grad`) during the pass, after this
-        callback; the large batch is read in one queued behind it."""
-        self._queued = False
+    def _end_of_task(self, task: int) -> None:
+        """A graph task of the backward pass is done. DDP queued its own end-of-backward work
+        (waiting for the all-reduce, writing `.grad`) during the pass, after this callback: the
+        large batch is read in one queued behind it."""
+        self._tasks.discard(task)
+        if self._reads_large_batch:
+            torch.autograd.Variable._execution_engine.queue_callback(self._read_large_batch)
+
+    def _close_small_batch(self) -> None:
+        """Add the small batch of the backward passes since the last forward pass began."""
+        if not self._open:
+            return
+        self._open = False
         rows = sum(rows for _, rows in self._reached.values())
         self._reached.clear()
         squares = self._norms.double()
@@ -190,15 +218,14 @@ class NoiseScaleSums:
         per_layer = torch.zeros(self._n_layers, dtype=torch.float64, device=self._device)
         per_layer.index_add_(0, self._layer_of_slot, squares)
         self._norms.zero_()
-        if rows == 0:  # the pass reached no watched output: the batch's size is unknown
+        self._fired[:] = False
+        if rows == 0:  # the passes reached no watched output: the batch's size is unknown
             self._rows_known = False
         else:
             self._small.add_(per_layer, alpha=self._weight**2 / rows**2)
             self._batches += 1
             self._inv_rows += 1.0 / rows
             self._total_rows += rows
-        if self._reads_large_batch:
-            torch.autograd.Variable._execution_engine.queue_callback(self._read_large_batch)
 
     def _read_large_batch(self) -> None:
         """Per layer, the sum of squares of `.grad` now (this rank's shard under FSDP2)."""
@@ -240,27 +267,37 @@ class NoiseScaleSums:
         def per_layer(value: float) -> torch.Tensor:
             return torch.full((self._n_layers,), value, dtype=torch.float64, device=self._device)
 
+        self._close_small_batch()
         if self._void:
             nan = per_layer(float("nan"))
             return {name: nan for name in SMALL_SUMS + LARGE_SUMS}
-        if not self._rows_known and not self._warned:
-            self._warned = True
-            warnings.warn(
-                "gradscope: a backward pass of a recorded step reached the output of no watched "
-                "module, so the size of its batch is unknown: that step has no gradient noise "
-                "scale (watch a module the loss depends on, e.g. the first layer)",
-                RuntimeWarning,
-                stacklevel=2,
+        if not self._rows_known:
+            self._warn(
+                "a backward pass of a recorded step reached the output of no watched module, "
+                "so the size of its batch is unknown: that step has no gradient noise scale "
+                "(watch a module the loss depends on, e.g. the first layer)"
+            )
+        if self._parts_unknown:
+            self._warn(
+                "a parameter received two gradients between forward passes (two backward "
+                "passes of one forward, or forwards run before their backwards): the small "
+                "batch they make up has an unknown norm, so that step records no small batches"
             )
 
         return {
             "gns_small_sumsq": self._small.clone(),
-            "gns_batches": per_layer(self._batches),
             "gns_rows": per_layer(self._total_rows if self._rows_known else float("nan")),
+            "gns_batches": per_layer(float("nan") if self._parts_unknown else self._batches),
             "gns_inv_rows": per_layer(self._inv_rows),
             "gns_large_sumsq": self._large.clone(),
             "gns_large_count": self._large_count.clone(),
         }
+
+    def _warn(self, what: str) -> None:
+        """Say `what` once per recorder."""
+        if what not in self._warned:
+            self._warned.add(what)
+            warnings.warn(f"gradscope: {what}", RuntimeWarning, stacklevel=4)
 
     def clear(self) -> None:
         """Forget this step's small and large batches (a record was taken, or the gradients
@@ -274,9 +311,12 @@ class NoiseScaleSums:
         self._total_rows = 0
         self._rows_known = True
         self._reached: dict[int, tuple[int, int]] = {}  # forward pass -> (call, rows)
-        self._queued = False
+        self._tasks: set[int] = set()  # graph tasks whose end is awaited
+        self._open = False  # a backward pass ran since the last small batch was added
+        self._parts_unknown = False
         self._void = False
         self._norms.zero_()
+        self._fired[:] = False
 
 
 def _square_into(grad: torch.Tensor, out: torch.Tensor, squares: bool) -> None:

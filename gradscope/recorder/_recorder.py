@@ -376,6 +376,8 @@ class Recorder(NonFiniteTrips):
             # the forward under no_grad, and again under grad during the backward)
             if self._order is None and position not in self._first_call:
                 self._first_call[position] = len(self._first_call)
+            if self._noise is not None and self._due and self._starts_forward(position):
+                self._noise.forward_began()  # whatever the grad mode, as the depth order
             if not torch.is_grad_enabled():
                 return  # evaluation: nothing is recorded
             self._in_step = True
@@ -387,7 +389,7 @@ class Recorder(NonFiniteTrips):
             if self._want_act:
                 self._act.add(tensors, position)
             if self._noise is not None:
-                self._noise.output(self._starts_forward(position), tensors)
+                self._noise.output(tensors)
             if self._want_act_grad:
                 grad_hook = self._output_grad_hooks[position]
                 for t in tensors:
