@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 
@@ -46,21 +44,6 @@ class HostRows:
         kept = self.used - count
         self.table[:kept] = self.table[count : self.used]
         self.used = kept
-
-
-def _untraced(method):
-    """`method`, run as it is even where dynamo traces its caller (the hooks of a compiled
-    model): it fills host tables and calls numba, which dynamo must not trace. Untraced calls
-    cost one test in eager mode, where torch.compiler.disable costs about 1 µs per call."""
-    eager = torch.compiler.disable(method)
-
-    @functools.wraps(method)
-    def wrapper(*args):
-        if torch.compiler.is_compiling():
-            return eager(*args)
-        return method(*args)
-
-    return wrapper
 
 
 def _numba_kernels():
@@ -111,7 +94,6 @@ class ActivationSums:
         """Each call's layer position (a view of a reused table)."""
         return self._calls.column(1)
 
-    @_untraced
     def add(self, tensors: list[torch.Tensor], position: int) -> None:
         """The sums of one call's floating outputs (`tensors`, all of one module call)."""
         if self._numba_on_cpu and tensors[0].is_cpu:
@@ -235,7 +217,6 @@ class OutputGradSums:
             return columns[0]
         return np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
 
-    @_untraced
     def add(self, grad: torch.Tensor, position: int) -> None:
         """The sum of squares of one output gradient of the layer at `position`."""
         device = grad.device
@@ -250,7 +231,7 @@ class OutputGradSums:
         if grad.requires_grad:  # only under create_graph
             grad = grad.detach()
         if self._dot_on_cpu and grad.is_cpu:
-            g = grad.view(-1) if grad.is_contiguous() else grad.reshape(-1)
+            g = S.flat_in_memory_order(grad)
             if g.dtype is not torch.float32:
                 g = g.float()
             torch.dot(g, g, out=slots[row])
