@@ -246,3 +246,11 @@ def test_attach_after_compile_recompiles_once_and_records_everything(tmp_path):
     assert list(got.steps) == [0, 2]
     for stat in ALL_STATS:
         np.testing.assert_allclose(got.stat(stat), want.stat(stat), rtol=1e-5, err_msg=stat)
+
+
+def test_the_graph_ops_are_ordered_effects_that_cuda_graphs_do_not_capture():
+    from torch._higher_order_ops.effects import _get_effect
+
+    for op in (torch.ops.gradscope.observe_outputs, torch.ops.gradscope.observe_output_grad):
+        assert torch.Tag.cudagraph_unsafe in op.default.tags  # reduce-overhead splits around them
+        assert _get_effect(op.default) is not None  # kept and kept in order, though they return ()

@@ -14,9 +14,12 @@ from gradscope.recorder import _stats as S
 # compiled graph each is one call into the recorder's own Python, made where the hook would
 # have run in eager mode, with the tensors it would have seen (no copy, no reduction in the
 # graph). Ordered effects: they are neither dropped (they return nothing) nor reordered.
+# cudagraph_unsafe: a CUDA graph replays kernels, not Python, so under mode="reduce-overhead"
+# inductor splits a graph with these ops into CUDA graphs between them (graph partitions).
 _LIBRARY = torch.library.Library("gradscope", "DEF")
-_LIBRARY.define("observe_outputs(Tensor[] outputs, int recorder, int position) -> ()")
-_LIBRARY.define("observe_output_grad(Tensor grad, int recorder, int position) -> ()")
+_TAGS = (torch.Tag.cudagraph_unsafe,)
+_LIBRARY.define("observe_outputs(Tensor[] outputs, int recorder, int position) -> ()", tags=_TAGS)
+_LIBRARY.define("observe_output_grad(Tensor grad, int recorder, int position) -> ()", tags=_TAGS)
 
 
 class GraphObserver(Protocol):
