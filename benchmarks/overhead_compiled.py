@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py --compile                  # ResNet-20 and ResNet-56, CPU
     python benchmarks/overhead.py --compile --models resnet20 --rounds 3 --steps 20
+    python benchmarks/overhead.py --compile --steady-heap   # no glibc page-fault noise
 
 Dynamo's caches and compiled code live in the process, so every variant (compiled bare,
 compiled and recorded every=1 and every=10, and the eager ones beside them) runs in a process
@@ -109,6 +110,8 @@ def run_variant(args, index: int, cache: Path, folder: Path) -> dict:
         "--mode", args.mode or "default", "--variant-index", str(index), "--folder", str(folder),
     ] + (["--amp"] if args.amp else [])  # fmt: skip
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache), OMP_NUM_THREADS="1")
+    if args.steady_heap:  # what overhead.py's --steady-heap sets with mallopt, for a new process
+        env.update(MALLOC_TRIM_THRESHOLD_="2147483647", MALLOC_MMAP_THRESHOLD_="33554432")
     if args.device != "cpu":
         env.pop("OMP_NUM_THREADS")
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout)
