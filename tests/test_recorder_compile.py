@@ -167,8 +167,9 @@ def test_no_graph_break_and_no_recompile_when_the_schedule_switches(tmp_path, na
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     rec = gradscope.attach(model, tmp_path / "r.h5", optimizer=opt, every=2, layers=layers)
-    explained = torch._dynamo.explain(model)(batch_fn(0)[0])
-    assert explained.graph_break_count == 0, explained.break_reasons
+    if name != "resnet20":  # a third trace of ResNet-20 adds seconds: fullgraph=True checks it
+        explained = torch._dynamo.explain(model)(batch_fn(0)[0])
+        assert explained.graph_break_count == 0, explained.break_reasons
     capture = GraphCapture()
     forward = torch.compile(model, backend=capture, fullgraph=True)  # would raise on a break
     compiles = []
