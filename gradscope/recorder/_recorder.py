@@ -353,8 +353,8 @@ class Recorder:
     def _graph_hook(self, position: int, output):
         """The forward hook as dynamo traces it into a compiled graph. It reads one guarded
         value, `_observing`: steps that observe run a graph with the recorder's ops, the others
-        the bare model's graph; each compiles once. The ops call `observe_outputs` and
-        `observe_output_grad` at run time, which do what the eager hook and its tensor hooks do."""
+        the bare model's graph; each compiles once. The ops call `_observe_outputs` and
+        `_observe_output_grad` at run time, which do what the eager hook and its tensor hooks do."""
         if not torch.is_grad_enabled():
             return None  # evaluation: nothing is recorded
         self._in_step = True  # a store dynamo replays after the graph (not a guard)
