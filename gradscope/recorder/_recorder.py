@@ -12,6 +12,7 @@ from torch import nn
 
 from gradscope.errors import NonFiniteError, UsageError
 from gradscope.recorder import _distributed as D
+from gradscope.recorder import _graph_ops as G
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
@@ -142,6 +143,10 @@ class Recorder(NonFiniteTrips):
         self._act_grad = OutputGradSums(self.kernels)  # and their gradients
         self._reset_accumulators()
         self._due = self._schedule(self._step)
+        # what a compiled graph's hooks read (dynamo guards on it: a graph with the ops, and one
+        # without): the step is recorded, or the depth order is still to learn
+        self._observing = True
+        self._graph_key = G.register(self)  # how the ops in compiled graphs reach this recorder
         self._groups: P.ParamGroups | None = None
         self._device_lists: dict[tuple, torch.Tensor] = {}
         self._before: P.WeightSnapshot | None = None
@@ -300,6 +305,7 @@ class Recorder(NonFiniteTrips):
         if self._flight is not None:
             self._flight.close()
         self._arrivals.remove()
+        G.unregister(self._graph_key)
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -352,12 +358,13 @@ class Recorder(NonFiniteTrips):
 
     def _forward_hook(self, position: int):
         def hook(module, inputs, output):
+            if torch.compiler.is_compiling():  # dynamo is tracing: into the user's graph
+                return self._graph_hook(position, output)
             if self.closed or self._muted:
                 return
             # depth is forward call order whatever the grad mode (reentrant checkpointing runs
             # the forward under no_grad, and again under grad during the backward)
-            if self._order is None and position not in self._first_call:
-                self._first_call[position] = len(self._first_call)
+            self._note_first_call(position)
             if not torch.is_grad_enabled():
                 return  # evaluation: nothing is recorded
             self._in_step = True
@@ -381,6 +388,43 @@ class Recorder(NonFiniteTrips):
                         break
 
         return hook
+
+    def _graph_hook(self, position: int, output):
+        """The forward hook as dynamo traces it into a compiled graph. It reads one guarded
+        value, `_observing`: steps that observe run a graph with the recorder's ops, the others
+        the bare model's graph; each compiles once. The ops call `_observe_outputs` and
+        `_observe_output_grad` at run time, which do what the eager hook and its tensor hooks do."""
+        if not torch.is_grad_enabled():
+            return None  # evaluation: nothing is recorded
+        self._in_step = True  # a store dynamo replays after the graph (not a guard)
+        if not self._observing:
+            return None
+        probe = self._want_act or self._want_act_grad
+        return G.observe_in_graph(output, self._graph_key, position, probe)
+
+    def _observe_outputs(self, outputs: list[torch.Tensor], position: int) -> None:
+        """A compiled graph ran a watched call (`observe_outputs` op): its floating outputs."""
+        if self.closed or self._muted:
+            return
+        self._note_first_call(position)
+        self._in_step = True
+        if self._due and self._want_act and outputs:
+            self._act.add(outputs, position)
+
+    def _observe_output_grad(self, grad: torch.Tensor, position: int) -> None:
+        """A compiled backward reached a watched output (`observe_output_grad` op)."""
+        if self.closed or self._muted or not self._due:
+            return
+        if self._want_act_grad:
+            self._output_grad_hooks[position](grad)
+        else:
+            self._mark_backpropagated(grad)
+
+    def _note_first_call(self, position: int) -> None:
+        """A call of the watched module at `position`: until the depth order is fixed, the
+        order of first calls is kept."""
+        if self._order is None and position not in self._first_call:
+            self._first_call[position] = len(self._first_call)
 
     def _output_grad_hook(self, position: int):
         def hook(grad):
@@ -439,6 +483,7 @@ class Recorder(NonFiniteTrips):
             self._take_record()
         self._step += 1
         self._due = self._schedule(self._step)
+        self._observing = self._due  # the depth order is fixed from here on
         self._in_step = False
         self._reset_accumulators()
         if self._due or not self._order:
