@@ -4,6 +4,10 @@
     python benchmarks/overhead.py --steps 10 --skip-1202   # a quick look
     python benchmarks/overhead.py --skip-56 --steps-1202 20  # ResNet-1202 only, 20 rounds
     python benchmarks/overhead.py --device-path   # what a GPU runs, on CPU: ResNet-56, batch 4
+    python benchmarks/overhead.py --compile       # under torch.compile: ResNet-20 and -56, batch 32
+
+`--compile` times compiled models, each variant in its own process (see overhead_compiled.py):
+compiled recorded against compiled bare, eager beside them, and the compile time each adds.
 
 `--device-path` sets GRADSCOPE_KERNELS=torch (the device-generic path, the compiled fused
 reductions a CUDA device runs, here through inductor's C++ backend) and one thread, and times
@@ -536,6 +540,29 @@ def main() -> None:
         action="store_true",
         help="also time hooks alone, and hooks doing only the statistics' reads (lower bounds)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile'd models, each variant in its own process (overhead_compiled.py)",
+    )
+    parser.add_argument(
+        "--models", nargs="+", default=["resnet20", "resnet56"], help="--compile: models to time"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="--compile: rounds of variants")
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="--compile: torch.compile's mode (default, max-autotune-no-cudagraphs, ...)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="inductor",
+        help="--compile: torch.compile's backend (aot_eager: quick)",
+    )
+    parser.add_argument("--no-eager", action="store_true", help="--compile: skip the eager rows")
+    parser.add_argument(
+        "--timeout", type=float, default=1800, help="--compile: seconds allowed to one process"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     parser.add_argument(
         "--steady-heap",
@@ -548,6 +575,9 @@ def main() -> None:
         raise SystemExit("--device-path runs on the CPU (it stands in for a GPU); drop --device")
     DEVICE = resolve_device(args.device)
     AMP = args.amp
+    if args.compile:
+        compiled_main(args)
+        return
     if args.batch is None:
         args.batch = 4 if args.device_path else 128
     if args.device_path:
@@ -571,6 +601,22 @@ def main() -> None:
                 resnet56_rounds(args, Path(tmp))
             if not args.skip_1202:
                 resnet1202_rounds(args, Path(tmp))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": RESULTS}, indent=2) + "\n")
+
+
+def compiled_main(args) -> None:
+    """--compile: every variant of every model in its own process, figures printed (and JSON)."""
+    from overhead_compiled import compiled_overhead
+
+    if args.device_path:
+        raise SystemExit("--compile times the kernels the recorder picks; drop --device-path")
+    args.batch = args.batch or 32
+    args.mode = args.compile_mode
+    args.steps = max(10, round(args.steps / 10) * 10)  # whole 10-step cycles (every=10)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, gradscope {gradscope.__version__}")
+    where_run = "CPU (1 thread)" if DEVICE.type == "cpu" else where()
+    RESULTS.extend(compiled_overhead(args, median_interval, where_run))
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": RESULTS}, indent=2) + "\n")
 

@@ -117,3 +117,29 @@ def test_trainer_on_cuda_uses_bf16_autocast_and_channels_last(tmp_path):
     with gradscope.open_run(tmp_path / "resnet20.h5") as run:
         for stat in ("grad_norm", "act_mean", "act_grad_norm", "update_ratio"):
             assert np.isfinite(run.stat(stat)).all(), stat
+
+
+@pytest.mark.parametrize("kernels", ["auto", "torch"])
+def test_a_compiled_model_on_cuda_records_what_eager_records(tmp_path, monkeypatch, kernels):
+    # inductor's Triton code with gradscope's ops in the graph, against the eager CUDA run
+    torch.manual_seed(0)
+    model = SmallCNN(inplace=True)
+    twin = SmallCNN(inplace=True)
+    twin.load_state_dict(model.state_dict())
+    compiled = torch.compile(model.cuda(), fullgraph=True)
+    runs = []
+    for net, forward, name in ((model, compiled, "c.h5"), (twin.cuda(), twin, "e.h5")):
+        monkeypatch.setenv("GRADSCOPE_KERNELS", kernels)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        with gradscope.attach(net, tmp_path / name, optimizer=opt, every=2, batch_sample=None):
+            for step in range(4):
+                x, y = (t.cuda() for t in image_batch(step))
+                F.cross_entropy(forward(x), y).backward()
+                opt.step()
+                opt.zero_grad()
+        runs.append(gradscope.open_run(tmp_path / name))
+    assert list(runs[0].steps) == [0, 2]
+    for stat in ALL_STATS:
+        np.testing.assert_allclose(
+            runs[0].stat(stat), runs[1].stat(stat), rtol=1e-3, atol=1e-6, err_msg=stat
+        )

@@ -254,3 +254,19 @@ def test_bad_arguments_fail_when_the_callback_is_made(tmp_path):
         GradscopeCallback(tmp_path / "r.h5", evry=2)
     with pytest.raises(gradscope.UsageError, match="framework"):
         GradscopeCallback(tmp_path / "r.h5", attrs={"framework": "mine"})
+
+
+def test_a_compiled_module_records_what_the_eager_one_records(fitted, tmp_path, one_thread):
+    run, _, _ = fitted
+    torch.manual_seed(0)
+    module = TinyModule()  # the fixture's weights, batches, clipping and validation pass
+    path = tmp_path / "compiled.h5"
+    callback = GradscopeCallback(path, batch_sample=None)
+    compiled = torch.compile(module, backend="eager")  # Lightning compiles training_step
+    trainer(tmp_path, callback, gradient_clip_val=CLIP, limit_val_batches=1).fit(
+        compiled, loader(), loader(4)
+    )
+    got = gradscope.open_run(path)
+    assert list(got.steps) == list(run.steps) and list(got.layers["name"]) == list(LAYERS)
+    for stat in ALL_STATS:
+        np.testing.assert_allclose(got.stat(stat), run.stat(stat), rtol=1e-5, err_msg=stat)

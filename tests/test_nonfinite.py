@@ -416,6 +416,19 @@ def test_a_compiled_model_is_replayed_eagerly(tmp_path):
     assert (origin["phase"], origin["layer"], origin["op"]) == ("forward", "brk", "aten.mul")
 
 
+def test_attached_inside_a_compiled_model_the_trip_says_how_to_replay_it(tmp_path):
+    torch.manual_seed(0)
+    model = Net("forward")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    path = tmp_path / "run.h5"
+    with pytest.warns(RuntimeWarning, match="attach gradscope to that module"):
+        with gradscope.attach(model, path, optimizer=opt, every=EVERY):
+            compiled = torch.compile(model, backend="eager")  # the capture's hooks trace as nothing
+            train(compiled, opt, BREAK_AT + 1, on_batch=break_at())
+    origin = origin_of(gradscope.open_run(path).events)
+    assert (origin["step"], origin["phase"]) == (BREAK_AT, "not_replayed")
+
+
 def test_a_closure_and_manual_gradients_as_lightning_steps(tmp_path):
     # optimizer.step(closure): the step pre-hook runs before the closure's backward, so the
     # check runs in read_gradients() (Lightning's on_before_optimizer_step) and acts at once.

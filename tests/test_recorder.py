@@ -201,7 +201,10 @@ def run_against_reference(
     accumulate=1,
     layers=None,
     twin_model=None,
+    forward=None,
 ):
+    """Train `make_model()` recorded beside a twin with reference probes; `forward(model)`
+    gives what to call in place of the model (a compiled wrapper, say)."""
     torch.manual_seed(0)
     model = make_model()
     twin = twin_model(model) if twin_model else copy.deepcopy(model)
@@ -215,12 +218,13 @@ def run_against_reference(
     watched = {name: twin_modules[name] for name in rec.layer_names}
     probe = ReferenceProbe(watched)
     expected = {}
+    net = forward(model) if forward else model
     for step in range(steps):
         probe.clear()
         changes, rows = [], []  # each micro-batch's gradient and rows: the small batches
         for micro in range(accumulate):
             x, y = batch_fn(step, micro)
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(net(x), y).backward()
             before = parameter_grads(twin)
             F.cross_entropy(twin(x), y).backward()
             changes.append(gradient_change(twin, before))
@@ -266,15 +270,21 @@ def test_mlp_all_statistics_match_reference(tmp_path):
     assert_matches(run, expected)
 
 
-def test_cnn_with_inplace_ops_matches_out_of_place_twin(tmp_path):
-    # Reference: the same weights without in-place ops, where retain_grad sees plain outputs.
-    def twin(model):
-        t = SmallCNN(inplace=False)
-        t.load_state_dict(model.state_dict())
-        return t
+def out_of_place_twin(model: SmallCNN) -> SmallCNN:
+    """The reference of an in-place SmallCNN: the same weights without in-place ops, where
+    retain_grad sees plain outputs."""
+    twin = SmallCNN(inplace=False)
+    twin.load_state_dict(model.state_dict())
+    return twin
 
+
+def test_cnn_with_inplace_ops_matches_out_of_place_twin(tmp_path):
     run, expected = run_against_reference(
-        tmp_path, SmallCNN, image_batch, layers=["conv*", "bn*", "fc", nn.ReLU], twin_model=twin
+        tmp_path,
+        SmallCNN,
+        image_batch,
+        layers=["conv*", "bn*", "fc", nn.ReLU],
+        twin_model=out_of_place_twin,
     )
     names = list(run.layers["name"])
     assert names == ["conv1", "bn1", "relu", "conv2", "bn2", "fc"]  # depth = first-call order

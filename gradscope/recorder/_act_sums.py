@@ -6,7 +6,6 @@ import numpy as np
 import torch
 
 from gradscope.recorder import _stats as S
-from gradscope.recorder._compiled_code import untraced
 from gradscope.recorder._kernels import KernelChoice, SampleGroup, grad_norm_into
 
 INITIAL_HOST_ROWS = 256
@@ -95,7 +94,6 @@ class ActivationSums:
         """Each call's layer position (a view of a reused table)."""
         return self._calls.column(1)
 
-    @untraced
     def add(self, tensors: list[torch.Tensor], position: int) -> None:
         """The sums of one call's floating outputs (`tensors`, all of one module call)."""
         if self._numba_on_cpu and tensors[0].is_cpu:
@@ -219,7 +217,6 @@ class OutputGradSums:
             return columns[0]
         return np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
 
-    @untraced
     def add(self, grad: torch.Tensor, position: int) -> None:
         """The sum of squares of one output gradient of the layer at `position`."""
         device = grad.device
@@ -234,7 +231,7 @@ class OutputGradSums:
         if grad.requires_grad:  # only under create_graph
             grad = grad.detach()
         if self._dot_on_cpu and grad.is_cpu:
-            g = grad.view(-1) if grad.is_contiguous() else grad.reshape(-1)
+            g = S.flat_in_memory_order(grad)
             if g.dtype is not torch.float32:
                 g = g.float()
             torch.dot(g, g, out=slots[row])

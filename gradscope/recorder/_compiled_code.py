@@ -16,12 +16,15 @@ _others_frames_dropped = 0  # frames compiled by others when their code was last
 
 
 def _compiled_frames() -> int:
-    """Frames dynamo has compiled in this process (recompiles too), 0 before it is imported."""
+    """Frames dynamo has compiled in this process (recompiles too), 0 before it is imported.
+
+    Counted per compile id, which every compile takes, with `fullgraph=True` or without
+    (`counters["frames"]` counts only the latter)."""
     if "torch._dynamo" not in sys.modules:
         return 0
-    from torch._dynamo.utils import counters
+    from torch._dynamo.convert_frame import FRAME_COMPILE_COUNTER
 
-    return counters["frames"]["total"]
+    return sum(FRAME_COMPILE_COUNTER.values())
 
 
 def frames_compiled_by_others() -> int:

@@ -14,7 +14,7 @@ from gradscope.errors import UsageError
 from gradscope.recorder._culprit_op import culprit_op
 from gradscope.recorder._nonfinite_check import NonFiniteCheck
 from gradscope.recorder._replay import ReplayChecks, first_finding, preserved
-from gradscope.recorder._step_capture import StepCapture, entry_candidates
+from gradscope.recorder._step_capture import StepCapture, eager_wrappers, entry_candidates
 from gradscope.recorder._wrappers import local_part, user_type_name
 
 NONFINITE_MODES = ("watch", "raise", "skip", "off")
@@ -22,6 +22,11 @@ UPDATE_OF_MODE = {"watch": "applied", "skip": "skipped", "raise": "raised"}
 # Why a step is not replayed (NonFiniteOrigin.reason of phase "not_replayed").
 NO_CAPTURE = (
     "no forward call of the model was seen in this step, and the replay re-runs those calls"
+)
+COMPILED_NO_CAPTURE = (
+    "no forward call of the model was seen in this step: calls inside a torch.compile'd model "
+    "are seen by the hooks of the module torch.compile returned; attach gradscope to that "
+    "module (gradscope.attach(torch.compile(model), ...)) to replay a step"
 )
 AFTER_UPDATE = (
     "it was found after the update (rec.step() comes after it); attach with optimizer=, or "
@@ -54,6 +59,7 @@ class FlightRecorder:
     def __init__(
         self,
         mode: str,
+        model: nn.Module,
         root: nn.Module,
         modules: list[tuple[str, nn.Module]],
         params: list[torch.nn.Parameter],
@@ -72,7 +78,11 @@ class FlightRecorder:
         self._rank, self._world = rank, world
         self._sharded = torch.tensor(sharded, dtype=torch.bool, device=device)
         self._check = NonFiniteCheck(params, reduce_across_ranks=world > 1, device=device)
-        self.capture = StepCapture(entry_candidates(root, [m for _, m in modules]), device)
+        # attached to a wrapper (torch.compile's, DDP's), the training code calls the wrapper:
+        # its hooks alone capture, eagerly, and a compiled graph holds none of the capture's
+        outer = eager_wrappers(model, root)
+        candidates = [] if outer else entry_candidates(root, [m for _, m in modules])
+        self.capture = StepCapture(candidates, device, outer=outer)
 
     def detect(self) -> bool:
         """Whether a gradient or a weight holds an inf or NaN now (on any rank)."""

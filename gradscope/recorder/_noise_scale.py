@@ -145,16 +145,22 @@ class NoiseScaleSums:
         self._call += 1
 
     def _rows_hook(self, forward: int, call: int):
-        """The output-gradient hook of watched call `call` of forward pass `forward`: the
-        earliest call of a pass that the backward reaches gives the pass's rows."""
+        """The output-gradient hook of watched call `call` of forward pass `forward`."""
 
         def hook(grad):
-            self._backward_ran()
-            reached = self._reached.get(forward)
-            if reached is None or call < reached[0]:
-                self._reached[forward] = (call, grad.shape[0] if grad.dim() else 1)
+            self.reached(grad, call, forward)
 
         return hook
+
+    def reached(self, grad: torch.Tensor, call: int, forward: int | None = None) -> None:
+        """The backward reached the output of the `call`-th watched call of a forward pass (of
+        the latest one by default: a compiled graph's op does not know which): the earliest
+        call of a pass that the backward reaches gives the pass's rows."""
+        self._backward_ran()
+        forward = self._forward if forward is None else forward
+        seen = self._reached.get(forward)
+        if seen is None or call < seen[0]:
+            self._reached[forward] = (call, grad.shape[0] if grad.dim() else 1)
 
     def _param_hook(self, slot: int):
         out = self._slots[slot]

@@ -13,6 +13,7 @@ from torch import nn
 
 from gradscope.errors import NonFiniteError, UsageError
 from gradscope.recorder import _distributed as D
+from gradscope.recorder import _graph_ops as G
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
@@ -144,11 +145,16 @@ class Recorder(NonFiniteTrips):
         self._act_grad = OutputGradSums(self.kernels)  # and their gradients
         self._reset_accumulators()
         self._due = self._schedule(self._step)
+        # what a compiled graph's hooks read (dynamo guards on it: a graph with the ops, and one
+        # without): the step is recorded, or the depth order is still to learn
+        self._observing = True
+        self._graph_key = G.register(self)  # how the ops in compiled graphs reach this recorder
         self._groups: P.ParamGroups | None = None
         self._device_lists: dict[tuple, torch.Tensor] = {}
         self._before: P.WeightSnapshot | None = None
         self._grad_sums: dict | None = None
         self._device = model_device(model)
+        self._depths: dict[int, int] | None = None  # module position -> depth, once fixed
         self._noise: NoiseScaleSums | None = None  # the gradient noise scale's sums
         if any(s in S.GNS_STATS for s in self.stats):
             self._noise = NoiseScaleSums(
@@ -318,6 +324,7 @@ class Recorder(NonFiniteTrips):
         if self._flight is not None:
             self._flight.close()
         self._arrivals.remove()
+        G.unregister(self._graph_key)
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -370,12 +377,13 @@ class Recorder(NonFiniteTrips):
 
     def _forward_hook(self, position: int):
         def hook(module, inputs, output):
+            if torch.compiler.is_compiling():  # dynamo is tracing: into the user's graph
+                return self._graph_hook(position, output)
             if self.closed or self._muted:
                 return
             # depth is forward call order whatever the grad mode (reentrant checkpointing runs
             # the forward under no_grad, and again under grad during the backward)
-            if self._order is None and position not in self._first_call:
-                self._first_call[position] = len(self._first_call)
+            self._note_first_call(position)
             if self._noise is not None and self._due and self._starts_forward(position):
                 self._noise.forward_began()  # whatever the grad mode, as the depth order
             if not torch.is_grad_enabled():
@@ -404,12 +412,63 @@ class Recorder(NonFiniteTrips):
 
         return hook
 
+    def _graph_hook(self, position: int, output):
+        """The forward hook as dynamo traces it into a compiled graph. It reads one guarded
+        value, `_observing`: steps that observe run a graph with the recorder's ops, the others
+        the bare model's graph; each compiles once. The ops call `_observe_outputs` and
+        `_observe_output_grad` at run time, which do what the eager hook and its tensor hooks do."""
+        if not torch.is_grad_enabled():
+            return None  # evaluation: nothing is recorded
+        self._in_step = True  # a store dynamo replays after the graph (not a guard)
+        if not self._observing:
+            return None
+        probe = self._want_act or self._want_act_grad or self._noise is not None
+        return G.observe_in_graph(output, self._graph_key, position, probe)
+
+    def _observe_outputs(self, outputs: list[torch.Tensor], position: int) -> None:
+        """A compiled graph ran a watched call (`observe_outputs` op): its floating outputs."""
+        if self.closed or self._muted:
+            return
+        self._note_first_call(position)
+        if self._noise is not None and self._due and self._starts_forward(position):
+            self._noise.forward_began()
+        self._in_step = True
+        if self._due and self._want_act and outputs:
+            self._act.add(outputs, position)
+
+    def _observe_output_grad(self, grad: torch.Tensor, position: int) -> None:
+        """A compiled backward reached a watched output (`observe_output_grad` op)."""
+        if self.closed or self._muted or not self._due:
+            return
+        if self._noise is not None:  # its rows: the call order is the depth order here
+            self._noise.reached(grad, self._depth_of(position))
+        if self._want_act_grad:
+            self._output_grad_hooks[position](grad)
+        elif self._want_act:
+            self._mark_backpropagated(grad)
+
+    def _note_first_call(self, position: int) -> None:
+        """A call of the watched module at `position`: until the depth order is fixed, the
+        order of first calls is kept."""
+        if self._order is None and position not in self._first_call:
+            self._first_call[position] = len(self._first_call)
+
     def _output_grad_hook(self, position: int):
         def hook(grad):
             self._act.mark_backpropagated()
             self._act_grad.add(grad, position)
 
         return hook
+
+    def _depth_of(self, position: int) -> int:
+        """The depth of the module at `position` (its first call's rank before the order is
+        fixed; past every called module for one never called)."""
+        if self._order is None:
+            rank = self._first_call.get(position)
+            return len(self._modules) if rank is None else rank
+        if self._depths is None:
+            self._depths = {p: depth for depth, p in enumerate(self._order)}
+        return self._depths[position]
 
     def _starts_forward(self, position: int) -> bool:
         """Whether the module at `position` is the first of a forward pass (the first called
@@ -470,6 +529,7 @@ class Recorder(NonFiniteTrips):
             self._take_record()
         self._step += 1
         self._due = self._schedule(self._step)
+        self._observing = self._due  # the depth order is fixed from here on
         self._in_step = False
         self._reset_accumulators()
         if self._noise is not None:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from gradscope.recorder._compiled_code import untraced
 from gradscope.recorder._stats import floating_tensors
 
 
@@ -91,15 +90,28 @@ class StepCapture:
     module on the way from it to a watched module listen; after it (`settle`) only those that
     were entries do. When an output is a 0-dim tensor (a loss the model returns), only 0-dim
     outputs keep their gradient, so a model returning its loss holds scalars only.
+
+    Inside code that torch.compile traces, the hooks do nothing (no op, no graph break): a
+    compiled model's calls are captured by the hooks of its eager wrappers (`outer`: the
+    `torch.compile` or DDP module the recorder was attached to), each call kept as a call of
+    the module inside them (`root`), which a replay runs eagerly.
     """
 
-    def __init__(self, candidates: list[nn.Module], device: torch.device):
+    def __init__(
+        self,
+        candidates: list[nn.Module],
+        device: torch.device,
+        outer: list[tuple[nn.Module, nn.Module]] = (),
+    ):
         self.device = device
         self.passes: list[CapturedPass] = []
         self.paused = False  # set during a replay: its own calls are not captured
         self._depth = 0  # entry calls in progress
         self._entries: set[int] = set()  # ids of candidates called as entries
+        self._entry_of_last_pass: int | None = None  # the id of the module it was a call of
         self._handles: dict[int, list] = {}
+        for wrapper, inner in outer:
+            self._listen(wrapper, replayed=inner)
         for module in candidates:
             self._listen(module)
 
@@ -127,21 +139,27 @@ class StepCapture:
         self._handles.clear()
         self.passes = []
 
-    def _listen(self, module: nn.Module) -> None:
+    def _listen(self, module: nn.Module, replayed: nn.Module | None = None) -> None:
+        """Hooks on `module` that capture its calls as entry calls (of `replayed`, when the
+        module is a wrapper whose calls a replay runs as calls of the module inside it)."""
         key = id(module)
 
-        @untraced
         def before(mod, args, kwargs):
+            if torch.compiler.is_compiling():
+                return  # traced code: its eager wrapper captures the call
             self._depth += 1
             if self._depth == 1 and not self.paused and torch.is_grad_enabled():
                 self._entries.add(key)
                 rng, autocast = RngState.now(self.device), AutocastState.now(self.device)
-                self.passes.append(CapturedPass(mod, args, kwargs, rng, autocast))
+                target = mod if replayed is None else replayed
+                self.passes.append(CapturedPass(target, args, kwargs, rng, autocast))
+                self._entry_of_last_pass = key
 
-        @untraced
         def after(mod, args, kwargs, output):
+            if torch.compiler.is_compiling():
+                return
             self._depth -= 1
-            if self._depth == 0 and self.passes and self.passes[-1].module is mod:
+            if self._depth == 0 and self.passes and self._entry_of_last_pass == key:
                 self._keep_output_grads(self.passes[-1], output)
 
         # prepended: the recorder's own hook stays the last one on a watched module
@@ -186,3 +204,9 @@ def entry_candidates(root: nn.Module, watched: list[nn.Module]) -> list[nn.Modul
     walk(root)
     chosen[id(root)] = root
     return list(chosen.values())[::-1]
+
+
+def eager_wrappers(model: nn.Module, root: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(wrapper, root) for the outermost wrapper around `root` (torch.compile's, DDP's) that
+    the recorder was attached to: its hooks run eagerly around a compiled forward."""
+    return [] if model is root else [(model, root)]

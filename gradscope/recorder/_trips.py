@@ -10,7 +10,9 @@ from torch import nn
 from gradscope._origin import NonFiniteOrigin
 from gradscope.errors import NonFiniteError, UsageError
 from gradscope.recorder import _param_stats as P
+from gradscope.recorder._compiled_code import frames_compiled_by_others
 from gradscope.recorder._flight import (
+    COMPILED_NO_CAPTURE,
     NO_CAPTURE,
     UPDATE_OF_MODE,
     FlightRecorder,
@@ -55,6 +57,7 @@ class NonFiniteTrips:
             params = list(root.parameters())
         return FlightRecorder(
             nonfinite,
+            model,
             root,
             self._modules,
             params,
@@ -96,7 +99,8 @@ class NonFiniteTrips:
             if self._due:
                 self._read_parameters()
         elif flight.no_capture():
-            origin = self._not_replayed(NO_CAPTURE)
+            compiled = frames_compiled_by_others() > 0
+            origin = self._not_replayed(COMPILED_NO_CAPTURE if compiled else NO_CAPTURE)
             if self._due:
                 self._read_parameters()
         else:
