@@ -8,7 +8,13 @@ import torch
 
 import gradscope
 from gradscope.recorder import ALL_STATS
-from tests.reference import ReferenceProbe, act_grad_reference, act_reference, grad_reference
+from tests.reference import (
+    ReferenceProbe,
+    act_grad_reference,
+    act_reference,
+    gns_reference,
+    grad_reference,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the Hub
 transformers = pytest.importorskip("transformers")
@@ -50,12 +56,27 @@ class Reference(transformers.TrainerCallback):
         self.probe = None
         self.expected = []  # one dict layer -> statistic -> value per optimizer step taken
         self.trainer = None
+        self.changes = [{}]  # each micro-batch's gradients (before clipping): id -> float64
+        self.handles = []
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if self.probe is None:
             layers = {name: model.get_submodule(name) for name in self.names}
             self.probe = ReferenceProbe(layers)
+            for p in model.parameters():  # what each backward adds, kept whole
+                self.handles.append(p.register_hook(self._keep(p)))
         self.probe.clear()
+        self.changes = [{}]
+
+    def _keep(self, p):
+        def hook(grad):
+            change = self.changes[-1]
+            change[id(p)] = change.get(id(p), 0) + grad.detach().double()
+
+        return hook
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self.changes.append({})  # a micro-batch done, not the step's last
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         ref = {}
@@ -63,6 +84,12 @@ class Reference(transformers.TrainerCallback):
             ref[name] = grad_reference(model.get_submodule(name))
             ref[name].update(act_reference(self.probe.outputs[name], None))
             ref[name]["act_grad_norm"] = act_grad_reference(self.probe.outputs[name])
+        layers = {name: model.get_submodule(name) for name in self.names}
+        changes = [
+            {id(p): c.get(id(p), torch.zeros(())) for p in model.parameters()} for c in self.changes
+        ]
+        for name, values in gns_reference(layers, changes, [2] * len(changes)).items():
+            ref[name].update(values)  # two sequences a micro-batch
         if state.global_step == self.skip_step:
             # as accelerate does when the GradScaler finds inf/NaN: optimizer.step() skips
             self.trainer.optimizer.step = lambda *args, **kwargs: None
@@ -100,6 +127,8 @@ def train(tmp_path, callback, skip_step=None, **args):
     reference.trainer = trainer
     trainer.train()
     reference.probe.remove()
+    for handle in reference.handles:
+        handle.remove()
     return trainer, reference
 
 
@@ -126,8 +155,9 @@ def test_one_record_per_optimizer_step_matching_on_pre_optimizer_step(trained):
     run, _, reference = trained
     assert list(run.steps) == list(range(STEPS))
     assert "transformer.h.1.mlp.c_proj" in list(run.layers["name"])
-    grad_stats = [s for s in ALL_STATS if s.startswith(("grad_", "act_"))]
+    grad_stats = [s for s in ALL_STATS if s.startswith(("grad_", "act_", "gns_"))]
     assert_matches_reference(run, reference.expected, grad_stats)
+    assert np.isfinite(run.stat("gns_small_sq")[:, 0]).all()  # before clipping, two a step
 
 
 def test_logged_loss_and_learning_rate_land_against_the_optimizer_step(trained):
