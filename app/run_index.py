@@ -31,6 +31,8 @@ class RunEntry:
     created: str = ""  # when the file was created (ISO 8601), the order colours are given in
     records: int | None = None  # number of recorded steps, when the file opened
     is_live: bool = False  # the writer has not closed the file yet
+    write_error: str | None = None  # why writing the file stopped, if it failed
+    dropped: int = 0  # records the writer dropped because the disk fell behind
     error: str | None = None  # why the file could not be opened, if it could not
 
 
@@ -129,6 +131,8 @@ class RunIndex:
                     created=str(run.attrs.get("created", "")),
                     records=len(run.steps),
                     is_live=bool(run.is_live),
+                    write_error=run.write_error,
+                    dropped=run.dropped_records,
                 )
             finally:
                 run.close()

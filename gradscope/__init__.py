@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gradscope.diagnosis import diagnose
-from gradscope.errors import GradscopeError, RunFileError, UsageError
+from gradscope.errors import GradscopeError, RunFileError, RunFileWarning, UsageError
 from gradscope.store import open_run
 
 if TYPE_CHECKING:  # torch loads only when a recorder is made: `import gradscope` stays light
@@ -34,6 +34,7 @@ def attach(
     flush_interval: float = 2.0,
     all_ranks: bool = False,
     manual_gradients: bool = False,
+    on_write_error: str = "warn",
 ) -> Recorder:
     """Attach a recorder to `model` that streams per-layer statistics to the run file `path`.
 
@@ -62,6 +63,10 @@ def attach(
         manual_gradients: read the gradients when `rec.read_gradients()` is called (from a
             framework's before-optimizer-step hook), not in `optimizer.step()`'s pre-hook, which
             under `optimizer.step(closure)` runs before the closure's backward.
+        on_write_error: what a failed write of the run file does (a full disk, an I/O error,
+            a read-only file system, its folder removed): "warn" (one `RunFileWarning`; the
+            file keeps what was written before and says why it ended; training goes on and
+            records nothing more), or "raise" (`RunFileError` from the next optimizer step).
 
     Returns:
         The `gradscope.recorder.Recorder`: `log(**scalars)`, `step()`, `read_gradients()`,
@@ -84,12 +89,14 @@ def attach(
         flush_interval=flush_interval,
         all_ranks=all_ranks,
         manual_gradients=manual_gradients,
+        on_write_error=on_write_error,
     )
 
 
 __all__ = [
     "GradscopeError",
     "RunFileError",
+    "RunFileWarning",
     "UsageError",
     "attach",
     "diagnose",

@@ -1,4 +1,4 @@
-"""Exception types raised at gradscope's public boundary."""
+"""Exception and warning types raised at gradscope's public boundary."""
 
 
 class GradscopeError(Exception):
@@ -11,3 +11,9 @@ class RunFileError(GradscopeError):
 
 class UsageError(GradscopeError):
     """Bad input from the user (arguments, names, paths); the CLI exits with code 2."""
+
+
+class RunFileWarning(UserWarning):
+    """Recording into a run file went wrong but training goes on: the file stopped being
+    written (a full disk, a failing one, a removed folder), or the disk fell behind and
+    records were dropped."""

@@ -160,6 +160,24 @@ def test_page_preselects_the_newest_readable_runs(index):
     assert set(find(layout, ids.VERSIONS).data) == set(NEWEST_TWO)
 
 
+def test_run_list_says_which_run_ended_by_a_write_error_and_what_was_dropped(tmp_path):
+    import h5py
+
+    from gradscope.store import _schema as schema
+
+    write_run(tmp_path / "exp" / "full.h5", n_records=6)
+    with h5py.File(tmp_path / "exp" / "full.h5", "r+", libver="latest") as f:
+        status = f["status"][0]
+        f["status"][:] = schema.status_row(
+            True, status["heartbeat"], 6, 6, 6, 4, 9, "No space left on device [errno 28]"
+        )
+    index = RunIndex(tmp_path)
+    (entry,) = index.scan()
+    assert entry.write_error == "No space left on device [errno 28]" and entry.dropped == 4
+    listing = text_of(find(page(index, "runs"), ids.RUN_LIST))
+    assert "ResNet20 exp 6 (4 dropped) write error" in listing
+
+
 def test_empty_folder_shows_how_to_record(tmp_path):
     idx = RunIndex(tmp_path)
     layout = page(idx, "myruns")

@@ -19,6 +19,12 @@ from gradscope.store._rows import read_rows
 
 LIVE_HEARTBEAT_SECONDS = 30.0  # a writer whose heartbeat is older than this is presumed gone
 COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied at once when rebuilding a crashed file
+# HDF5's raw-data chunk cache, per dataset, in the writing process: none. The writer puts whole
+# compressed chunks and rows of the uncompressed ones straight to the file, so a cache saves
+# nothing; with one (1 MiB a dataset by default) the process grew by about 1.6 kB per record
+# over tens of thousands of records, and a failed write (a full disk) left dirty chunks that
+# HDF5 kept retrying, and failing, as the file closed (and the process crashed at exit).
+WRITER_CHUNK_CACHE_BYTES = 0
 
 
 @dataclass
@@ -32,6 +38,8 @@ class WritableRun:
     open_rows: np.ndarray  # [stats, n_records - n_sealed, layers]: the records in stats_tail
     last_record_step: int | None
     last_metric_step: int | None
+    dropped_records: int = 0  # dropped over the file's life (the disk fell behind)
+    dropped_metrics: int = 0
 
 
 def check_run_path(path, overwrite: bool, resume: bool) -> Path:
@@ -80,7 +88,7 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
     # Built under a temporary name and renamed into place, so a reader never sees a half-made file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
     try:
-        f = h5py.File(tmp, "w", libver="latest")
+        f = _open_for_writing(tmp, "w")
         plain = {
             "format": schema.FORMAT_NAME,
             "format_version": schema.FORMAT_VERSION,
@@ -91,7 +99,7 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
         }
         schema.write_attrs(f, plain, json_attrs)
         schema.create_datasets(f, layers, stats)
-        f[schema.STATUS][0] = (0, time.time(), 0, 0, 0)
+        f[schema.STATUS][:] = schema.status_row(False, time.time(), 0, 0, 0)
         f.swmr_mode = True
         os.replace(tmp, path)
     except OSError as e:
@@ -99,6 +107,11 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
         raise RunFileError(f"{path}: cannot create run file: {e}") from e
     no_rows = np.empty((len(stats), 0, len(layers)), np.float32)
     return WritableRun(f, 0, 0, 0, no_rows, None, None)
+
+
+def _open_for_writing(path: Path, mode: str) -> h5py.File:
+    """An h5py file for the writer: the latest format (SWMR needs it), no chunk cache."""
+    return h5py.File(path, mode, libver="latest", rdcc_nbytes=WRITER_CHUNK_CACHE_BYTES)
 
 
 def _gradscope_version() -> str:
@@ -124,15 +137,19 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
         # gradscope wrote it. Copy the committed prefix into a fresh file of the current format.
         _rebuild_committed_prefix(path)
         try:
-            f = h5py.File(path, "r+", libver="latest")
+            f = _open_for_writing(path, "r+")
         except OSError as e:
             raise RunFileError(f"{path}: cannot open the run file for resuming: {e}") from e
     try:
         _check_same_layout(path, f, layers, stats)
+        status = f[schema.STATUS][0]
+        dropped = schema.dropped_counts(status)
         n_records, n_metrics = _truncate(f, start_step)
         n_sealed, open_rows = _reopen_last_chunk(f, stats, n_records)
         schema.write_attrs(f, _writer_attrs(), json_attrs)
-        f[schema.STATUS][0] = (0, time.time(), n_records, n_metrics, n_sealed)
+        # a write error that ended the last session is not the end of the file any more
+        row = schema.status_row(False, time.time(), n_records, n_metrics, n_sealed, *dropped)
+        f[schema.STATUS][:] = row
         f.flush()
         f.swmr_mode = True
     except BaseException:
@@ -148,13 +165,14 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
         open_rows,
         int(steps[n_records - 1]) if n_records else None,
         int(metric_steps[:n_metrics].max()) if n_metrics else None,
+        *dropped,
     )
 
 
 def _open_current_format(path: Path) -> h5py.File | None:
     """The file opened for appending, or None if HDF5 refuses or its format is not the current."""
     try:
-        f = h5py.File(path, "r+", libver="latest")
+        f = _open_for_writing(path, "r+")
     except OSError:
         return None
     if f.attrs.get("format_version") != schema.FORMAT_VERSION:
@@ -260,7 +278,7 @@ def _rebuild_committed_prefix(path: Path) -> None:
     try:
         with (
             open_for_reading(path) as src,
-            h5py.File(tmp, "w", libver="latest") as dst,
+            _open_for_writing(tmp, "w") as dst,
         ):
             for key, value in src.attrs.items():
                 dst.attrs[key] = value
@@ -287,7 +305,10 @@ def _rebuild_committed_prefix(path: Path) -> None:
                 dst[name].resize(m, axis=0)
                 if m:
                     dst[name][:] = src[name][:m]
-            dst[schema.STATUS][0] = (1, float(status["heartbeat"]), n, m, n)
+            dropped = schema.dropped_counts(status)
+            error = schema.status_value(status, "error", "")
+            row = schema.status_row(True, float(status["heartbeat"]), n, m, n, *dropped, error)
+            dst[schema.STATUS][:] = row
         os.replace(tmp, path)
     except (OSError, KeyError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)
