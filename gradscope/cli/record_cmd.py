@@ -19,6 +19,7 @@ from gradscope.train import (
     process_rank,
     resume_experiment,
     run_experiment,
+    sigterm_as_ctrl_c,
 )
 
 # flags `--resume` accepts besides itself: everything else comes from the saved config.json
@@ -214,7 +215,15 @@ def _check_resume_flags(args, parser_defaults: dict) -> None:
 
 
 def run(args) -> int:
-    """Run (or resume) the experiment and print its summary (rank 0 under torchrun)."""
+    """Run (or resume) the experiment and print its summary (rank 0 under torchrun).
+
+    SIGTERM (a scheduler's stop) is Ctrl-C: while a model trains, every rank finishes the
+    step, checkpoints and prints how to resume (exit code INTERRUPTED)."""
+    with sigterm_as_ctrl_c():
+        return _run(args)
+
+
+def _run(args) -> int:
     if args.resume is not None:
         _check_resume_flags(args, _defaults())
     if args.nproc_per_node is not None:
