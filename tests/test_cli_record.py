@@ -1,5 +1,6 @@
 """`gradscope record`: files and summary, bad input (exit 2, nothing written), Ctrl-C and resume."""
 
+import errno
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import pytest
 import gradscope
 from gradscope.cli import main
 from gradscope.train._checkpoint import load_checkpoint
+from tests.run_files import fail_writes_after
 
 TINY = ["--data", "synthetic", "--image-size", "8", "--batch-size", "16", "--device", "cpu"]
 
@@ -82,6 +84,23 @@ def test_pair_writes_run_files_config_checkpoints_and_summary(tmp_path, capsys):
     assert "resnet20: act_grad_norm first/last layer" in out
     assert f"gradscope dashboard --runs {run_dir}" in out
     assert "gradscope export" in out and "--figure heatmap" in out
+
+
+def test_a_full_disk_is_a_warning_and_training_goes_on(tmp_path, capsys, monkeypatch):
+    fail_writes_after(monkeypatch, 30_000, errno.ENOSPC)
+    flags = ["--model", "resnet20", *TINY, "--steps", "12", "--every", "1", "--eval-every", "12"]
+    assert record(*flags, "--out", str(tmp_path), "--name", "full", "--quiet") == 0
+    captured = capsys.readouterr()
+    path = tmp_path / "full" / "resnet20.h5"
+    (warning,) = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warning.startswith(
+        f"gradscope record: warning: {path}: writing the run failed (No space left on device"
+    )
+    assert "12/12" in captured.out  # trained to the end
+    assert "resnet20: recording ended by a write error: No space left on device" in captured.out
+    assert load_checkpoint(tmp_path / "full" / "resnet20.ckpt.pt")["done"]
+    with gradscope.open_run(path) as run:
+        assert 0 < len(run.steps) < 12 and run.write_error.startswith("No space left")
 
 
 def test_no_record_trains_without_run_files(tmp_path, capsys):

@@ -19,8 +19,7 @@ import gradscope
 from gradscope.errors import RunFileError, RunFileWarning
 from gradscope.report import run_state, summary_text
 from gradscope.store import RunWriter, open_run
-from gradscope.store import _writer as writer_module
-from tests.run_files import lognormal_records, open_writer
+from tests.run_files import fail_writes_after, lognormal_records, open_writer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,22 +55,6 @@ def small_tmpfs(folder):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
-
-
-def fail_writes_after(monkeypatch, budget: int, code: int) -> None:
-    """Make the writer's data writes raise OSError(`code`) once `budget` bytes went through
-    (the status row stays writable, as on a full disk where it is rewritten in place)."""
-    written = [0]
-    write_rows = writer_module._write_rows
-
-    def failing(ds, start, values):
-        if ds.name != "/status":
-            written[0] += np.asarray(values).nbytes
-            if written[0] > budget:
-                raise OSError(code, os.strerror(code))
-        write_rows(ds, start, values)
-
-    monkeypatch.setattr(writer_module, "_write_rows", failing)
 
 
 @pytest.fixture

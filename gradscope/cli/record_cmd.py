@@ -1,10 +1,15 @@
 """`gradscope record`: train a model and its baselines, recording gradient flow into run files."""
 
 import argparse
+import contextlib
 import dataclasses
+import sys
+import warnings
 from pathlib import Path
 
-from gradscope.errors import UsageError
+from tqdm.auto import tqdm
+
+from gradscope.errors import RunFileWarning, UsageError
 from gradscope.models import SHORTCUTS
 from gradscope.report import format_summary
 from gradscope.train import (
@@ -219,8 +224,25 @@ def run(args) -> int:
 
     SIGTERM (a scheduler's stop) is Ctrl-C: while a model trains, every rank finishes the
     step, checkpoints and prints how to resume (exit code INTERRUPTED)."""
-    with sigterm_as_ctrl_c():
+    with sigterm_as_ctrl_c(), _run_file_warnings_printed():
         return _run(args)
+
+
+@contextlib.contextmanager
+def _run_file_warnings_printed():
+    """A RunFileWarning (writing a run file failed, records dropped) as one line on stderr,
+    above the progress bar if there is one; training goes on."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RunFileWarning):
+            tqdm.write(f"gradscope record: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _run(args) -> int:
