@@ -25,6 +25,11 @@ COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied at once when rebuilding a cra
 # over tens of thousands of records, and a failed write (a full disk) left dirty chunks that
 # HDF5 kept retrying, and failing, as the file closed (and the process crashed at exit).
 WRITER_CHUNK_CACHE_BYTES = 0
+# HDF5's metadata cache in the writing process: fixed at this size. By default it starts at
+# 2 MiB and may grow to 32 MiB, and it kept every block of the chunk indexes it ever touched,
+# so the process grew by about 20 bytes a record; the writer's working set (the headers and
+# the newest index blocks of some thirty datasets) is about 50 kB.
+WRITER_METADATA_CACHE_BYTES = 128 * 1024
 
 
 @dataclass
@@ -110,8 +115,16 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
 
 
 def _open_for_writing(path: Path, mode: str) -> h5py.File:
-    """An h5py file for the writer: the latest format (SWMR needs it), no chunk cache."""
-    return h5py.File(path, mode, libver="latest", rdcc_nbytes=WRITER_CHUNK_CACHE_BYTES)
+    """An h5py file for the writer: the latest format (SWMR needs it), no chunk cache, a
+    small metadata cache of fixed size."""
+    f = h5py.File(path, mode, libver="latest", rdcc_nbytes=WRITER_CHUNK_CACHE_BYTES)
+    config = f.id.get_mdc_config()
+    config.set_initial_size = True
+    config.initial_size = config.max_size = WRITER_METADATA_CACHE_BYTES
+    config.min_size = min(config.min_size, WRITER_METADATA_CACHE_BYTES)
+    config.incr_mode = config.flash_incr_mode = 0  # H5C_incr__off, H5C_flash_incr__off
+    f.id.set_mdc_config(config)
+    return f
 
 
 def _gradscope_version() -> str:

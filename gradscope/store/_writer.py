@@ -20,9 +20,14 @@ from gradscope.store._failure import (
     check_write_error_mode,
     dropping_warning,
 )
+from gradscope.store._heap import release_free_memory
 from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS, prepare_run_file
 
 MAX_FLUSH_INTERVAL = LIVE_HEARTBEAT_SECONDS / 3  # the heartbeat is written at every flush
+# Seconds between returns of the C heap's free memory to the OS. The writer frees buffers of
+# many sizes (a flush's records, HDF5's blocks); glibc keeps such memory resident, and a run
+# recording every step grew by some 20 bytes a record that way (benchmarks/longrun.py).
+RELEASE_INTERVAL = 60.0
 MAX_PENDING_BYTES = 32 * 1024 * 1024  # the writer thread flushes early past this much data
 MAX_QUEUED_BYTES = 32 * 1024 * 1024  # records waiting for the writer thread, at most (default)
 QUEUE_ITEMS = (256, 65536)  # the default queue holds this many items at least, and at most
@@ -267,6 +272,7 @@ class RunWriter:
 
     def _serve(self) -> None:
         next_flush = time.monotonic() + self._flush_interval
+        next_release = time.monotonic() + RELEASE_INTERVAL
         pending_bytes = 0
         while True:
             try:
@@ -290,6 +296,9 @@ class RunWriter:
                     return
                 pending_bytes = 0
                 next_flush = time.monotonic() + self._flush_interval
+                if next_flush >= next_release:
+                    release_free_memory()
+                    next_release = next_flush + RELEASE_INTERVAL
 
     def _write(self, closed: bool) -> bool:
         """Flush; on a failure, stop writing (see `_fail`) and return False."""
