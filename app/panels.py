@@ -11,7 +11,7 @@ from gradscope.app.controls import Controls, flow_position
 from gradscope import figures
 from gradscope.errors import UsageError
 
-MAX_HEATMAP_STEPS = 2000  # columns per heatmap; longer runs are downsampled by the figure
+MAX_HEATMAP_STEPS = 600  # columns per heatmap; longer runs are downsampled by the figure
 
 # The controls each panel depends on (besides the runs and their new records); the page
 # redraws a panel only when one of these changes.

@@ -12,7 +12,7 @@ from gradscope.data import load_dataset
 from gradscope.data._synthetic import SYNTHETIC_TEST
 from gradscope.errors import UsageError
 from gradscope.train import TrainConfig, Trainer, check_train_config, plan_steps, resolve_device
-from gradscope.train._checkpoint import load_checkpoint
+from gradscope.train._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gradscope.train._config import build_lr_scheduler
 from gradscope.train._interrupt import DeferredInterrupt, sigterm_as_ctrl_c
 from gradscope.train._progress import ProgressLines, line_interval
@@ -281,6 +281,25 @@ def test_training_without_recording_writes_no_run_file(dataset, tmp_path):
     assert result.run_path is None and not (tmp_path / "resnet20.h5").exists()
     assert result.finished and result.test_error is not None
     assert result.images_per_second > 0
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_and_no_debris(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "resnet20.ckpt.pt"
+    save_checkpoint(path, {"step": 1})
+    save = torch.save
+
+    def full_disk(state, file):
+        save(state, file)  # the bytes that fit, then the failure torch reports on a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 266240")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="cannot write checkpoint .*previous checkpoint"):
+        save_checkpoint(path, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet20.ckpt.pt"]
+    monkeypatch.setattr(torch, "save", save)
+    assert torch.load(path)["step"] == 1
 
 
 def test_unreadable_checkpoint_is_a_usage_error(tmp_path):

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
         help="train a model and baselines, recording gradient flow",
         description="Train MODEL and each BASELINE with the same initialization seed and batch "
         "order (He et al. 2016 CIFAR recipe unless told otherwise), writing OUT/NAME/<model>.h5, "
-        "config.json and checkpoints. Ctrl-C checkpoints; --resume OUT/NAME continues. "
+        "config.json and checkpoints. Ctrl-C or SIGTERM checkpoints; --resume OUT/NAME continues. "
         "Under torchrun (or with --nproc-per-node N) the ranks share each global batch (DDP).",
     )
     add_arguments(parser)
@@ -128,7 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rec.add_argument(
         "--resume", default=None, metavar="OUT/NAME", help="continue an interrupted experiment"
     )
-    rec.add_argument("--quiet", action="store_true", help="no progress bars")
+    rec.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (a bar on a terminal, else a line every $GRADSCOPE_PROGRESS_SECONDS, 30)",
+    )
 
     dev = parser.add_argument_group("device")
     dev.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import errno
-import os
-import re
 from dataclasses import dataclass
 
+from gradscope._os_errors import describe
 from gradscope.errors import UsageError
 
 WRITE_ERROR_MODES = ("warn", "raise")  # attach(..., on_write_error=...)
 
-# HDF5 reports a failed write of its caches as text: "... errno = 28, error message = '...'"
-_HDF5_ERRNO = re.compile(r"errno = (\d+), error message = '([^']*)'")
-
 
 class FileVanished(OSError):
     """The run file lost its last name while being written: its folder (or it) was removed."""
+
+    explained = True  # its own words say what happened better than "No such file"
 
     def __init__(self):
         super().__init__(errno.ENOENT, "the file was deleted while being written")
@@ -29,20 +27,6 @@ def check_write_error_mode(mode) -> str:
             f"on_write_error must be one of {', '.join(map(repr, WRITE_ERROR_MODES))}, got {mode!r}"
         )
     return mode
-
-
-def cause(error: BaseException) -> str:
-    """What went wrong, in a few words: "No space left on device [errno 28]"."""
-    if isinstance(error, FileVanished):
-        return error.strerror
-    code = getattr(error, "errno", None)
-    if isinstance(error, OSError) and code:
-        return f"{os.strerror(code)} [errno {code}]"
-    found = _HDF5_ERRNO.search(str(error))
-    if found:
-        return f"{found.group(2)} [errno {found.group(1)}]"
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -59,7 +43,7 @@ class WriteFailure:
     @property
     def cause(self) -> str:
         """What went wrong, in a few words."""
-        return cause(self.error)
+        return describe(self.error)
 
     @property
     def vanished(self) -> bool:
@@ -76,7 +60,7 @@ class WriteFailure:
         kept = f"the file keeps the {self.records:,} records written before{upto}"
         if self.marked:
             return kept + " and says that it ended by this error"
-        return kept + f" (it could not be marked as ended by an error: {cause(self.mark_error)})"
+        return kept + f" (it could not be marked as ended by an error: {describe(self.mark_error)})"
 
     def warning(self) -> str:
         """The one warning of on_write_error="warn"."""

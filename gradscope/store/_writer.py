@@ -11,12 +11,12 @@ import warnings
 import h5py
 import numpy as np
 
+from gradscope._os_errors import describe
 from gradscope.errors import RunFileError, RunFileWarning, UsageError
 from gradscope.store import _schema as schema
 from gradscope.store._failure import (
     FileVanished,
     WriteFailure,
-    cause,
     check_write_error_mode,
     dropping_warning,
 )
@@ -422,7 +422,7 @@ class RunWriter:
             *(counts or self._committed),
             self.dropped_records,
             self.dropped_metrics,
-            "" if error is None else cause(error),
+            "" if error is None else describe(error),
         )
         _write_rows(status, 0, row)
         status.flush()

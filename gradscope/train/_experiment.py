@@ -11,7 +11,7 @@ from pathlib import Path
 from gradscope.data import TrainBatches, load_dataset
 from gradscope.errors import UsageError
 from gradscope.models import get_model_spec
-from gradscope.train._checkpoint import checkpoint_path
+from gradscope.train._checkpoint import CheckpointError, checkpoint_path
 from gradscope.train._config import TrainConfig, check_train_config, plan_steps
 from gradscope.train._distributed import Ranks, planned_world, rank_device, training_processes
 from gradscope.train._interrupt import DeferredInterrupt
@@ -212,7 +212,17 @@ def _train_models(config, run_dir, dataset, progress, stop_at_step, ranks: Ranks
                 if ranks.is_main:
                     print(_interrupted(name, trainer, interrupt, run_dir, ranks), file=sys.stderr)
                 raise
+            except CheckpointError as e:  # rank 0's: torchrun then stops the others
+                then = _after_checkpoint_failure(config, run_dir, ranks)
+                raise CheckpointError(f"{e}; {then}") from e
     return ExperimentResult(run_dir=run_dir, config=config, results=results)
+
+
+def _after_checkpoint_failure(config, run_dir, ranks: Ranks) -> str:
+    """What to do once a checkpoint could not be written: resume, or start again."""
+    if any(checkpoint_path(run_dir, name).is_file() for name in config.models):
+        return f"make room, then continue with `{resume_command(run_dir, ranks.world)}`"
+    return f"make room, remove {run_dir} and start the run again"
 
 
 def _interrupted(name, trainer, interrupt, run_dir, ranks: Ranks) -> str:

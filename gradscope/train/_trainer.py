@@ -154,9 +154,10 @@ class Trainer:
         self.done = state["done"]
 
     def save_checkpoint(self) -> None:
-        """Write model, optimizer, scheduler, RNG states and step, atomically (rank 0)."""
-        self.checkpoint_step = self.step
+        """Write model, optimizer, scheduler, RNG states and step, atomically (rank 0); a
+        failed write raises CheckpointError and leaves the previous checkpoint."""
         if not self.ranks.is_main:
+            self.checkpoint_step = self.step
             return  # every rank holds the same state
         state = {
             "model": self.model.state_dict(),
@@ -171,6 +172,7 @@ class Trainer:
             "config": asdict(self.config),
         }
         save_checkpoint(self.checkpoint_path, state)
+        self.checkpoint_step = self.step
 
     def _autocast(self):
         if not self.amp:
