@@ -146,11 +146,12 @@ class RunWriter:
                 f"record steps must increase: got {step} after {self._last_record_step} "
                 "(to re-record steps after a restart, resume with start_step=)"
             )
-        self._last_record_step = step
-        if self.failure is not None:
-            return  # the file stopped being written: nothing to copy, nothing to queue
-        if not callable(values):
+        stopped = self.failure is not None  # nothing to copy, nothing to queue
+        if not (stopped or callable(values)):
             values = self._checked_array(values, UsageError)
+        self._last_record_step = step
+        if stopped:
+            return
         if not self._offer(("record", step, time.time(), values)):
             self.dropped_records += 1
 
