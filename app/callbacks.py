@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 from dash import MATCH, Input, Output, State, ctx, dcc, html, no_update
 from gradscope.app import ids
+from gradscope.app._shared_answers import SharedAnswers
 from gradscope.app.controls import (
     Controls,
     layer_type_options,
@@ -29,6 +31,7 @@ from gradscope.app.panels import (
     panel_figure,
     remembered_zoom,
     view_key,
+    zoomed_data,
 )
 from gradscope.app.run_index import RunIndex
 
@@ -217,16 +220,44 @@ def _steps_and_latest(runs) -> tuple:
 def figure_output(index: RunIndex, kind: str, values: dict, zoom: dict | None = None) -> tuple:
     """(figure, message) of panel `kind` for the control `values`, keeping the user's `zoom`."""
     try:
-        controls = Controls.from_request(**values)
-        colours = index.colours()
-        fig, problems = with_readable_runs(
-            index, controls.runs, lambda runs: panel_figure(kind, runs, controls, colours)
-        )
-        message = "\n".join([*figure_notes(fig), *problems])
-        return apply_zoom(fig, view_key(kind, controls), zoom), message
+        fig, message, view = _panel(index, kind, values)
+        return apply_zoom(fig, view, zoom), message
     except Exception as e:  # noqa: BLE001 - shown on the page
         message = describe_error(index, e)
         return message_figure(message), message
+
+
+def shared_figure_output(
+    answers: SharedAnswers, index: RunIndex, kind: str, values: dict, versions, zoom=None
+) -> tuple:
+    """`figure_output` as the page gets it: the figure as plotly's JSON data, built once for
+    every page asking with the same controls and run `versions` (then only the user's zoom
+    is applied), so many pages polling live runs cost about what one does."""
+    try:
+        fig, message, view = answers.get(
+            ["figure", kind, values, versions], lambda: _panel_data(index, kind, values)
+        )
+        return zoomed_data(fig, view, zoom), message
+    except Exception as e:  # noqa: BLE001 - shown on the page
+        message = describe_error(index, e)
+        return message_figure(message), message
+
+
+def _panel(index: RunIndex, kind: str, values: dict) -> tuple:
+    """(figure, message, view key) of panel `kind`; raises what stops it being drawn."""
+    controls = Controls.from_request(**values)
+    colours = index.colours()
+    fig, problems = with_readable_runs(
+        index, controls.runs, lambda runs: panel_figure(kind, runs, controls, colours)
+    )
+    return fig, "\n".join([*figure_notes(fig), *problems]), view_key(kind, controls)
+
+
+def _panel_data(index: RunIndex, kind: str, values: dict) -> tuple:
+    """`_panel` with the figure turned into plotly's JSON data once (arrays base64-encoded),
+    which each answer then sends as it is."""
+    fig, message, view = _panel(index, kind, values)
+    return json.loads(fig.to_json()), message, view
 
 
 def zoom_output(kind: str, values: dict, zoom: dict | None, relayout: dict | None):
@@ -314,7 +345,9 @@ def _control_inputs(names, kind=Input) -> dict:
 
 
 def register_callbacks(app, index: RunIndex, root_label: str) -> None:
-    """Wire the plain functions above to the page's components."""
+    """Wire the plain functions above to the page's components. What depends on the selected
+    runs' versions is answered once for every page asking the same (`SharedAnswers`)."""
+    answers = SharedAnswers()
 
     @app.callback(
         Output(ids.RUN_LIST, "children"),
@@ -348,8 +381,11 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
         State(ids.STEP, "value"),
         State(ids.STEP, "max"),
     )
-    def _on_runs(selected, _versions, stat, step_index, step_max):
-        v = control_values(index, selected, stat, step_index, step_max)
+    def _on_runs(selected, versions, stat, step_index, step_max):
+        v = answers.get(
+            ["controls", selected, versions, stat, step_index, step_max],
+            lambda: control_values(index, selected, stat, step_index, step_max),
+        )
         return (
             v["stat_options"],
             v["stat"],
@@ -381,11 +417,14 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
         Input(ids.WINDOW, "value"),
         Input(ids.VERSIONS, "data"),
     )
-    def _on_step(selected, step_index, window, _versions):
-        return step_label(index, selected, step_index, window)
+    def _on_step(selected, step_index, window, versions):
+        return answers.get(
+            ["step", selected, versions, step_index, window],
+            lambda: step_label(index, selected, step_index, window),
+        )
 
     for kind in ids.PANELS:
-        _register_panel(app, index, kind)
+        _register_panel(app, index, answers, kind)
 
     @app.callback(
         Output(ids.panel_id("png-download", MATCH), "data"),
@@ -404,8 +443,10 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
         Input(ids.RUNS, "value"),
         Input(ids.VERSIONS, "data"),
     )
-    def _on_diagnosis(selected, _versions):
-        return diagnosis_output(index, selected)
+    def _on_diagnosis(selected, versions):
+        return answers.get(
+            ["diagnosis", selected, versions], lambda: diagnosis_output(index, selected)
+        )
 
     @app.callback(
         Output(ids.NONFINITE, "children"),
@@ -416,7 +457,7 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
         return nonfinite_output(index, selected)
 
 
-def _register_panel(app, index: RunIndex, kind: str) -> None:
+def _register_panel(app, index: RunIndex, answers: SharedAnswers, kind: str) -> None:
     """One callback per kind of figure: redraw it when its controls or its runs change."""
 
     controls = ("runs", *PANEL_CONTROLS[kind])
@@ -431,7 +472,7 @@ def _register_panel(app, index: RunIndex, kind: str) -> None:
         },
     )
     def _on_controls(_versions, _zoom, **values):
-        return figure_output(index, kind, values, _zoom)
+        return shared_figure_output(answers, index, kind, values, _versions, _zoom)
 
     @app.callback(
         Output(ids.panel_id("zoom", kind), "data"),

@@ -126,14 +126,16 @@ def _run_row(entry: RunEntry, root_label: str, colours: dict, chosen: bool) -> h
             className="run-entry run-error",
             title=entry.rel,
         )
-    state = dbc.Badge("live", color="success") if entry.is_live else "complete"
+    records = f"{entry.records:,}"
+    if entry.dropped:
+        records += f" ({entry.dropped:,} dropped)"
     return html.Tr(
         [
             html.Td(swatch(colours.get(entry.label))),
             html.Td(entry.model),
             html.Td(folder),
-            html.Td(f"{entry.records:,}", className="text-end"),
-            html.Td(state, className="text-muted"),
+            html.Td(records, className="text-end"),
+            html.Td(_run_state(entry), className="text-muted"),
         ],
         className="run-entry table-active fw-semibold" if chosen else "run-entry",
         title=entry.rel,
@@ -158,6 +160,17 @@ def nonfinite_banner(origins: list[tuple[str, str | None, list[str]]]) -> list:
     if not lines:
         return []
     return [dbc.Alert(lines, color="danger", className="mt-3 mb-2 py-2 nonfinite-origin")]
+
+
+def _run_state(entry: RunEntry):
+    """The state cell of a readable run: live, complete, or how writing it failed."""
+    if entry.write_error:
+        return dbc.Badge(
+            "write error",
+            color="danger",
+            title=f"writing stopped: {entry.write_error}; the records before are all here",
+        )
+    return dbc.Badge("live", color="success") if entry.is_live else "complete"
 
 
 def diagnosis_heading(label: str, colour: str | None) -> html.H6:

@@ -11,7 +11,7 @@ from gradscope.app.controls import Controls, flow_position
 from gradscope import figures
 from gradscope.errors import UsageError
 
-MAX_HEATMAP_STEPS = 2000  # columns per heatmap; longer runs are downsampled by the figure
+MAX_HEATMAP_STEPS = 600  # columns per heatmap; longer runs are downsampled by the figure
 
 # The controls each panel depends on (besides the runs and their new records); the page
 # redraws a panel only when one of these changes.
@@ -146,12 +146,32 @@ def apply_zoom(fig: go.Figure, view: str, zoom: dict | None) -> go.Figure:
     plotly's `uirevision` alone does not keep them: dcc.Graph re-plots right after a zoom
     with a layout plotly already changed, which erases plotly's record of the user's edit.
     """
-    if not zoom or zoom.get("view") != view:
-        return fig
-    for axis, (low, high) in zoom.get("ranges", {}).items():
-        if low is not None and high is not None:
-            fig.update_layout({axis: {"range": [low, high], "autorange": False}})
+    for axis, settings in _zoomed_axes(view, zoom).items():
+        fig.update_layout({axis: settings})
     return fig
+
+
+def zoomed_data(fig: dict, view: str, zoom: dict | None) -> dict:
+    """`apply_zoom` for a figure as plotly's JSON data (a dict), shared by other requests: a
+    copy with the user's ranges when they apply, else `fig` itself."""
+    axes = _zoomed_axes(view, zoom)
+    if not axes:
+        return fig
+    layout = dict(fig.get("layout", {}))
+    for axis, settings in axes.items():
+        layout[axis] = {**layout.get(axis, {}), **settings}
+    return {**fig, "layout": layout}
+
+
+def _zoomed_axes(view: str, zoom: dict | None) -> dict:
+    """{axis name: its layout settings} for the ranges the user zoomed to in `view`."""
+    if not zoom or zoom.get("view") != view:
+        return {}
+    return {
+        axis: {"range": [low, high], "autorange": False}
+        for axis, (low, high) in zoom.get("ranges", {}).items()
+        if low is not None and high is not None
+    }
 
 
 def figure_notes(fig: go.Figure) -> list[str]:

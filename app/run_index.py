@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,9 @@ from gradscope.store import is_probe, open_run, probe_layout
 
 RUN_SUFFIX = ".h5"
 READ_WAIT_SECONDS = 10.0  # a request waits this long for a run another request is reading
+# A live run's entry is read again when its file changed (each flush) or after this long (its
+# writer may have died, leaving the file unchanged): not at every page's every poll.
+LIVE_RECHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class RunEntry:
     created: str = ""  # when the file was created (ISO 8601), the order colours are given in
     records: int | None = None  # number of recorded steps, when the file opened
     is_live: bool = False  # the writer has not closed the file yet
+    write_error: str | None = None  # why writing the file stopped, if it failed
+    dropped: int = 0  # records the writer dropped because the disk fell behind
     error: str | None = None  # why the file could not be opened, if it could not
     probe: bool = False  # a probe file (gradscope probe): listed apart from training runs
     widths: tuple = ()  # a probe's widths swept (empty: a probe of one model)
@@ -112,12 +118,16 @@ class RunIndex:
             return dict(self._colours)
 
     def _summary(self, rel: str, path: Path, stat: os.stat_result) -> RunEntry:
-        """The run-list entry of one file, reopened only when the file changed."""
+        """The run-list entry of one file, reopened only when the file changed (or, for a live
+        run, every LIVE_RECHECK_SECONDS: it stops being live without changing)."""
         sig = _signature(stat)
+        now = time.monotonic()
         with self._lock:
             cached = self._summaries.get(rel)
             if cached is not None and cached[0] == sig:
-                return cached[1]
+                _, entry, read_at = cached
+                if not entry.is_live or now - read_at < LIVE_RECHECK_SECONDS:
+                    return entry
         folder = Path(rel).parent.as_posix()
         base = dict(rel=rel, folder=folder, name=path.name, mtime=stat.st_mtime, inode=stat.st_ino)
         try:
@@ -137,14 +147,15 @@ class RunIndex:
                     records=len(run.steps),
                     is_live=bool(run.is_live),
                     **_probe_fields(run),
+                    write_error=run.write_error,
+                    dropped=run.dropped_records,
                 )
             except GradscopeError as e:  # a malformed probe attribute
                 entry = RunEntry(**base, error=self.relative_message(str(e), rel))
             finally:
                 run.close()
-        if not entry.is_live:  # a live file may stop being live without changing: check again
-            with self._lock:
-                self._summaries[rel] = (sig, entry)
+        with self._lock:
+            self._summaries[rel] = (sig, entry, now)
         return entry
 
     @contextlib.contextmanager

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gradscope.diagnosis import diagnose
-from gradscope.errors import GradscopeError, NonFiniteError, RunFileError, UsageError
+from gradscope.errors import (
+    GradscopeError,
+    NonFiniteError,
+    RunFileError,
+    RunFileWarning,
+    UsageError,
+)
 from gradscope.store import open_run
 
 if TYPE_CHECKING:  # torch loads only when a recorder is made: `import gradscope` stays light
@@ -36,6 +42,7 @@ def attach(
     all_ranks: bool = False,
     manual_gradients: bool = False,
     nonfinite: str = "watch",
+    on_write_error: str = "warn",
 ) -> Recorder:
     """Attach a recorder to `model` that streams per-layer statistics to the run file `path`.
 
@@ -72,6 +79,10 @@ def attach(
             lets the update run, "skip" skips it (needs `optimizer`), "raise" raises
             `gradscope.NonFiniteError` from `optimizer.step()` before the update; "off" does
             none of it.
+        on_write_error: what a failed write of the run file does (a full disk, an I/O error,
+            a read-only file system, its folder removed): "warn" (one `RunFileWarning`; the
+            file keeps what was written before and says why it ended; training goes on and
+            records nothing more), or "raise" (`RunFileError` from the next optimizer step).
 
     Returns:
         The `gradscope.recorder.Recorder`: `log(**scalars)`, `step()`, `read_gradients()`,
@@ -95,6 +106,7 @@ def attach(
         all_ranks=all_ranks,
         manual_gradients=manual_gradients,
         nonfinite=nonfinite,
+        on_write_error=on_write_error,
     )
 
 
@@ -180,6 +192,7 @@ __all__ = [
     "GradscopeError",
     "NonFiniteError",
     "RunFileError",
+    "RunFileWarning",
     "UsageError",
     "attach",
     "diagnose",

@@ -43,6 +43,9 @@ def report_dict(run: Run) -> dict:
         "path": str(run.path),
         "attrs": run.attrs,
         "state": run_state(run),
+        "write_error": run.write_error,
+        "dropped_records": run.dropped_records,
+        "dropped_metrics": run.dropped_metrics,
         "layers": run.layers.to_dict(orient="records"),
         "stats": list(run.stats),
         "records": len(run.steps),
@@ -129,10 +132,25 @@ _UPDATE_WORDS = {
 
 
 def run_state(run: Run) -> str:
-    """'live', 'closed' (finished cleanly) or 'stopped' (writer gone without closing the file)."""
+    """'live', 'closed' (finished cleanly), 'ended by a write error: ...' or 'stopped' (writer
+    gone without closing the file)."""
+    error = run.write_error
+    if error:
+        return f"ended by a write error: {error} (the records written before are all here)"
     if run.closed:
         return "closed"
     return "live" if run.is_live else "stopped (the writer ended without closing the file)"
+
+
+def dropped_text(run: Run) -> str | None:
+    """What the writer dropped because the disk fell behind, or None if nothing."""
+    records, metrics = run.dropped_records, run.dropped_metrics
+    if not records and not metrics:
+        return None
+    return (
+        f"{records:,} records and {metrics:,} metric values dropped (the disk fell behind "
+        "the training; the steps of the records kept say which)"
+    )
 
 
 def summary_text(run: Run) -> str:
@@ -162,6 +180,9 @@ def summary_text(run: Run) -> str:
             f'nonfinite="skip": {counts["updates_skipped"]}, AMP overflows skipped by the '
             f"GradScaler: {counts['amp_overflows_skipped']}"
         )
+    dropped = dropped_text(run)
+    if dropped:
+        lines.append(f"dropped:   {dropped}")
     extras = {k: v for k, v in attrs.items() if k not in _SHOWN_ATTRS}
     if isinstance(extras.get(PROBE_ATTR), dict):  # a probe file: its description, in words
         extras[PROBE_ATTR] = probe_summary(extras[PROBE_ATTR])
@@ -237,6 +258,14 @@ def flow_summary(run_path) -> str:
     return "; ".join(parts) or "no finite gradient statistics recorded"
 
 
+def recording_notes(run_path) -> list[str]:
+    """Sentences on what went wrong while recording a run file: a write error, drops."""
+    with open_run(run_path) as run:
+        notes = [f"recording {run_state(run)}"] if run.write_error else []
+        dropped = dropped_text(run)
+    return notes + ([dropped] if dropped else [])
+
+
 def format_summary(result: ExperimentResult) -> str:
     """The closing text: a table row per model, its gradient-flow line, then what to run next."""
 
@@ -264,6 +293,7 @@ def format_summary(result: ExperimentResult) -> str:
     for r in result.results:
         if r.run_path is not None and r.run_path.is_file():
             lines.append(f"{r.model}: {flow_summary(r.run_path)}")
+            lines.extend(f"{r.model}: {note}" for note in recording_notes(r.run_path))
     lines.append("")
     lines.extend(next_commands(result))
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from gradscope.store import RunWriter
+from gradscope.store import _writer as writer_module
 
 LAYERS = [
     {"name": "conv1", "type": "Conv2d", "params": 432},
@@ -167,3 +168,19 @@ def write_noise_run(path: Path, records: int = 12, measured: bool = True) -> dic
     truth = {layer["name"]: t / g for layer, g, t in zip(LAYERS, grad_sq, trace, strict=True)}
     truth["model"] = np.nansum(trace) / np.nansum(grad_sq)
     return truth
+
+
+def fail_writes_after(monkeypatch, budget: int, code: int) -> None:
+    """Make the writer's data writes raise OSError(`code`) once `budget` bytes went through
+    (the status row stays writable, as on a full disk where it is rewritten in place)."""
+    written = [0]
+    write_rows = writer_module._write_rows
+
+    def failing(ds, start, values):
+        if ds.name != "/status":
+            written[0] += np.asarray(values).nbytes
+            if written[0] > budget:
+                raise OSError(code, os.strerror(code))
+        write_rows(ds, start, values)
+
+    monkeypatch.setattr(writer_module, "_write_rows", failing)

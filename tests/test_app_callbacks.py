@@ -5,12 +5,14 @@ import importlib
 import json
 import os
 import struct
+import threading
 import time
 
 import numpy as np
 import pytest
 from dash import no_update
 from gradscope.app import create_app, ids
+from gradscope.app._shared_answers import SharedAnswers
 from gradscope.app.callbacks import (
     control_values,
     diagnosis_output,
@@ -18,6 +20,7 @@ from gradscope.app.callbacks import (
     nonfinite_output,
     png_download,
     refresh_run_list,
+    shared_figure_output,
     step_input,
     step_label,
 )
@@ -162,6 +165,31 @@ def test_page_preselects_the_newest_readable_runs(index):
     assert "ResNet20 sweep 30 complete" in listing  # model, folder, records, state
     assert "PlainNet20 baseline 20 complete" in listing
     assert set(find(layout, ids.VERSIONS).data) == set(NEWEST_TWO)
+
+
+def test_run_list_says_which_run_ended_by_a_write_error_and_what_was_dropped(tmp_path):
+    import h5py
+
+    from gradscope.store import _schema as schema
+
+    write_run(tmp_path / "exp" / "full.h5", n_records=6)
+    with h5py.File(tmp_path / "exp" / "full.h5", "r+", libver="latest") as f:
+        status = f["status"][0]
+        f["status"][:] = schema.status_row(
+            True,
+            status["heartbeat"],
+            6,
+            6,
+            6,
+            dropped_records=4,
+            dropped_metrics=9,
+            error="No space left on device [errno 28]",
+        )
+    index = RunIndex(tmp_path)
+    (entry,) = index.scan()
+    assert entry.write_error == "No space left on device [errno 28]" and entry.dropped == 4
+    listing = text_of(find(page(index, "runs"), ids.RUN_LIST))
+    assert "ResNet20 exp 6 (4 dropped) write error" in listing
 
 
 def test_empty_folder_shows_how_to_record(tmp_path):
@@ -355,6 +383,55 @@ def test_zoom_key_ignores_the_step_but_not_the_statistic(index):
     b, _ = figure_output(index, "flow", values(step_index=3, window=2))
     c, _ = figure_output(index, "flow", values(stat="weight_norm"))
     assert a.layout.uirevision == b.layout.uirevision != c.layout.uirevision
+
+
+def test_pages_asking_the_same_share_one_answer_built_once():
+    answers = SharedAnswers(kept=2, seconds=60)
+    built = []
+    started = threading.Event()
+
+    def build():
+        built.append(1)
+        started.wait(5)  # the other requests arrive while it is built
+        return object()
+
+    threads = [
+        threading.Thread(target=lambda: got.append(answers.get(["figure", 1], build)))
+        for _ in range(8)
+    ]
+    got = []
+    for thread in threads:
+        thread.start()
+    started.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(built) == 1 and len(got) == 8 and all(g is got[0] for g in got)
+    assert answers.get(["figure", 1], object) is got[0]
+    with pytest.raises(ValueError):
+        answers.get(["broken"], lambda: int("x"))
+    assert answers.get(["broken"], lambda: 3) == 3  # a failed build is not kept
+    answers.get(["another"], object)  # two kept: the oldest goes
+    assert answers.get(["figure", 1], lambda: "rebuilt") == "rebuilt"
+    assert SharedAnswers(seconds=0).get(["k"], lambda: 1) == 1
+
+
+def test_the_shared_figure_is_the_figure_as_data_with_each_users_zoom(index):
+    answers = SharedAnswers()
+    versions = {rel: [20, False, 1] for rel in NEWEST_TWO}
+    fig, message = figure_output(index, "flow", values())
+    data, shared_message = shared_figure_output(answers, index, "flow", values(), versions)
+    assert shared_message == message and data == json.loads(fig.to_json())
+    view = fig.layout.uirevision
+    zoom = {"view": view, "ranges": {"yaxis": [0.1, 2.0]}}
+    zoomed, _ = shared_figure_output(answers, index, "flow", values(), versions, zoom)
+    assert (
+        zoomed["layout"]["yaxis"]["range"] == [0.1, 2.0]
+        and not zoomed["layout"]["yaxis"]["autorange"]
+    )
+    again, _ = shared_figure_output(answers, index, "flow", values(), versions)
+    assert again is data and "range" not in again["layout"]["yaxis"]  # the shared one is intact
+    _, bad = shared_figure_output(answers, index, "flow", values(stat="act_zero_frac"), versions)
+    assert "'act_zero_frac' is not in" in bad
 
 
 @pytest.mark.parametrize(

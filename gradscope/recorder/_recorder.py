@@ -29,6 +29,7 @@ from gradscope.recorder._schedule import make_schedule
 from gradscope.recorder._trips import NonFiniteTrips
 from gradscope.recorder._wrappers import unwrap, user_type_name
 from gradscope.store import RunWriter, open_run
+from gradscope.store._failure import check_write_error_mode
 from gradscope.store._metric_values import check_metric, metric_value
 from gradscope.store._prepare import check_run_path
 
@@ -78,6 +79,7 @@ class Recorder(NonFiniteTrips):
         all_ranks: bool = False,
         manual_gradients: bool = False,
         nonfinite: str = "watch",
+        on_write_error: str = "warn",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"gradscope.attach needs a torch.nn.Module, got {type(model).__name__}")
@@ -86,6 +88,7 @@ class Recorder(NonFiniteTrips):
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
         self.closed = False
+        self._on_write_error = check_write_error_mode(on_write_error)
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         self.path = os.fspath(path)
@@ -527,8 +530,10 @@ class Recorder(NonFiniteTrips):
         self._in_update = False
         if self._due:
             self._take_record()
+        for writer in self._writers():
+            writer.check()  # a failed write: warned once, or raised from this step
         self._step += 1
-        self._due = self._schedule(self._step)
+        self._due = self._schedule(self._step) and not self._stopped_writing()
         self._observing = self._due  # the depth order is fixed from here on
         self._in_step = False
         self._reset_accumulators()
@@ -660,6 +665,7 @@ class Recorder(NonFiniteTrips):
                 resume=self._resume,
                 start_step=self._start_step if self._resume else None,
                 flush_interval=self._flush_interval,
+                on_write_error=self._on_write_error,
             )
 
         if self._writes_global:
@@ -675,6 +681,13 @@ class Recorder(NonFiniteTrips):
 
     def _writers(self) -> list[RunWriter]:
         return [w for w in (self._writer, self._local_writer) if w is not None]
+
+    def _stopped_writing(self) -> bool:
+        """True when no record can reach a file any more (its writing failed): records are
+        then not even computed. Under torch.distributed every rank goes on computing them,
+        for the reductions every rank joins."""
+        writers = self._writers()
+        return self.world == 1 and bool(writers) and all(w.stopped for w in writers)
 
     # ----- helpers ----------------------------------------------------------------------------
 

@@ -19,6 +19,17 @@ from gradscope.store._rows import read_events_rows, read_rows
 
 LIVE_HEARTBEAT_SECONDS = 30.0  # a writer whose heartbeat is older than this is presumed gone
 COPY_BLOCK_BYTES = 16 * 1024 * 1024  # rows copied at once when rebuilding a crashed file
+# HDF5's raw-data chunk cache, per dataset, in the writing process: none. The writer puts whole
+# compressed chunks and rows of the uncompressed ones straight to the file, so a cache saves
+# nothing; with one (1 MiB a dataset by default) the process grew by about 1.6 kB per record
+# over tens of thousands of records, and a failed write (a full disk) left dirty chunks that
+# HDF5 kept retrying, and failing, as the file closed (and the process crashed at exit).
+WRITER_CHUNK_CACHE_BYTES = 0
+# HDF5's metadata cache in the writing process: fixed at this size. By default it starts at
+# 2 MiB and may grow to 32 MiB, and it kept every block of the chunk indexes it ever touched,
+# so the process grew by about 20 bytes a record; the writer's working set (the headers and
+# the newest index blocks of some thirty datasets) is about 50 kB.
+WRITER_METADATA_CACHE_BYTES = 128 * 1024
 
 # The run files that writers of this process hold open (real paths): the process's own pid
 # says nothing about whether a file it wrote is still being written.
@@ -37,6 +48,8 @@ class WritableRun:
     open_rows: np.ndarray  # [stats, n_records - n_sealed, layers]: the records in stats_tail
     last_record_step: int | None
     last_metric_step: int | None
+    dropped_records: int = 0  # dropped over the file's life (the disk fell behind)
+    dropped_metrics: int = 0
 
 
 def check_run_path(path, overwrite: bool, resume: bool) -> Path:
@@ -94,7 +107,7 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
     # Built under a temporary name and renamed into place, so a reader never sees a half-made file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
     try:
-        f = h5py.File(tmp, "w", libver="latest")
+        f = _open_for_writing(tmp, "w")
         plain = {
             "format": schema.FORMAT_NAME,
             "format_version": schema.FORMAT_VERSION,
@@ -105,7 +118,7 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
         }
         schema.write_attrs(f, plain, json_attrs)
         schema.create_datasets(f, layers, stats)
-        f[schema.STATUS][0] = (0, time.time(), 0, 0, 0, 0)
+        f[schema.STATUS][:] = schema.status_row(False, time.time(), 0, 0, 0)
         f.swmr_mode = True
         os.replace(tmp, path)
     except OSError as e:
@@ -113,6 +126,19 @@ def _create(path: Path, layers, stats, json_attrs) -> WritableRun:
         raise RunFileError(f"{path}: cannot create run file: {e}") from e
     no_rows = np.empty((len(stats), 0, len(layers)), np.float32)
     return WritableRun(f, 0, 0, 0, 0, no_rows, None, None)
+
+
+def _open_for_writing(path: Path, mode: str) -> h5py.File:
+    """An h5py file for the writer: the latest format (SWMR needs it), no chunk cache, a
+    small metadata cache of fixed size."""
+    f = h5py.File(path, mode, libver="latest", rdcc_nbytes=WRITER_CHUNK_CACHE_BYTES)
+    config = f.id.get_mdc_config()
+    config.set_initial_size = True
+    config.initial_size = config.max_size = WRITER_METADATA_CACHE_BYTES
+    config.min_size = min(config.min_size, WRITER_METADATA_CACHE_BYTES)
+    config.incr_mode = config.flash_incr_mode = 0  # H5C_incr__off, H5C_flash_incr__off
+    f.id.set_mdc_config(config)
+    return f
 
 
 def _gradscope_version() -> str:
@@ -137,15 +163,27 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
         # gradscope wrote it. Copy the committed prefix into a fresh file of the current format.
         _rebuild_committed_prefix(path)
         try:
-            f = h5py.File(path, "r+", libver="latest")
+            f = _open_for_writing(path, "r+")
         except OSError as e:
             raise RunFileError(f"{path}: cannot open the run file for resuming: {e}") from e
     try:
         _check_same_layout(path, f, layers, stats)
+        status = f[schema.STATUS][0]
+        dropped_records, dropped_metrics = schema.dropped_counts(status)
         n_records, n_metrics, n_events = _truncate(f, start_step)
         n_sealed, open_rows = _reopen_last_chunk(f, stats, n_records)
         schema.write_attrs(f, _writer_attrs(), json_attrs)
-        f[schema.STATUS][0] = (0, time.time(), n_records, n_metrics, n_sealed, n_events)
+        # a write error that ended the last session is not the end of the file any more
+        f[schema.STATUS][:] = schema.status_row(
+            False,
+            time.time(),
+            n_records,
+            n_metrics,
+            n_sealed,
+            events=n_events,
+            dropped_records=dropped_records,
+            dropped_metrics=dropped_metrics,
+        )
         f.flush()
         f.swmr_mode = True
     except BaseException:
@@ -162,13 +200,15 @@ def _resume(path: Path, layers, stats, json_attrs, start_step) -> WritableRun:
         open_rows,
         int(steps[n_records - 1]) if n_records else None,
         int(metric_steps[:n_metrics].max()) if n_metrics else None,
+        dropped_records,
+        dropped_metrics,
     )
 
 
 def _open_current_format(path: Path) -> h5py.File | None:
     """The file opened for appending, or None if HDF5 refuses or its format is not the current."""
     try:
-        f = h5py.File(path, "r+", libver="latest")
+        f = _open_for_writing(path, "r+")
     except OSError:
         return None
     if f.attrs.get("format_version") != schema.FORMAT_VERSION:
@@ -297,7 +337,7 @@ def _rebuild_committed_prefix(path: Path) -> None:
     try:
         with (
             open_for_reading(path) as src,
-            h5py.File(tmp, "w", libver="latest") as dst,
+            _open_for_writing(tmp, "w") as dst,
         ):
             for key, value in src.attrs.items():
                 dst.attrs[key] = value
@@ -328,7 +368,18 @@ def _rebuild_committed_prefix(path: Path) -> None:
             dst[schema.EVENTS].resize(len(events), axis=0)
             if len(events):
                 dst[schema.EVENTS][:] = events
-            dst[schema.STATUS][0] = (1, float(status["heartbeat"]), n, m, n, len(events))
+            dropped_records, dropped_metrics = schema.dropped_counts(status)
+            dst[schema.STATUS][:] = schema.status_row(
+                True,
+                float(status["heartbeat"]),
+                n,
+                m,
+                n,
+                events=len(events),
+                dropped_records=dropped_records,
+                dropped_metrics=dropped_metrics,
+                error=schema.status_value(status, "error", ""),
+            )
         os.replace(tmp, path)
     except (OSError, KeyError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)

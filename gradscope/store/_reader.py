@@ -138,6 +138,25 @@ class Run:
             for name in (schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE):
                 require_on_disk(f[name], 0, n_metrics)
 
+    @property
+    def write_error(self) -> str | None:
+        """Why writing stopped, if it failed ("No space left on device [errno 28]"): the file
+        holds the records written before. None for a run written without error."""
+        with self._reading("the status"):
+            return schema.status_value(self._read_status(), "error", "") or None
+
+    @property
+    def dropped_records(self) -> int:
+        """Records the writer dropped because the disk fell behind (read fresh)."""
+        with self._reading("the status"):
+            return schema.dropped_counts(self._read_status())[0]
+
+    @property
+    def dropped_metrics(self) -> int:
+        """Metric values the writer dropped because the disk fell behind (read fresh)."""
+        with self._reading("the status"):
+            return schema.dropped_counts(self._read_status())[1]
+
     # contents
 
     @property
