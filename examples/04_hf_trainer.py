@@ -86,6 +86,13 @@ def main(args) -> None:
     )
     first, last = loss.index[0], loss.index[-1]
     print(f"loss {loss[first]:.3f} at step {first} -> {loss[last]:.3f} at step {last}")
+    # each micro-batch of a step is a small batch of the gradient noise scale (McCandlish et al.)
+    noise = run.noise_scale()["model"]
+    print(
+        f"gradient noise scale (model, mean of the last {min(len(noise), 20)} records): "
+        f"{noise.iloc[-1]:.3g} sequences of {args.block} bytes; the batch is "
+        f"{args.batch_size * args.accumulate}"
+    )
     print(f"run file: {Path(args.out).resolve()} (from {run.attrs['framework']})")
     print(f"look at it: gradscope inspect {args.out}")
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import gradscope
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +77,5 @@ def test_04_hf_trainer(tmp_path):
     assert list(run.steps) == [0, 1, 2]
     assert run.attrs["framework"] == "transformers" and run.attrs["model_type"] == "gpt2"
     assert list(run.metrics["loss"].dropna().index) == [0, 1, 2]
+    assert "gradient noise scale (model, mean of the last 3 records)" in stdout
+    assert np.isfinite(run.stat("gns_small_sq")).any()  # 2 micro-batches a step
