@@ -47,6 +47,8 @@ PNG_FIGURE_KINDS = {
     "heatmap": "heatmap",
     "ratio": "ratio",
     "noise": "noise",
+    "kurtosis": "heatmap",
+    "outliers": "outliers",
     "training": "curves",
 }
 
@@ -284,7 +286,8 @@ def png_download(index: RunIndex, kind: str, values: dict) -> tuple:
         png = figure_png_bytes(fig, width=width, height=height)
     except Exception as e:  # noqa: BLE001 - shown on the page
         return no_update, describe_error(index, e)
-    name = f"{kind}-{controls.stat}.png" if controls.stat else f"{kind}.png"
+    by_stat = controls.stat and "stat" in PANEL_CONTROLS[kind]
+    name = f"{kind}-{controls.stat}.png" if by_stat else f"{kind}.png"
     return dcc.send_bytes(png, name), ""
 
 

@@ -29,6 +29,8 @@ PANELS = {
     "heatmap": "Depth x step heatmap",
     "ratio": "Ratio heatmap of the first two selected runs:",
     "noise": "Gradient noise scale, records averaged:",
+    "kurtosis": "Activation kurtosis by layer and step",
+    "outliers": "Outlier channel by step",
     "training": "Training curves",
 }
 

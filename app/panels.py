@@ -29,6 +29,8 @@ PANEL_CONTROLS = {
     "heatmap": ("stat", "layer_types", "layer_pattern", "scale"),
     "ratio": ("stat", "layer_types", "layer_pattern", "ratio_numerator"),
     "noise": ("noise_window",),
+    "kurtosis": ("layer_types", "layer_pattern", "scale"),
+    "outliers": ("layer_types", "layer_pattern"),
     "training": ("smoothing",),
 }
 
@@ -70,6 +72,21 @@ def _noise(runs, c: Controls, colours) -> go.Figure:
     return figures.noise_scale_curves(runs, window=c.noise_window)
 
 
+def _kurtosis(runs, c: Controls, colours) -> go.Figure:
+    return figures.depth_step_heatmap(
+        runs,
+        "act_kurtosis",
+        max_steps=MAX_HEATMAP_STEPS,
+        log_color=c.log_scale,
+        colours=colours,
+        **c.filters(),
+    )
+
+
+def _outliers(runs, c: Controls, colours) -> go.Figure:
+    return figures.outlier_channels(runs, max_steps=MAX_HEATMAP_STEPS, **c.filters())
+
+
 def _training(runs, c: Controls, colours) -> go.Figure:
     return figures.training_curves(runs, smoothing=c.smoothing, colours=colours)
 
@@ -79,6 +96,8 @@ PANEL_BUILDERS = {
     "heatmap": _heatmap,
     "ratio": _ratio,
     "noise": _noise,
+    "kurtosis": _kurtosis,
+    "outliers": _outliers,
     "training": _training,
 }
 

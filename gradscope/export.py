@@ -31,7 +31,7 @@ PANEL_WIDTH = 480  # of each heatmap panel, plus room for row labels and the col
 LABELS_WIDTH = 320
 DEFAULT_WIDTHS = {"flow": 1100, "curves": 1300, "ratio": 1000}  # heatmap: from its panels
 SUBPLOT_WIDTH = 450  # spp and widths: per panel, plus room for the legend
-NOISE_PANEL_WIDTH = 700  # noise: per panel (steps along x), plus room for the legend
+STEPS_PANEL_WIDTH = 700  # noise and outliers: per panel (steps along x), plus the legend
 LEGEND_WIDTH = 330
 
 _renderer_started: list = []  # the Chrome path once kaleido's renderer runs in this process
@@ -84,17 +84,17 @@ def _downloaded_chrome():
 def default_size(fig, figure: str | None = None) -> tuple[int, int]:
     """(width, height) of the PNG of `fig` when none is asked for: the figure's own layout size
     if set (heatmaps set their height from their layer count), else one wide enough for the
-    kind of figure (`figure`: heatmap, flow, curves, ratio, noise, spp, widths) to label its
-    layers and legend."""
+    kind of figure (`figure`: heatmap, flow, curves, ratio, noise, outliers, spp, widths) to
+    label its layers and legend."""
     height = fig.layout.height or DEFAULT_HEIGHT
     if fig.layout.width:
         return int(fig.layout.width), int(height)
     if figure == "heatmap":
         panels = sum(1 for trace in fig.data if trace.type == "heatmap")
         return PANEL_WIDTH * max(panels, 1) + LABELS_WIDTH, int(height)
-    if figure in ("spp", "widths", "noise"):
+    if figure in ("spp", "widths", "noise", "outliers"):
         panels = sum(1 for key in fig.layout.to_plotly_json() if key.startswith("xaxis"))
-        per_panel = NOISE_PANEL_WIDTH if figure == "noise" else SUBPLOT_WIDTH
+        per_panel = STEPS_PANEL_WIDTH if figure in ("noise", "outliers") else SUBPLOT_WIDTH
         return per_panel * max(panels, 1) + LEGEND_WIDTH, int(height)
     return DEFAULT_WIDTHS.get(figure, 1000), int(height)
 

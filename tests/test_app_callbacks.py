@@ -35,6 +35,7 @@ from gradscope.store import RunWriter, open_run
 from tests.run_files import LAYERS, STATS, write_noise_run, write_run, write_runs_folder
 
 NEWEST_TWO = ["sweep/lr01.h5", "baseline/tanh.h5"]
+LARGE_MODEL_PANELS = ("noise", "kurtosis", "outliers")  # statistics the test runs do not have
 
 
 @pytest.fixture
@@ -300,7 +301,7 @@ def test_the_ratio_panel_lets_the_user_choose_its_numerator(index):
     ("kind", "min_traces"), [("flow", 2), ("heatmap", 2), ("ratio", 1), ("training", 2)]
 )
 def test_every_panel_draws_the_selected_runs(index, kind, min_traces):
-    assert set(ids.PANELS) == {"flow", "heatmap", "ratio", "noise", "training"}
+    assert set(ids.PANELS) == {"flow", "heatmap", "ratio", "training", *LARGE_MODEL_PANELS}
     fig, message = figure_output(index, kind, values())
     assert message == ""
     assert len(fig.data) >= min_traces
@@ -324,6 +325,20 @@ def test_the_noise_panel_draws_the_runs_that_measured_it_and_says_why_others_did
         assert "has no gradient noise scale sums" in message
         with pytest.raises(UsageError, match="noise scale window"):
             Controls.from_request(**values(noise_window=0))
+    finally:
+        index.close()
+
+
+def test_the_outlier_panels_draw_the_kurtosis_heatmap_and_the_outlier_channels(runs_dir):
+    path = runs_dir / "gpt" / "outliers.h5"
+    write_run(path, stats=["act_kurtosis", "act_outlier_channel"], n_records=6)
+    index = RunIndex(runs_dir)
+    try:
+        heat, message = figure_output(index, "kurtosis", values(runs=["gpt/outliers.h5"]))
+        assert message == "" and heat.layout.title.text.startswith("Activation kurtosis")
+        lines, message = figure_output(index, "outliers", values(runs=["gpt/outliers.h5"]))
+        assert message == "" and len(lines.data) == len(LAYERS)
+        assert lines.layout.title.text.startswith("Outlier channel by step")
     finally:
         index.close()
 
@@ -644,7 +659,7 @@ def test_each_cut_run_is_its_own_error_beside_a_good_run(folder_with_cut_runs):
             chosen = values(runs=["good/resnet.h5", rel])
             for kind in ids.PANELS:
                 fig, message = figure_output(index, kind, chosen)
-                if kind in ("ratio", "noise"):  # both runs, noise scale sums: it says why not
+                if kind in ("ratio", *LARGE_MODEL_PANELS):  # needs both runs, or sums these lack
                     assert message, rel
                     continue
                 drawn = json.dumps(fig.to_plotly_json(), default=str)
@@ -786,8 +801,8 @@ def test_latest_means_the_latest_step_every_selected_run_has(twin_index):
 def test_default_panels_of_the_pair_draw_without_error(twin_index):
     for kind in ids.PANELS:
         fig, message = figure_output(twin_index, kind, values(runs=TWINS))
-        if kind == "noise":  # runs of one small batch a step, or without the sums, say so
-            assert "has no gradient noise scale sums" in message
+        if kind in LARGE_MODEL_PANELS:  # runs without their statistics say so
+            assert "has no" in message
             continue
         assert message == "" and fig.data, kind
     ratio, _ = figure_output(twin_index, "ratio", values(runs=TWINS))

@@ -247,6 +247,26 @@ def test_cli_export_noise_scale_with_its_window(tmp_path, monkeypatch, capsys):
     assert main([*args, "--noise-window", "4"]) == 0, capsys.readouterr().err
     ((fig, size),) = drawn
     assert fig.layout.title.text == "Gradient noise scale by layer group (mean of 4 records)"
-    assert size["width"] == export.NOISE_PANEL_WIDTH + export.LEGEND_WIDTH
+    assert size["width"] == export.STEPS_PANEL_WIDTH + export.LEGEND_WIDTH
     assert main([*args, "--noise-window", "0"]) == 2
     assert "window must be a positive number of records" in capsys.readouterr().err
+
+
+def test_cli_export_outlier_channels_of_the_top_layers(tmp_path, monkeypatch, capsys):
+    layers = [{"name": f"h.{j}.mlp", "type": "Linear", "params": 10} for j in range(3)]
+    stats = ["act_kurtosis", "act_outlier_channel"]
+    with RunWriter(tmp_path / "o.h5", layers=layers, stats=stats) as w:
+        for step in range(6):
+            kurtosis = np.array([3.0, 30.0 + step, 5.0], np.float32)
+            w.append(step, np.stack([kurtosis, np.array([1.0, 9.0, step], np.float32)]))
+    drawn = drawn_figures(monkeypatch)
+    args = ["export", str(tmp_path / "o.h5"), "--figure", "outliers", "--out", "o.png"]
+    assert main([*args, "--top", "2"]) == 0, capsys.readouterr().err
+    ((fig, size),) = drawn
+    assert [trace.name for trace in fig.data] == [
+        "h.1.mlp: channel 9 in 100%",
+        "h.2.mlp: channel 0 in 17%",
+    ]
+    assert size["width"] == export.STEPS_PANEL_WIDTH + export.LEGEND_WIDTH
+    assert main([*args, "--figure", "heatmap", "--top", "2"]) == 2
+    assert "--top applies only to --figure outliers" in capsys.readouterr().err

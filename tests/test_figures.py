@@ -510,3 +510,27 @@ def test_noise_scale_curves_say_which_runs_have_none(tmp_path, run):
     assert "has no gradient noise scale sums" in notes[1]
     with pytest.raises(UsageError, match="gradient accumulation"):
         figures.noise_scale_curves(single)
+
+
+def test_outlier_channels_of_the_layers_of_highest_kurtosis(tmp_path):
+    records, n = 20, 5
+    rng = np.random.default_rng(0)
+    channels = rng.integers(0, 16, (records, n)).astype(np.float32)
+    channels[4:, 3] = 7  # layer 3's outlier settles on channel 7 at step 40
+    kurtosis = np.full((records, n), 3.0, np.float32)
+    kurtosis[:, 3] = np.linspace(3, 60, records)  # growing
+    kurtosis[:, 1] = 10.0
+    channels[:, 4] = np.nan  # never measured
+    names = [f"block{j}.lin" for j in range(n)]
+    stats = {"act_outlier_channel": channels, "act_kurtosis": kurtosis}
+    run = write_run(tmp_path / "o.h5", stats, names=names, types=["Linear"] * n)
+    fig = figures.outlier_channels(run, top=2)
+    assert [trace.name.split(":")[0] for trace in fig.data] == ["block1.lin", "block3.lin"]
+    assert fig.data[1].name == "block3.lin: channel 7 in 80%"  # 16 of 20 records
+    np.testing.assert_array_equal(fig.data[1].y, channels[:, 3])
+    np.testing.assert_allclose(fig.data[1].customdata, kurtosis[:, 3], rtol=1e-6)
+    assert fig.layout.title.text == "Outlier channel by step: the 2 layers of highest kurtosis"
+    every = figures.outlier_channels(run, top=10, pattern="block[0-3]*", max_steps=5)
+    assert len(every.data) == 4 and list(every.data[0].x) == [0, 40, 80, 120, 160]
+    with pytest.raises(UsageError, match="has no act_outlier_channel"):
+        figures.outlier_channels(write_run(tmp_path / "g.h5", {"grad_norm": kurtosis}))

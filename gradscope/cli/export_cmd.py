@@ -16,7 +16,7 @@ from gradscope.export import (
 )
 from gradscope.store import NOISE_SCALE_WINDOW, open_run
 
-FIGURES = ("heatmap", "flow", "curves", "ratio", "noise", "spp", "widths")
+FIGURES = ("heatmap", "flow", "curves", "ratio", "noise", "outliers", "spp", "widths")
 PROBE_FIGURES = ("spp", "widths")  # of probe files (gradscope probe): --stat has its own default
 DEFAULT_STAT = "grad_norm"  # of the other figures
 
@@ -25,8 +25,8 @@ def register(subparsers) -> None:
     """Add the `export` subcommand."""
     parser = subparsers.add_parser(
         "export",
-        help="write a figure (heatmap, flow, curves, ratio, noise; of probes: spp, widths) to a "
-        "PNG",
+        help="write a figure (heatmap, flow, curves, ratio, noise, outliers; of probes: spp, "
+        "widths) to a PNG",
         description="Write a figure of one or more run files to a PNG (rendered by kaleido).",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN.h5", help="run files")
@@ -66,6 +66,14 @@ def register(subparsers) -> None:
         metavar="N",
         help="noise only: each point of the gradient noise scale divides the means of its "
         f"estimates over the last N records (default: {NOISE_SCALE_WINDOW})",
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=figures.DEFAULT_OUTLIER_LAYERS,
+        metavar="N",
+        help="outliers only: the N layers of highest kurtosis (default: "
+        f"{figures.DEFAULT_OUTLIER_LAYERS})",
     )
     parser.add_argument(
         "--depth-axis",
@@ -129,6 +137,8 @@ def run(args) -> int:
             raise UsageError("--step applies only to --figure flow, spp and widths")
     if args.figure != "noise" and args.noise_window != NOISE_SCALE_WINDOW:
         raise UsageError("--noise-window applies only to --figure noise")
+    if args.figure != "outliers" and args.top != figures.DEFAULT_OUTLIER_LAYERS:
+        raise UsageError("--top applies only to --figure outliers")
     if args.figure != "ratio" and args.numerator is not None:
         raise UsageError("--numerator applies only to --figure ratio")
     if args.figure == "ratio" and len(args.runs) != 2:
@@ -159,6 +169,8 @@ def build_figure(args, runs):
     if args.figure == "noise":
         return figures.noise_scale_curves(runs, window=args.noise_window)
     selection = {"types": args.types, "pattern": args.pattern}
+    if args.figure == "outliers":
+        return figures.outlier_channels(runs, top=args.top, **selection)
     stat = args.stat or DEFAULT_STAT
     if args.figure == "heatmap":
         return figures.depth_step_heatmap(runs, stat, height=args.height, **selection)

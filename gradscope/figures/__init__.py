@@ -1,6 +1,6 @@
 """Figures: pure functions from opened runs to plotly Figures (flow, heatmaps, training curves,
-the gradient noise scale, and for probe files the signal propagation plot and the coordinate
-check)."""
+the gradient noise scale, activation outlier channels, and for probe files the signal
+propagation plot and the coordinate check)."""
 
 import numpy as np
 
@@ -11,6 +11,7 @@ from gradscope.figures._flow import DEPTH_AXES, FLOW_LINES, flow_curve
 from gradscope.figures._heatmap import depth_step_heatmap, nearest_positions, ratio_heatmap
 from gradscope.figures._noise import noise_scale_curves
 from gradscope.figures._nonfinite_marks import marked_origins
+from gradscope.figures._outliers import DEFAULT_OUTLIER_LAYERS, outlier_channels
 from gradscope.figures._spp import SPP_LAYERS, SPP_STATS, signal_propagation
 from gradscope.figures._widths import DEFAULT_WIDTH_STAT, layer_group, width_check
 from gradscope.figures._words import stat_words
@@ -28,6 +29,7 @@ def latest_common_step(runs) -> int:
 
 
 __all__ = [
+    "DEFAULT_OUTLIER_LAYERS",
     "DEFAULT_SMOOTHING",
     "DEFAULT_WIDTH_STAT",
     "DEPTH_AXES",
@@ -42,6 +44,7 @@ __all__ = [
     "latest_common_step",
     "layer_group",
     "noise_scale_curves",
+    "outlier_channels",
     "marked_origins",
     "nearest_positions",
     "ratio_heatmap",

@@ -20,6 +20,9 @@ STAT_WORDS = {
     "act_absmax": "Largest activation magnitude",
     "act_zero_frac": "Fraction of zero activations",
     "act_grad_norm": "Backpropagated signal norm",
+    "act_kurtosis": "Activation kurtosis",
+    "act_max_rms": "Largest activation over RMS",
+    "act_outlier_channel": "Outlier channel (largest RMS)",
     **GNS_STATS,  # the gradient noise scale's raw sums
     **PROBE_STATS,  # the probe's own (gradscope.probe)
 }
