@@ -9,10 +9,12 @@ import numpy as np
 
 from gradscope._json import json_number
 from gradscope.errors import UsageError
+from gradscope.statistics import read_by
 
 SCAN_CHUNK_RECORDS = 4096  # records read at a time by the exact non-finite scan
-# Statistics scanned record by record for the first non-finite value (those present in the run).
-NONFINITE_STATS = ("grad_nonfinite", "grad_norm", "weight_norm", "act_absmax")
+# Statistics scanned record by record for the first non-finite value (those present in the run);
+# grad_nonfinite first: at the same step and layer its count says more than a NaN norm.
+NONFINITE_STATS = tuple(sorted(read_by("nonfinite"), key=lambda s: s != "grad_nonfinite"))
 KIND_ORDER = (
     "nonfinite",
     "signal_vanishing_depth",

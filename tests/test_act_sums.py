@@ -282,8 +282,8 @@ def test_the_device_path_compiles_once_not_per_step_or_size(tmp_path, monkeypatc
 
 
 def test_the_fused_record_finish_matches_the_plain_one_nans_included():
+    from gradscope.recorder import ALL_STATS
     from gradscope.recorder._record import finish_record, finish_record_fused
-    from gradscope.recorder._stats import ALL_STATS
 
     g = torch.Generator().manual_seed(3)
     n = 7

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
-from gradscope.recorder._stats import ALL_STATS
+from gradscope.recorder import ALL_STATS
 from tests.reference import (
     ReferenceProbe,
     act_grad_reference,

@@ -4,11 +4,11 @@ from gradscope.recorder._recorder import DEFAULT_BATCH_SAMPLE, Recorder
 from gradscope.recorder._stats import (
     ACT_GRAD_STATS,
     ACT_STATS,
-    ALL_STATS,
     GRAD_STATS,
     PARAM_STATS,
     WEIGHT_STATS,
 )
+from gradscope.statistics import ALL_STATS
 
 __all__ = [
     "ACT_GRAD_STATS",

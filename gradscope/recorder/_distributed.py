@@ -12,20 +12,15 @@ from torch import nn
 
 from gradscope.errors import UsageError
 from gradscope.recorder._wrappers import local_part
+from gradscope.statistics import RAW_SUMS
 
 # Raw per-layer sums of parameters (gradient_sums, weight_sums): under DDP every rank holds the
 # whole reduced gradient, so they need no collective; sharded layers add every rank's shard.
-PARAM_SUMS = (
-    "grad_count",
-    "grad_total",
-    "grad_sumsq",
-    "grad_nonfinite",
-    "grad_absmax",
-    "weight_sumsq",
-    "update_sumsq",
-)
+PARAM_SUMS = tuple(s.name for s in RAW_SUMS.values() if s.source == "parameters")
 # reduced with MAX (every other raw sum with SUM), each with the count that says it has values
-MAXIMA = {"grad_absmax": "grad_count", "act_absmax": "act_count"}
+MAXIMA = {s.name: s.counted_by for s in RAW_SUMS.values() if s.combine == "max"}
+# sums of squared output gradients: DDP and FSDP average the ranks' losses
+LOSS_SCALED = tuple(s.name for s in RAW_SUMS.values() if s.loss_scaled)
 OUT_OF_SCOPE = (
     "gradscope records data parallelism (DDP, FSDP2 fully_shard, FSDP1 with "
     "use_orig_params=True) over all ranks of the default process group; tensor, pipeline "
@@ -182,7 +177,7 @@ class RecordReduction:
         """What this rank adds for `key`: parameter sums of whole layers only on rank 0."""
         if key in PARAM_SUMS:
             return values * self._param_share
-        if key == "act_grad_sumsq":
+        if key in LOSS_SCALED:
             return values / self.world**2
         return values
 

@@ -214,15 +214,6 @@ def _block_norms(block: torch.Tensor, out: torch.Tensor) -> None:
     torch.linalg.vector_norm(block, 2, dim=1, out=out)
 
 
-def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
-    """grad_norm/mean/std/absmax/nonfinite per layer [L] from the parameters' current `.grad`.
-
-    One pass (CPU) or a few kernels per distinct parameter size over a flat copy of the
-    gradients, whatever the number of layers; layers with no gradient get NaN.
-    """
-    return gradient_stats_from_sums(gradient_sums(groups, device))
-
-
 def gradient_sums(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
     """Per-layer raw gradient sums [L] (float64): grad_count, grad_total, grad_sumsq,
     grad_nonfinite (to add across ranks) and grad_absmax (NaN for a layer with no gradient).
@@ -283,15 +274,6 @@ class WeightSnapshot:
 def weight_snapshot(groups: ParamGroups, device) -> WeightSnapshot:
     """Copy every parameter now (valid until the next snapshot of the same groups)."""
     return WeightSnapshot(groups, device)
-
-
-def weight_stats(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str, torch.Tensor]:
-    """weight_norm (of `before`) and update_ratio = ||after - before|| / ||before|| per layer.
-
-    Overwrites the snapshot with the difference, to spare an allocation. A layer whose
-    parameters are all empty has weight_norm 0 and update_ratio NaN; one with none, NaN for both.
-    """
-    return weight_stats_from_sums(weight_sums(groups, before, device), groups.owner_mask(device))
 
 
 def weight_sums(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ from gradscope.recorder._layer_selection import select_modules
 from gradscope.recorder._record import finish_record, finish_record_fused
 from gradscope.recorder._schedule import make_schedule
 from gradscope.recorder._wrappers import unwrap, user_type_name
+from gradscope.statistics import resolve_stats
 from gradscope.store import RunWriter, open_run
 from gradscope.store._prepare import check_run_path
 
@@ -149,7 +150,7 @@ class Recorder:
         """Check the arguments and choose the watched modules of the unwrapped model."""
         if batch_sample is not None and (not isinstance(batch_sample, int) or batch_sample < 1):
             raise UsageError(f"batch_sample must be a positive int or None, got {batch_sample!r}")
-        self.stats = S.resolve_stats(stats)
+        self.stats = resolve_stats(stats)
         self._schedule = make_schedule(every)
         self._batch_sample = batch_sample
         self._optimizer = optimizer

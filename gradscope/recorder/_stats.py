@@ -1,38 +1,22 @@
-"""The statistics gradscope records, as batched tensor functions, and their names."""
+"""The activation statistics as batched tensor functions, and the statistics' groups."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from gradscope.errors import UsageError
+from gradscope.statistics import names_in
 
-GRAD_STATS = ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_nonfinite")
-WEIGHT_STATS = ("weight_norm", "update_ratio")
-ACT_STATS = ("act_mean", "act_std", "act_absmax", "act_zero_frac")
-ACT_GRAD_STATS = ("act_grad_norm",)
+GRAD_STATS = names_in("grad")
+WEIGHT_STATS = names_in("weight")
+ACT_STATS = names_in("act")
+ACT_GRAD_STATS = names_in("act_grad")
 PARAM_STATS = GRAD_STATS + WEIGHT_STATS
-ALL_STATS = PARAM_STATS + ACT_STATS + ACT_GRAD_STATS
 
 # Raw sums of one module call's outputs: [total, sum of squares, max |x|, nonzeros], with the
 # element count kept aside. Combining into moments happens once per record, batched over calls.
 ACT_SUMS_SIZE = 4
 EXACT_FLOAT32_COUNT = 2**24  # float32 holds every integer count up to here exactly
-
-
-def resolve_stats(stats) -> tuple[str, ...]:
-    """Validate a user's selection of statistics; None means all. Keeps the canonical order."""
-    if stats is None:
-        return ALL_STATS
-    if isinstance(stats, str):
-        stats = [stats]
-    unknown = [s for s in stats if s not in ALL_STATS]
-    if unknown:
-        raise UsageError(f"unknown statistic(s) {unknown}; available: {', '.join(ALL_STATS)}")
-    chosen = set(stats)
-    if not chosen:
-        raise UsageError(f"no statistic selected; available: {', '.join(ALL_STATS)}")
-    return tuple(s for s in ALL_STATS if s in chosen)
 
 
 def floating_tensors(output) -> list[torch.Tensor]:
@@ -87,20 +71,6 @@ def host_to_device(values, dtype: torch.dtype, device) -> torch.Tensor:
     return host.to(device)
 
 
-def combine_activation_sums(
-    sums: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, n_layers: int
-) -> dict[str, torch.Tensor]:
-    """Merge per-call sums [C, 4] with counts [C] into per-layer act_* statistics, each [L].
-
-    Each call's mean and squared deviations are formed first and merged exactly (Chan et al.),
-    which keeps act_std accurate when calls differ in mean.
-    """
-    layer = activation_layer_sums(sums, counts, layer_of, n_layers)
-    mean = layer["act_total"] / layer["act_count"]
-    layer["act_spread"] = activation_spread(sums, counts, layer_of, mean)
-    return activation_stats(layer)
-
-
 def activation_layer_sums(
     sums: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, n_layers: int
 ) -> dict[str, torch.Tensor]:
@@ -142,13 +112,6 @@ def activation_stats(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "act_absmax": layer["act_absmax"],
         "act_zero_frac": (count - layer["act_nonzeros"]) / count,
     }
-
-
-def combine_output_grad_sumsq(
-    sumsq: torch.Tensor, layer_of: torch.Tensor, n_layers: int
-) -> torch.Tensor:
-    """Per-layer L2 norm of all output gradients of that layer's calls: [L], NaN if none."""
-    return output_grad_norm(output_grad_layer_sums(sumsq, layer_of, n_layers))
 
 
 def output_grad_layer_sums(
