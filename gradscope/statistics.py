@@ -22,13 +22,17 @@ class RawSum:
 
     Within a record, sums of several calls of a module, of micro-batches and of parameters are
     added (`combine` "sum") or maxed ("max"); under data parallelism the same operation runs
-    across ranks before the statistics are formed, so a record is the global batch's.
+    across ranks before the statistics are formed, so a record is the global batch's. Unit
+    counts ("units": a layer's output units, channels or features, the same units on every
+    call and rank) and counts of flagged units ("any": a flag per unit, OR-ed over calls,
+    micro-batches and ranks, then counted) are formed from per-unit flags (`recorder._units`).
     """
 
     name: str
     source: str  # "parameters", "outputs" or "output gradients"
-    combine: str  # "sum" or "max" over calls, micro-batches, parameters and ranks
-    counted_by: str | None = None  # for a maximum: the sum that says it has values (> 0)
+    combine: str  # "sum", "max", "units" or "any" over calls, micro-batches, parameters, ranks
+    # a maximum's count that says it has values (> 0); a flagged-unit count's unit count
+    counted_by: str | None = None
     loss_scaled: bool = False  # a sum of squared dL/dO: counts 1/world^2 under DDP/FSDP
 
 
@@ -58,6 +62,8 @@ _PARAM_SUMS = (
     RawSum("grad_absmax", "parameters", "max", counted_by="grad_count"),
     RawSum("weight_sumsq", "parameters", "sum"),
     RawSum("update_sumsq", "parameters", "sum"),
+    RawSum("weight_count", "parameters", "sum"),
+    RawSum("weight_frozen", "parameters", "sum"),  # elements with requires_grad=False
 )
 _OUTPUT_SUMS = (
     RawSum("act_count", "outputs", "sum"),
@@ -67,13 +73,22 @@ _OUTPUT_SUMS = (
     RawSum("act_spread", "outputs", "sum"),
     RawSum("act_nonzeros", "outputs", "sum"),
     RawSum("act_absmax", "outputs", "max", counted_by="act_count"),
+    RawSum("act_units", "outputs", "units"),
+    RawSum("act_pos_units", "outputs", "any", counted_by="act_units"),  # > 0 in some row
     RawSum("act_grad_sumsq", "output gradients", "sum", loss_scaled=True),
     RawSum("act_grad_calls", "output gradients", "sum"),
+    RawSum("act_grad_units", "output gradients", "units"),
+    # units with a dL/dO != 0 in some row
+    RawSum("act_grad_nonzero_units", "output gradients", "any", counted_by="act_grad_units"),
 )
 RAW_SUMS = {s.name: s for s in _PARAM_SUMS + _OUTPUT_SUMS}
 
 _GRAD = "every element of the layer's own parameters' gradients, taken together"
 _ACT = "every element of the layer's sampled outputs, over all its calls in the step"
+_UNITS = (
+    "the layer's output units (channels of conv-like outputs, features of linear-like ones; "
+    "each output tensor's own)"
+)
 _NOT_A_RULE = "no rule: shown in the figures and the latest-record table"
 
 STATISTICS = (
@@ -134,6 +149,14 @@ STATISTICS = (
         no_rule=f"{_NOT_A_RULE} (its healthy range depends on the optimizer and schedule)",
     ),
     Statistic(
+        "weight_frozen_frac",
+        "Share of frozen parameters",
+        "weight",
+        "share of the elements of the layer's own parameters with requires_grad=False",
+        ("weight_count", "weight_frozen"),
+        no_rule="no rule yet",
+    ),
+    Statistic(
         "act_mean",
         "Activation mean",
         "act",
@@ -166,12 +189,28 @@ STATISTICS = (
         rules=("dead",),
     ),
     Statistic(
+        "act_pos_frac",
+        "Share of units ever positive",
+        "act",
+        f"share of {_UNITS} that are > 0 in at least one sampled row of some call",
+        ("act_units", "act_pos_units"),
+        no_rule="no rule yet",
+    ),
+    Statistic(
         "act_grad_norm",
         "Backpropagated signal norm",
         "act_grad",
         "L2 norm of dL/dO over every element of the layer's output gradients, all its calls",
         ("act_grad_calls", "act_grad_sumsq"),
         rules=("signal_vanishing_depth", "signal_exploding_depth", "signal_collapse"),
+    ),
+    Statistic(
+        "act_grad_zero_frac",
+        "Share of units with zero gradient",
+        "act_grad",
+        f"share of {_UNITS} whose gradient dL/dO is exactly zero in every row of the batch",
+        ("act_grad_units", "act_grad_nonzero_units"),
+        no_rule="no rule yet",
     ),
 )
 

@@ -233,13 +233,21 @@ def test_the_plain_torch_group_sums_match_the_compiled_ones_and_brute_force():
     rows[1] = torch.relu(rows[1])
     rows[2, 7] = float("nan")
     rows[3, 9] = -float("inf")
+    unit = rows[4].view(5, 6, 10)[:, 1]  # row 4's unit 1 of [outer 5, units 6, inner 10]
+    unit.copy_(-unit.abs())  # never > 0
     want = [brute_force(r) for r in rows]
-    for got in (group_sums(rows.clone()), _group_sums_eager(rows.clone())):
+    positive = (rows.view(5, 5, 6, 10) > 0).any(3).any(1).float()
+    for got, flags in (
+        group_sums(rows.clone().view(5, 5, 6, 10)),
+        _group_sums_eager(rows.clone().view(5, 5, 6, 10)),
+    ):
         got = got.numpy()
         for i in (0, 1, 4):
             np.testing.assert_allclose(got[i], want[i], rtol=1e-5)
         assert np.isnan(got[2, :3]).all() and got[2, 3] == want[2][3]  # NaN counts as nonzero
         assert got[3, 0] == -np.inf and got[3, 1] == np.inf and got[3, 2] == np.inf
+        torch.testing.assert_close(flags, positive)
+        assert flags[4, 1] == 0
 
 
 def test_a_failed_compilation_warns_and_the_plain_ops_take_over(monkeypatch):
@@ -253,12 +261,13 @@ def test_a_failed_compilation_warns_and_the_plain_ops_take_over(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", no_compiler)
     sums = CompiledOrEager(_group_sums, _group_sums_eager, "the activation sums")
-    rows = torch.randn(3, 40, generator=torch.Generator().manual_seed(9))
+    rows = torch.randn(3, 1, 40, 1, generator=torch.Generator().manual_seed(9))
     want = [brute_force(r) for r in rows]
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here.*same values"):
-        got = sums(rows.clone())
+        got, flags = sums(rows.clone())
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
-    np.testing.assert_allclose(sums(rows.clone()).numpy(), want, rtol=1e-5)  # no second warning
+    torch.testing.assert_close(flags, (rows > 0).any(3).any(1).float())
+    np.testing.assert_allclose(sums(rows.clone())[0].numpy(), want, rtol=1e-5)  # one warning
 
 
 def test_the_device_path_compiles_once_not_per_step_or_size(tmp_path, monkeypatch):
@@ -296,6 +305,8 @@ def test_the_fused_record_finish_matches_the_plain_one_nans_included():
         "grad_nonfinite": torch.zeros(n, dtype=torch.float64),
         "weight_sumsq": torch.rand(n, generator=g, dtype=torch.float64),
         "update_sumsq": torch.rand(n, generator=g, dtype=torch.float64) * 1e-4,
+        "weight_count": count,
+        "weight_frozen": count.div(3).floor(),
         "act_count": count,  # layer 0 never called: NaN moments
         "act_total": torch.randn(n, generator=g, dtype=torch.float64),
         "act_spread": torch.rand(n, generator=g, dtype=torch.float64),
@@ -303,6 +314,10 @@ def test_the_fused_record_finish_matches_the_plain_one_nans_included():
         "act_nonzeros": count / 2,
         "act_grad_sumsq": torch.rand(n, generator=g, dtype=torch.float64),
         "act_grad_calls": torch.tensor([0.0, 1, 1, 2, 1, 1, 1], dtype=torch.float64),
+        "act_units": count.sqrt(),
+        "act_pos_units": count.sqrt().div(2).floor(),
+        "act_grad_units": count.sqrt(),
+        "act_grad_nonzero_units": count.sqrt().sub(1).clamp_min(0),
     }
     for key in ("act_total", "act_spread"):  # what a layer never called holds
         sums[key][0] = 0.0

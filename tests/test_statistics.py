@@ -27,8 +27,8 @@ def test_every_statistic_is_described_and_has_a_rule_or_says_why_not(stat):
 def test_raw_sums_say_how_they_combine():
     for raw in catalog.RAW_SUMS.values():
         assert raw.source in ("parameters", "outputs", "output gradients")
-        assert raw.combine in ("sum", "max")
-        assert (raw.combine == "max") == (raw.counted_by in catalog.RAW_SUMS)
+        assert raw.combine in ("sum", "max", "units", "any")
+        assert (raw.combine in ("max", "any")) == (raw.counted_by in catalog.RAW_SUMS)
 
 
 def test_the_diagnosis_reads_exactly_the_statistics_that_name_a_rule(tmp_path):

@@ -111,6 +111,7 @@ class ParamGroups:
         self.sharded = any(local_part(p) is not p for p in self.params)  # FSDP2 DTensors
         self._owners = sorted({layer for _, layer in pairs})
         self._owner_masks: dict[str, torch.Tensor] = {}
+        self._frozen: dict[tuple, torch.Tensor] = {}
         self._layouts: dict[tuple, FlatLayout] = {}
         # Reused buffers: a fresh allocation of a model-sized tensor costs page faults on every
         # record (large blocks go back to the OS when freed).
@@ -134,6 +135,18 @@ class ParamGroups:
             mask[self._owners] = True
             self._owner_masks[key] = host_to_device(mask, torch.bool, device)
         return self._owner_masks[key]
+
+    def frozen(self, layout: FlatLayout, device) -> torch.Tensor:
+        """[parameters] float64 in `layout`'s flat order: 1.0 where a parameter has
+        requires_grad=False now (cached while the flags stay the same)."""
+        flags = tuple(not p.requires_grad for p in layout.params)
+        key = (id(layout), flags)
+        cached = self._frozen.get(key)
+        if cached is None:
+            if len(self._frozen) > 16:
+                self._frozen.clear()
+            cached = self._frozen[key] = host_to_device(flags, torch.float64, device)
+        return cached
 
     def scratch(self, purpose: str, shape: tuple[int, ...], device) -> torch.Tensor:
         """A reused float32 buffer of `shape` on `device` for `purpose` (reallocated only when
@@ -282,7 +295,9 @@ def weight_sums(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str
     layout, flat = before.layout, before.flat
     if layout is None:
         zero = torch.zeros(groups.n_layers, dtype=torch.float64, device=device)
-        return {"weight_sumsq": zero, "update_sumsq": zero}
+        return dict.fromkeys(
+            ("weight_sumsq", "update_sumsq", "weight_count", "weight_frozen"), zero
+        )
 
     sumsq = groups.scratch("weight sums", (2, len(layout.params)), flat.device)
     numba = groups.kernels.numba_for(flat.device)
@@ -294,16 +309,19 @@ def weight_sums(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str
     return {
         "weight_sumsq": layout.per_layer_sum(before_sq),
         "update_sumsq": layout.per_layer_sum(delta_sq),
+        "weight_count": layout.per_layer_sum(layout.numel),
+        "weight_frozen": layout.per_layer_sum(layout.numel * groups.frozen(layout, device)),
     }
 
 
 def weight_stats_from_sums(sums: dict[str, torch.Tensor], owns: torch.Tensor):
-    """weight_norm and update_ratio [L] from `weight_sums`; `owns`: the layers that own any
-    parameter (the others get NaN)."""
+    """weight_norm, update_ratio and weight_frozen_frac [L] from `weight_sums`; `owns`: the
+    layers that own any parameter (the others get NaN)."""
     nan = torch.full_like(sums["weight_sumsq"], float("nan"))
     norm = sums["weight_sumsq"].sqrt()
     change = sums["update_sumsq"].sqrt()
     return {
         "weight_norm": torch.where(owns, norm, nan),
         "update_ratio": torch.where(owns, change / norm, nan),
+        "weight_frozen_frac": torch.where(owns, sums["weight_frozen"] / sums["weight_count"], nan),
     }

@@ -28,6 +28,7 @@ def finish_record(
         values.update(S.activation_stats(sums))
     if "act_grad_sumsq" in sums:
         values["act_grad_norm"] = S.output_grad_norm(sums)
+    values.update(S.unit_stats(sums))
     missing = torch.full_like(order, float("nan"), dtype=torch.float64)
     record = torch.stack([values.get(name, missing) for name in stats]).float()
     return record[:, order]

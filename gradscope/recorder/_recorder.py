@@ -21,8 +21,9 @@ from gradscope.recorder._kernels import kernel_choice
 from gradscope.recorder._layer_selection import select_modules
 from gradscope.recorder._record import finish_record, finish_record_fused
 from gradscope.recorder._schedule import make_schedule
+from gradscope.recorder._units import unit_axis
 from gradscope.recorder._wrappers import unwrap, user_type_name
-from gradscope.statistics import resolve_stats
+from gradscope.statistics import RAW_SUMS, resolve_stats
 from gradscope.store import RunWriter, open_run
 from gradscope.store._prepare import check_run_path
 
@@ -98,7 +99,7 @@ class Recorder:
             )
 
         self._want_act = any(s in S.ACT_STATS for s in self.stats)
-        self._want_act_grad = "act_grad_norm" in self.stats
+        self._want_act_grad = any(s in S.ACT_GRAD_STATS for s in self.stats)
         # Under DDP only rank 0 needs parameter sums (every rank holds the reduced gradient),
         # unless this rank writes its own file or some layer is sharded.
         needs_params = self._writes_global or all_ranks or any(self._sharded)
@@ -128,8 +129,14 @@ class Recorder:
         self._pending_metrics: list[tuple[int, dict]] = []
         self._in_step = False  # a grad-enabled forward ran since the last step boundary
         self.kernels = kernel_choice()  # from $GRADSCOPE_KERNELS, fixed for this recorder
-        self._act = ActivationSums(batch_sample, self.kernels)  # this record's output sums
-        self._act_grad = OutputGradSums(self.kernels)  # and their gradients
+        axes = [unit_axis(module) for _, module in self._modules]  # where units are
+        self._act = ActivationSums(  # this record's output sums
+            batch_sample, self.kernels, axes if "act_pos_frac" in self.stats else None
+        )
+        self._act_grad = OutputGradSums(  # and their gradients'
+            self.kernels, axes if "act_grad_zero_frac" in self.stats else None
+        )
+        self._unit_flags: dict[str, tuple] = {}  # this record's unit flags, for the ranks
         self._reset_accumulators()
         self._due = self._schedule(self._step)
         self._groups: P.ParamGroups | None = None
@@ -296,7 +303,7 @@ class Recorder:
 
     def _install_hooks(self) -> None:
         positions = range(len(self._modules))
-        self._output_grad_hooks = [self._output_grad_hook(i) for i in positions]
+        self._output_grad_hooks: dict[tuple[int, int], Callable] = {}  # (position, slot)
         self._forward_hooks = ForwardHooks(
             [module for _, module in self._modules], [self._forward_hook(i) for i in positions]
         )
@@ -332,10 +339,9 @@ class Recorder:
             if self._want_act:
                 self._act.add(tensors, position)
             if self._want_act_grad:
-                grad_hook = self._output_grad_hooks[position]
-                for t in tensors:
+                for slot, t in enumerate(tensors):
                     if t.requires_grad:
-                        t.register_hook(grad_hook)
+                        t.register_hook(self._output_grad_hook(position, slot))
             elif self._want_act:
                 # Only to learn when the backward reaches this call (see _drop_backpropagated).
                 for t in tensors:
@@ -345,11 +351,16 @@ class Recorder:
 
         return hook
 
-    def _output_grad_hook(self, position: int):
-        def hook(grad):
-            self._act.mark_backpropagated()
-            self._act_grad.add(grad, position)
+    def _output_grad_hook(self, position: int, slot: int):
+        """The tensor hook of output `slot` of the module at `position` (made once)."""
+        hook = self._output_grad_hooks.get((position, slot))
+        if hook is None:
 
+            def hook(grad):
+                self._act.mark_backpropagated()
+                self._act_grad.add(grad, position, slot)
+
+            self._output_grad_hooks[position, slot] = hook
         return hook
 
     def _mark_backpropagated(self, grad) -> None:
@@ -403,7 +414,8 @@ class Recorder:
         if self.local_path is not None:
             self._write_record(self._ensure_writer()[1], self._pack_record(sums))
         if self._reduction is not None:
-            sums = self._reduction.reduce(sums, self._act_spread if self._want_act else None)
+            spread = self._act_spread if self._want_act else None
+            sums = self._reduction.reduce(sums, spread, self._unit_flags)
         if self._writes_global:
             self._write_record(self._ensure_writer()[0], self._pack_record(sums))
 
@@ -429,6 +441,9 @@ class Recorder:
             else:
                 none = (torch.zeros((0, S.ACT_SUMS_SIZE), device=device),) + _no_calls(device)
                 sums.update(S.activation_layer_sums(*none, n))
+        self._unit_flags = {}
+        if "act_pos_frac" in self.stats:
+            self._unit_flags["act_pos_units"] = self._act.unit_flags(device)
         if self._want_act_grad:
             if len(self._act_grad):
                 sumsq = self._act_grad.per_grad(device)
@@ -436,6 +451,12 @@ class Recorder:
             else:
                 sumsq, layer_of = _no_calls(device)
             sums.update(S.output_grad_layer_sums(sumsq, layer_of, n))
+        if "act_grad_zero_frac" in self.stats:
+            self._unit_flags["act_grad_nonzero_units"] = self._act_grad.unit_flags(device)
+        for flagged, (layout, flags) in self._unit_flags.items():
+            units, count = S.unit_layer_sums(layout, flags, n, self._on_device)
+            sums[RAW_SUMS[flagged].counted_by] = units
+            sums[flagged] = count
         self._grad_sums = None
         self._before = None
         return sums

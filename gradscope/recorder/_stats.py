@@ -128,3 +128,25 @@ def output_grad_layer_sums(
 def output_grad_norm(layer: dict[str, torch.Tensor]) -> torch.Tensor:
     """act_grad_norm [L] from `output_grad_layer_sums`: NaN for a layer no gradient reached."""
     return torch.where(layer["act_grad_calls"] > 0, layer["act_grad_sumsq"].sqrt(), torch.nan)
+
+
+def unit_layer_sums(layout, flags: torch.Tensor, n_layers: int, on_device):
+    """Per layer [L] float64: its units in the record, and how many of them are flagged
+    (`flags` [units] > 0, in `layout`'s canonical order). `on_device(values, dtype)`: small
+    host arrays as (cached) device tensors."""
+    units = on_device(layout.units_per_layer(n_layers), torch.float64)
+    flagged = torch.zeros(n_layers, dtype=torch.float64, device=flags.device)
+    flagged.index_add_(0, on_device(layout.layer_of, torch.long), (flags > 0).double())
+    return units, flagged
+
+
+def unit_stats(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """act_pos_frac and act_grad_zero_frac [L] from per-layer unit counts (those present);
+    NaN for a layer with no units in the record."""
+    out = {}
+    if "act_units" in layer:
+        out["act_pos_frac"] = layer["act_pos_units"] / layer["act_units"]
+    if "act_grad_units" in layer:
+        units = layer["act_grad_units"]
+        out["act_grad_zero_frac"] = (units - layer["act_grad_nonzero_units"]) / units
+    return out
