@@ -98,7 +98,14 @@ STATISTICS = (
         "grad",
         f"L2 norm over {_GRAD}",
         ("grad_count", "grad_sumsq"),
-        rules=("nonfinite", "exploding_depth", "exploding_steps", "vanishing", "no_gradient"),
+        rules=(
+            "nonfinite",
+            "exploding_depth",
+            "exploding_steps",
+            "vanishing",
+            "gradient_blocked",
+            "no_gradient",
+        ),
     ),
     Statistic(
         "grad_mean",
@@ -122,7 +129,7 @@ STATISTICS = (
         "grad",
         f"max |g| over {_GRAD}",
         ("grad_count", "grad_absmax"),
-        no_rule=f"{_NOT_A_RULE} (an inf here is also in grad_nonfinite and grad_norm)",
+        rules=("gradient_blocked",),
     ),
     Statistic(
         "grad_nonfinite",
@@ -130,7 +137,7 @@ STATISTICS = (
         "grad",
         f"count of inf and NaN over {_GRAD}",
         ("grad_count", "grad_nonfinite"),
-        rules=("nonfinite",),
+        rules=("nonfinite", "gradient_blocked", "no_gradient"),
     ),
     Statistic(
         "weight_norm",
@@ -154,7 +161,7 @@ STATISTICS = (
         "weight",
         "share of the elements of the layer's own parameters with requires_grad=False",
         ("weight_count", "weight_frozen"),
-        no_rule="no rule yet",
+        rules=("no_gradient",),
     ),
     Statistic(
         "act_mean",
@@ -178,7 +185,7 @@ STATISTICS = (
         "act",
         f"max |x| over {_ACT}",
         ("act_count", "act_absmax"),
-        rules=("nonfinite",),
+        rules=("nonfinite", "no_gradient"),
     ),
     Statistic(
         "act_zero_frac",
@@ -186,7 +193,7 @@ STATISTICS = (
         "act",
         f"share of exact zeros over {_ACT}",
         ("act_count", "act_nonzeros"),
-        rules=("dead",),
+        rules=("dead", "no_gradient"),
     ),
     Statistic(
         "act_pos_frac",
@@ -194,7 +201,7 @@ STATISTICS = (
         "act",
         f"share of {_UNITS} that are > 0 in at least one sampled row of some call",
         ("act_units", "act_pos_units"),
-        no_rule="no rule yet",
+        rules=("dead", "no_gradient"),
     ),
     Statistic(
         "act_grad_norm",
@@ -202,7 +209,12 @@ STATISTICS = (
         "act_grad",
         "L2 norm of dL/dO over every element of the layer's output gradients, all its calls",
         ("act_grad_calls", "act_grad_sumsq"),
-        rules=("signal_vanishing_depth", "signal_exploding_depth", "signal_collapse"),
+        rules=(
+            "signal_vanishing_depth",
+            "signal_exploding_depth",
+            "signal_collapse",
+            "gradient_blocked",
+        ),
     ),
     Statistic(
         "act_grad_zero_frac",
@@ -210,7 +222,7 @@ STATISTICS = (
         "act_grad",
         f"share of {_UNITS} whose gradient dL/dO is exactly zero in every row of the batch",
         ("act_grad_units", "act_grad_nonzero_units"),
-        no_rule="no rule yet",
+        rules=("dead", "gradient_blocked"),
     ),
 )
 

@@ -98,6 +98,7 @@ def test_first_nan_step_and_layer(tmp_path, monkeypatch, chunk):
     stats = healthy_stats()
     stats["grad_norm"][23:, 4] = np.nan  # appears at record 23 = step 115 in layer 4
     stats["grad_norm"][:, 7] = np.nan  # layer 7 never had a gradient: not an error
+    stats["grad_nonfinite"][:, 7] = np.nan  # (as the recorder writes it for such a layer)
     result = diagnosed(tmp_path, stats)
     (nonfinite,) = [f for f in result.findings if f.kind == "nonfinite"]
     assert (nonfinite.layer, nonfinite.step) == ("layer4", 115)
@@ -108,7 +109,12 @@ def test_earliest_nonfinite_over_stats(tmp_path):
     stats = healthy_stats()
     stats["grad_norm"][30, 1] = np.inf
     stats["act_absmax"][12, 6] = np.inf  # earlier: this one is reported
-    stats["grad_nonfinite"][12, 2] = 3  # same step, shallower layer: wins
+    stats["grad_nonfinite"][12, 2] = 3  # same step, but the forward pass came first
+    (finding,) = [f for f in diagnosed(tmp_path, stats).findings if f.kind == "nonfinite"]
+    assert (finding.layer, finding.step) == ("layer6", 60)
+    assert "gradients are non-finite too" in finding.message
+    stats["act_absmax"][12, 6] = 3.0
+    stats["grad_nonfinite"][12, 5] = 3  # gradients alone: the shallowest
     (finding,) = [f for f in diagnosed(tmp_path, stats).findings if f.kind == "nonfinite"]
     assert (finding.layer, finding.step) == ("layer2", 60)
 
