@@ -171,11 +171,13 @@ def test_output_grad_sums_match_brute_force():
             sums.add(g, position)
         sums.add(grads[1].t(), 4)  # a strided gradient
         sums.add(grads[3].clone().requires_grad_(), 5)  # a gradient with a graph (create_graph)
-        assert sums.layers.tolist() == [0, 1, 2, 3, 4, 5]
-        got = sums.per_grad("cpu").double().numpy()
+        got, layers, calls = sums.sums_of_squares(7, S.DeviceLists("cpu"))
+        assert sums.layers.tolist() == layers.tolist() == [0, 1, 2, 3, 4, 5]
+        assert calls.tolist() == [1.0] * 6 + [0.0]
+        got = got.double().numpy()
         np.testing.assert_allclose(got, [*want, want[1], want[3]], rtol=1e-5)
         sums.clear()
-        assert len(sums) == 0 and len(sums.per_grad("cpu")) == 0
+        assert len(sums) == 0 and len(sums.sums_of_squares(7, S.DeviceLists("cpu"))[0]) == 0
 
 
 def test_output_grad_sums_keep_rows_when_the_buffer_grows():
@@ -187,7 +189,8 @@ def test_output_grad_sums_keep_rows_when_the_buffer_grows():
             sums.add(g * (record + 1), position % 9)
         want = [float((g.double() * (record + 1)).square().sum()) for g in grads]
         assert sums.layers.tolist() == [position % 9 for position in range(700)]
-        np.testing.assert_allclose(sums.per_grad("cpu").double().numpy(), want, rtol=1e-5)
+        got = sums.sums_of_squares(9, S.DeviceLists("cpu"))[0]
+        np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5)
         sums.clear()
 
 

@@ -51,6 +51,12 @@ class DeadCNN(nn.Module):
         return self.fc(F.relu(x).mean(dim=(2, 3)))
 
 
+def merged(layout, values, at):
+    """The layout and each of its units' flag: some value of the unit != 0."""
+    flags = torch.zeros(layout.size).index_add_(0, at, (values != 0).float())
+    return layout, (flags > 0).numpy()
+
+
 def brute_force_flags(x: np.ndarray, positive: bool) -> np.ndarray:
     hit = x > 0 if positive else x != 0
     return hit.any(axis=(0, 2)).astype(np.float32)
@@ -106,15 +112,18 @@ def test_each_path_flags_units_as_brute_force_does(kernels):
         grads.add(lin, 1)
         grads.add(lin_b, 1)
         sums.per_call("cpu")
-        layout, flags = sums.unit_flags("cpu")
+        layout, flags = merged(*sums.unit_flags(S.DeviceLists("cpu")))
         assert layout.keys.tolist() == [[0, 0, 4], [1, 0, 10]]
         want = [(conv[:4] > 0).any(3).any(2).any(0), ((lin[:4] > 0) | (lin_b[:4] > 0)).any(0)]
-        np.testing.assert_array_equal(flags.numpy() > 0, torch.cat(want).numpy())
-        layout, flags = grads.unit_flags("cpu")
+        np.testing.assert_array_equal(flags, torch.cat(want).numpy())
+        layout, flags = merged(*grads.unit_flags(S.DeviceLists("cpu")))
         want = [(conv != 0).any(3).any(2).any(0), ((lin != 0) | (lin_b != 0)).any(0)]
-        np.testing.assert_array_equal(flags.numpy() > 0, torch.cat(want).numpy())
+        np.testing.assert_array_equal(flags, torch.cat(want).numpy())
+        squares, layers, calls = grads.sums_of_squares(2, S.DeviceLists("cpu"))
+        per_layer = torch.zeros(2, dtype=torch.float64).index_add_(0, layers, squares.double())
         sumsq = [float(t.double().square().sum()) for t in (conv, lin, lin_b)]
-        np.testing.assert_allclose(grads.per_grad("cpu").numpy(), sumsq, rtol=1e-5)
+        np.testing.assert_allclose(per_layer.numpy(), [sumsq[0], sumsq[1] + sumsq[2]], rtol=1e-5)
+        assert calls.tolist() == [1.0, 2.0]
         sums.clear()
         grads.clear()
 

@@ -201,30 +201,34 @@ class ActivationSums:
         ]
         return full
 
-    def unit_flags(self, device) -> tuple[U.UnitLayout, torch.Tensor]:
-        """The record's units in canonical order and their flags [units] (float32 on
-        `device`, > 0: some sampled element was > 0), merged over the calls kept."""
+    def unit_flags(self, on_device) -> tuple[U.UnitLayout, torch.Tensor, torch.Tensor]:
+        """The record's units (canonical order), and the flags of the calls kept: values [n]
+        (float32, 1.0: some sampled element was > 0) and the canonical position of each [n]
+        (a unit's flags over several calls are merged when counted). `on_device(array,
+        dtype)`: host arrays as cached tensors on the device of the record."""
         rows = self._entries.view()
         rows = rows[rows[:, 0] >= self._first_call]  # calls dropped since are left out
         layout = U.layout_of(rows)
-        flags = torch.zeros(layout.size, device=device)
+        values, positions = [], []
         host = rows[rows[:, 4] >= 0]
         if len(host):
-            values = torch.from_numpy(self._flags.array[U.buffer_positions(host)])
-            at = S.host_to_device(layout.positions(host), torch.long, device)
-            flags.index_add_(0, at, values.to(device))
+            flags = torch.from_numpy(self._flags.array[U.buffer_positions(host)])
+            values.append(flags.to(on_device.device))
+            positions.append(layout.positions(host))
         by_call = {row[0]: row for row in rows[rows[:, 4] < 0].tolist()}
         if by_call:
             self._reduce_groups()
         for _, calls, positive in self._chunks if by_call else ():
             kept = [i for i, call in enumerate(calls) if call in by_call]
             if kept:
-                entries = np.array([by_call[calls[i]] for i in kept], dtype=np.int64)
-                at = S.host_to_device(layout.positions(entries), torch.long, device)
+                positions.append(layout.positions(np.array([by_call[calls[i]] for i in kept])))
                 if len(kept) < len(calls):
                     positive = positive[S.host_to_device(kept, torch.long, positive.device)]
-                flags.index_add_(0, at, positive.reshape(-1).to(device))
-        return layout, flags
+                values.append(positive.reshape(-1).to(on_device.device))
+        if not values:
+            return layout, torch.zeros(0, device=on_device.device), on_device([], torch.long)
+        joined = values[0] if len(values) == 1 else torch.cat(values)
+        return layout, joined, on_device(np.concatenate(positions), torch.long)
 
     def mark_backpropagated(self) -> None:
         """A backward pass is running: every call so far has had (or is having) its backward."""
@@ -298,7 +302,6 @@ class OutputGradSums:
         self._norms_used: dict[torch.device, int] = {}
         # device path, per row: (shape, offset) -> (dims, view) of its last use
         self._views: dict[torch.device, list] = {}
-        self._row_of_unit: dict[tuple, torch.Tensor] = {}  # device path: cached indices
         self._numba = None
 
     def __len__(self) -> int:
@@ -378,62 +381,70 @@ class OutputGradSums:
             views.append(cached)
         return (units if self._unit_axes is not None else 0), offset, dims, out
 
-    def per_grad(self, device) -> torch.Tensor:
-        """All gradients' sums of squares as one float32 tensor [grads] on `device`."""
-        parts = []
+    def sums_of_squares(self, n_layers: int, on_device):
+        """The record's output-gradient sums of squares, on the device of `on_device` (which
+        makes host arrays cached device tensors): values [n] float32, the layer of each [n],
+        and the number of gradients of each layer [L] (float64). The CPU kernels give one value
+        per gradient, the device path one per unit (its norms, squared)."""
+        values, layers, grads = [], [], []
         for where, rows in self._rows.items():
             if not rows.used:
                 continue
+            grads.append(rows.column(0))
             if self._kernels.numba_for(where):
-                parts.append(self._buffers[where][: rows.used].to(device))
+                values.append(self._buffers[where][: rows.used].to(on_device.device))
+                layers.append(rows.column(0))
                 continue
             spans = np.maximum(rows.column(2), 1)  # the device path stores unit norms
             norms = self._norms[where][: int(spans.sum())]
-            sums = torch.zeros(rows.used, device=where)
-            sums.index_add_(0, self._rows_of_units(spans, where), norms.square())
-            parts.append(sums.to(device))
-        if not parts:
-            return torch.zeros(0, device=device)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+            values.append(norms.square().to(on_device.device))
+            layers.append(np.repeat(rows.column(0), spans))
+        if not values:
+            return (
+                torch.zeros(0, device=on_device.device),
+                on_device([], torch.long),
+                on_device(np.zeros(n_layers), torch.float64),
+            )
+        calls = np.bincount(np.concatenate(grads), minlength=n_layers).astype(np.float64)
+        return (
+            values[0] if len(values) == 1 else torch.cat(values),
+            on_device(np.concatenate(layers), torch.long),
+            on_device(calls, torch.float64),
+        )
 
-    def unit_flags(self, device) -> tuple[U.UnitLayout, torch.Tensor]:
-        """The record's units in canonical order and their flags [units] (float32 on
-        `device`, > 0: some gradient element was nonzero), merged over every gradient."""
+    def unit_flags(self, on_device) -> tuple[U.UnitLayout, torch.Tensor, torch.Tensor]:
+        """The record's units (canonical order), and values [n] that are nonzero where a
+        gradient element was (float32: CPU flags, or unit norms), with the canonical position
+        of each [n], on the device of `on_device` (see `sums_of_squares`)."""
         tables = {where: rows.table[: rows.used] for where, rows in self._rows.items()}
         entries = [
             np.column_stack([np.zeros(len(t), dtype=np.int64), t])[t[:, 2] > 0]
             for t in tables.values()
         ]
         layout = U.layout_of(np.concatenate(entries) if entries else np.zeros((0, 5), np.int64))
-        flags = torch.zeros(layout.size, device=device)
-        for where, rows in zip(tables, entries, strict=True):
+        values, positions = [], []
+        for (where, table), rows in zip(tables.items(), entries, strict=True):
             if not len(rows):
                 continue
-            at = S.host_to_device(layout.positions(rows), torch.long, device)
+            positions.append(layout.positions(rows))
             if self._kernels.numba_for(where):
-                values = torch.from_numpy(self._flags.array[U.buffer_positions(rows)])
-            else:  # a unit's norm is 0 where its every gradient element is
+                flags = self._flags.array[U.buffer_positions(rows)]
+                values.append(torch.from_numpy(flags).to(on_device.device))
+            elif len(rows) == len(table):  # every gradient has units: all the norms, in order
+                values.append(self._norms[where][: rows[-1, 4] + rows[-1, 3]].to(on_device.device))
+            else:
                 kept = S.host_to_device(U.buffer_positions(rows), torch.long, where)
-                values = self._norms[where][kept].ne(0).float()
-            flags.index_add_(0, at, values.to(device))
-        return layout, flags
+                values.append(self._norms[where][kept].to(on_device.device))
+        if not values:
+            return layout, torch.zeros(0, device=on_device.device), on_device([], torch.long)
+        joined = values[0] if len(values) == 1 else torch.cat(values)
+        return layout, joined, on_device(np.concatenate(positions), torch.long)
 
     def clear(self) -> None:
         for rows in self._rows.values():
             rows.used = 0
         self._norms_used.clear()
         self._flags.clear()
-
-    def _rows_of_units(self, spans: np.ndarray, device) -> torch.Tensor:
-        """The row of each unit norm (cached: the same gradients recur each record)."""
-        key = (spans.tobytes(), str(device))
-        cached = self._row_of_unit.get(key)
-        if cached is None:
-            if len(self._row_of_unit) > 16:
-                self._row_of_unit.clear()
-            rows = np.repeat(np.arange(len(spans)), spans)
-            cached = self._row_of_unit[key] = S.host_to_device(rows, torch.long, device)
-        return cached
 
     def _grow(self, device: torch.device, rows: int) -> list[torch.Tensor]:
         """The device's buffer grown to at least `rows` rows by doubling (rows kept), and its

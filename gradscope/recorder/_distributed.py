@@ -157,13 +157,13 @@ class RecordReduction:
         self,
         sums: dict[str, torch.Tensor],
         spread_about: Callable[[torch.Tensor], torch.Tensor] | None,
-        unit_flags: dict[str, tuple[UnitLayout, torch.Tensor]] | None = None,
+        unit_flags: dict[str, tuple[UnitLayout, torch.Tensor, torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """`sums` (this rank's, [L] float64 each) added across ranks, maxima maxed; with
         `spread_about(mean)`, also act_spread, the activations' squared deviations from the
-        global mean; with `unit_flags` (flagged-unit sum -> this rank's layout and flags), the
-        unit counts from flags OR-ed across ranks. Every rank must call it at every record,
-        with the same keys."""
+        global mean; with `unit_flags` (flagged-unit sum -> this rank's layout, its flag values
+        and their canonical positions), the unit counts from flags OR-ed across ranks. Every
+        rank must call it at every record, with the same keys."""
         dist = torch.distributed
         unit_flags = unit_flags or {}
         keys = sorted(
@@ -209,10 +209,13 @@ class RecordReduction:
                 reduced[name] = flagged
         return reduced
 
-    def _place(self, name: str, layout: UnitLayout, flags: torch.Tensor):
+    def _place(self, name: str, layout: UnitLayout, values: torch.Tensor, at: torch.Tensor):
         """This rank's flags [agreed units] (float64, 0 where it saw none) in the layout the
         ranks agreed on, per layer [L] 1.0 where it has units not in that layout, and a
         function turning OR-ed flags into per-layer (units, flagged units)."""
+        flags = torch.zeros(layout.size, device=values.device).index_add_(
+            0, at, values.ne(0).float()
+        )
         if name not in self._agreed:
             gathered = [None] * self.world
             torch.distributed.all_gather_object(gathered, layout.keys.tolist())

@@ -111,7 +111,7 @@ class ParamGroups:
         self.sharded = any(local_part(p) is not p for p in self.params)  # FSDP2 DTensors
         self._owners = sorted({layer for _, layer in pairs})
         self._owner_masks: dict[str, torch.Tensor] = {}
-        self._frozen: dict[tuple, torch.Tensor] = {}
+        self._counts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._layouts: dict[tuple, FlatLayout] = {}
         # Reused buffers: a fresh allocation of a model-sized tensor costs page faults on every
         # record (large blocks go back to the OS when freed).
@@ -136,16 +136,18 @@ class ParamGroups:
             self._owner_masks[key] = host_to_device(mask, torch.bool, device)
         return self._owner_masks[key]
 
-    def frozen(self, layout: FlatLayout, device) -> torch.Tensor:
-        """[parameters] float64 in `layout`'s flat order: 1.0 where a parameter has
-        requires_grad=False now (cached while the flags stay the same)."""
-        flags = tuple(not p.requires_grad for p in layout.params)
-        key = (id(layout), flags)
-        cached = self._frozen.get(key)
+    def element_counts(self, layout: FlatLayout, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per layer [L] float64: its parameter elements in `layout`, and those of them with
+        requires_grad=False now (cached while the flags stay the same: no op per record)."""
+        frozen = tuple(not p.requires_grad for p in layout.params)
+        key = (id(layout), frozen)
+        cached = self._counts.get(key)
         if cached is None:
-            if len(self._frozen) > 16:
-                self._frozen.clear()
-            cached = self._frozen[key] = host_to_device(flags, torch.float64, device)
+            if len(self._counts) > 16:
+                self._counts.clear()
+            flags = host_to_device(frozen, torch.float64, device)
+            count = layout.per_layer_sum(layout.numel)
+            cached = self._counts[key] = (count, layout.per_layer_sum(layout.numel * flags))
         return cached
 
     def scratch(self, purpose: str, shape: tuple[int, ...], device) -> torch.Tensor:
@@ -290,8 +292,9 @@ def weight_snapshot(groups: ParamGroups, device) -> WeightSnapshot:
 
 
 def weight_sums(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str, torch.Tensor]:
-    """Per-layer raw sums [L] (float64) to add across ranks: weight_sumsq (of `before`) and
-    update_sumsq (of the change since). Overwrites the snapshot with the difference."""
+    """Per-layer raw sums [L] (float64) to add across ranks: weight_sumsq (of `before`),
+    update_sumsq (of the change since), weight_count and weight_frozen (the parameter elements,
+    and those with requires_grad=False). Overwrites the snapshot with the difference."""
     layout, flat = before.layout, before.flat
     if layout is None:
         zero = torch.zeros(groups.n_layers, dtype=torch.float64, device=device)
@@ -306,11 +309,12 @@ def weight_sums(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str
     with torch.no_grad():
         torch._foreach_sub_(layout.views(flat), params)
     delta_sq = per_param_sumsq(layout, flat, sumsq[1], numba).to(device)
+    count, frozen = groups.element_counts(layout, device)
     return {
         "weight_sumsq": layout.per_layer_sum(before_sq),
         "update_sumsq": layout.per_layer_sum(delta_sq),
-        "weight_count": layout.per_layer_sum(layout.numel),
-        "weight_frozen": layout.per_layer_sum(layout.numel * groups.frozen(layout, device)),
+        "weight_count": count,
+        "weight_frozen": frozen,
     }
 
 

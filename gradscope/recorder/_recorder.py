@@ -6,7 +6,6 @@ import os
 import weakref
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -140,10 +139,11 @@ class Recorder:
         self._reset_accumulators()
         self._due = self._schedule(self._step)
         self._groups: P.ParamGroups | None = None
-        self._device_lists: dict[tuple, torch.Tensor] = {}
         self._before: P.WeightSnapshot | None = None
         self._grad_sums: dict | None = None
         self._device = _model_device(model)
+        # host arrays (call layers, unit positions) as device tensors, cached: they recur
+        self._on_device = S.DeviceLists(self._device)
         self._hooks = []  # the optimizer's
         self._install_hooks()
         for own in self._own_paths():
@@ -443,18 +443,15 @@ class Recorder:
                 sums.update(S.activation_layer_sums(*none, n))
         self._unit_flags = {}
         if "act_pos_frac" in self.stats:
-            self._unit_flags["act_pos_units"] = self._act.unit_flags(device)
+            self._unit_flags["act_pos_units"] = self._act.unit_flags(self._on_device)
         if self._want_act_grad:
-            if len(self._act_grad):
-                sumsq = self._act_grad.per_grad(device)
-                layer_of = self._on_device(self._act_grad.layers, torch.long)
-            else:
-                sumsq, layer_of = _no_calls(device)
-            sums.update(S.output_grad_layer_sums(sumsq, layer_of, n))
+            squares = self._act_grad.sums_of_squares(n, self._on_device)
+            sums.update(S.output_grad_layer_sums(*squares))
         if "act_grad_zero_frac" in self.stats:
-            self._unit_flags["act_grad_nonzero_units"] = self._act_grad.unit_flags(device)
-        for flagged, (layout, flags) in self._unit_flags.items():
-            units, count = S.unit_layer_sums(layout, flags, n, self._on_device)
+            self._unit_flags["act_grad_nonzero_units"] = self._act_grad.unit_flags(self._on_device)
+        fused = not self.kernels.numba_for(device)
+        for flagged, unit_flags in self._unit_flags.items():
+            units, count = S.unit_layer_sums(*unit_flags, n, self._on_device, fused)
             sums[RAW_SUMS[flagged].counted_by] = units
             sums[flagged] = count
         self._grad_sums = None
@@ -555,18 +552,6 @@ class Recorder:
                 [list(m.parameters(recurse=False)) for _, m in self._modules], self.kernels
             )
         return self._groups
-
-    def _on_device(self, values, dtype: torch.dtype) -> torch.Tensor:
-        """Small integers (a list or an array) as a device tensor, cached: the same calls recur
-        each step. The tensor is a copy: arrays may be views of reused tables."""
-        values = np.asarray(values, dtype=np.int64)
-        key = (values.tobytes(), dtype)
-        cached = self._device_lists.get(key)
-        if cached is None:
-            if len(self._device_lists) > 64:
-                self._device_lists.clear()
-            cached = self._device_lists[key] = S.host_to_device(values, dtype, self._device)
-        return cached
 
     def _reset_accumulators(self) -> None:
         self._act.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gradscope.recorder._kernels import CompiledOrEager
 from gradscope.statistics import names_in
 
 GRAD_STATS = names_in("grad")
@@ -58,6 +59,27 @@ def host_sample(tensors: list[torch.Tensor], batch_sample: int | None) -> np.nda
             return x[: x.shape[0] // rows * batch_sample]
         return x
     return flat_sample(tensors, batch_sample).numpy()
+
+
+class DeviceLists:
+    """Small host arrays (call layers, unit positions) as device tensors, cached by content:
+    the same ones recur record after record, so each is copied to the device once. A cached
+    tensor is a copy (arrays may be views of reused tables)."""
+
+    def __init__(self, device, size: int = 64):
+        self.device = device
+        self._cache: dict[tuple, torch.Tensor] = {}
+        self._size = size
+
+    def __call__(self, values, dtype: torch.dtype) -> torch.Tensor:
+        values = np.ascontiguousarray(values)
+        key = (values.tobytes(), values.dtype.str, dtype)
+        cached = self._cache.get(key)
+        if cached is None:
+            if len(self._cache) > self._size:
+                self._cache.clear()
+            cached = self._cache[key] = host_to_device(values, dtype, self.device)
+        return cached
 
 
 def host_to_device(values, dtype: torch.dtype, device) -> torch.Tensor:
@@ -115,13 +137,12 @@ def activation_stats(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def output_grad_layer_sums(
-    sumsq: torch.Tensor, layer_of: torch.Tensor, n_layers: int
+    sumsq: torch.Tensor, layer_of: torch.Tensor, calls: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Per-layer raw sums [L] (float64) of output-gradient sums of squares: act_grad_sumsq and
-    act_grad_calls, the number of gradients seen (to add across ranks)."""
-    total = sumsq.new_zeros(n_layers, dtype=torch.float64)
-    total.index_add_(0, layer_of, sumsq.double())
-    calls = torch.zeros_like(total).index_add_(0, layer_of, torch.ones_like(total[layer_of]))
+    """Per-layer raw sums [L] (float64) of output-gradient sums of squares (`sumsq` [n], of
+    gradients or of their units, each of layer `layer_of`): act_grad_sumsq, and act_grad_calls,
+    `calls` [L], the number of gradients seen (to add across ranks)."""
+    total = torch.zeros_like(calls).index_add_(0, layer_of, sumsq.double())
     return {"act_grad_sumsq": total, "act_grad_calls": calls}
 
 
@@ -130,14 +151,28 @@ def output_grad_norm(layer: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.where(layer["act_grad_calls"] > 0, layer["act_grad_sumsq"].sqrt(), torch.nan)
 
 
-def unit_layer_sums(layout, flags: torch.Tensor, n_layers: int, on_device):
-    """Per layer [L] float64: its units in the record, and how many of them are flagged
-    (`flags` [units] > 0, in `layout`'s canonical order). `on_device(values, dtype)`: small
-    host arrays as (cached) device tensors."""
+def _flagged_per_layer(values, at, unit_layer, units) -> torch.Tensor:
+    """Per layer [L] float64 (`units` [L]: each layer's unit count): how many of its units have
+    a nonzero value, merging first the values [n] of the same unit (canonical position `at`
+    [n] among the record's units, each of layer `unit_layer`)."""
+    merged = torch.zeros_like(unit_layer, dtype=torch.float32)
+    merged.index_add_(0, at, (values != 0).float())
+    return torch.zeros_like(units).index_add_(0, unit_layer, (merged > 0).double())
+
+
+# the device path's: merge and count in one compiled kernel per record
+flagged_per_layer = CompiledOrEager(_flagged_per_layer, _flagged_per_layer, "the unit counts")
+
+
+def unit_layer_sums(layout, values, at, n_layers: int, on_device, fused: bool):
+    """Per layer [L] float64: its units in the record (`layout`) and how many of them are
+    flagged (some value != 0 among `values` [n] at canonical positions `at` [n]).
+    `on_device(array, dtype)`: host arrays as cached device tensors."""
     units = on_device(layout.units_per_layer(n_layers), torch.float64)
-    flagged = torch.zeros(n_layers, dtype=torch.float64, device=flags.device)
-    flagged.index_add_(0, on_device(layout.layer_of, torch.long), (flags > 0).double())
-    return units, flagged
+    if not layout.size:
+        return units, torch.zeros_like(units)
+    count = flagged_per_layer if fused else _flagged_per_layer
+    return units, count(values, at, on_device(layout.layer_of, torch.long), units)
 
 
 def unit_stats(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
