@@ -28,6 +28,7 @@ from tests.reference import (
     act_grad_reference,
     act_reference,
     grad_reference,
+    unit_reference,
     weight_copy,
     weight_reference,
 )
@@ -229,6 +230,7 @@ def test_step_zero_is_ddp_on_the_global_batch_from_one_initialization(pair, mode
             **grads[name],
             **weight_reference(before[name], m),
             **act_reference(probe.outputs[name], None),
+            **unit_reference(probe.outputs[name], None, m),
             "act_grad_norm": act_grad_reference(probe.outputs[name]),
         }
         for name, m in layers.items()

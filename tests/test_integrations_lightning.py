@@ -16,6 +16,7 @@ from tests.reference import (
     act_grad_reference,
     act_reference,
     grad_reference,
+    unit_reference,
     weight_copy,
     weight_reference,
 )
@@ -62,6 +63,7 @@ class TinyModule(L.LightningModule):
         if self.probe is not None:
             for name in layers:
                 ref[name].update(act_reference(self.probe.outputs[name], None))
+                ref[name].update(unit_reference(self.probe.outputs[name], None, layers[name]))
                 ref[name]["act_grad_norm"] = act_grad_reference(self.probe.outputs[name])
             self.probe.clear()
         self.expected[self.global_step] = ref

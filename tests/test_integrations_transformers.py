@@ -8,7 +8,13 @@ import torch
 
 import gradscope
 from gradscope.recorder import ALL_STATS
-from tests.reference import ReferenceProbe, act_grad_reference, act_reference, grad_reference
+from tests.reference import (
+    ReferenceProbe,
+    act_grad_reference,
+    act_reference,
+    grad_reference,
+    unit_reference,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the Hub
 transformers = pytest.importorskip("transformers")
@@ -60,8 +66,10 @@ class Reference(transformers.TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         ref = {}
         for name in self.names:
-            ref[name] = grad_reference(model.get_submodule(name))
+            module = model.get_submodule(name)
+            ref[name] = grad_reference(module)
             ref[name].update(act_reference(self.probe.outputs[name], None))
+            ref[name].update(unit_reference(self.probe.outputs[name], None, module))
             ref[name]["act_grad_norm"] = act_grad_reference(self.probe.outputs[name])
         if state.global_step == self.skip_step:
             # as accelerate does when the GradScaler finds inf/NaN: optimizer.step() skips

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradscope._findings import Finding, nanmedian, recent_rows, since_step
+from gradscope.diagnosis._findings import Finding, nanmedian, recent_rows, since_step
 
 
 @dataclass

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gradscope._findings import Finding, first_step, nanmedian, recent_rows
-from gradscope._gradient_paths import gradient_path_findings, read_layer_rows
 from gradscope._json import json_number
+from gradscope.diagnosis._findings import Finding, first_step, nanmedian, recent_rows
+from gradscope.diagnosis._gradient_paths import gradient_path_findings, read_layer_rows
 from gradscope.errors import UsageError
 from gradscope.statistics import read_by
 
