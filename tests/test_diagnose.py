@@ -322,3 +322,16 @@ def test_non_finite_gradients_are_not_no_gradient(tmp_path):
     assert kinds(result) == ["nonfinite"]
     (finding,) = result.findings
     assert (finding.layer, finding.step) == ("layer3", 0) and "weight_norm = nan" in finding.message
+
+
+def test_a_signal_exploding_at_initialization_is_flagged_even_once_it_has_settled(tmp_path):
+    signal = flat_signal()
+    signal[0] *= np.logspace(3, 0, LAYERS)  # step 0: the first layer gets 1e3 x the last's
+    result = diagnosed(tmp_path, with_signal(healthy_stats(), signal))
+    (finding,) = result.findings
+    assert (finding.kind, finding.layer, finding.step) == ("signal_exploding_depth", "layer0", 0)
+    assert finding.value == pytest.approx(1e3, rel=0.3) and "at initialization" in finding.message
+    assert 0.8 < result.signal_ratio < 1.25  # the recent state is healthy
+    assert not diagnosed(
+        tmp_path, with_signal(healthy_stats(), signal), signal_depth_decades=3.5
+    ).findings

@@ -163,7 +163,10 @@ def diagnose(run, thresholds: Thresholds | None = None, **overrides) -> Diagnosi
         rec_steps, signal = run.read("act_grad_norm", max_records=int(thresholds.max_records))
         signal, rec_steps = _positive(signal), np.asarray(rec_steps)
         result.signal_ratio = _first_last_ratio(signal, thresholds)
-        result.findings.extend(_signal_through_depth(signal, rec_steps, names, thresholds))
+        through_depth = _signal_through_depth(signal, rec_steps, names, thresholds)
+        result.findings.extend(through_depth)
+        if not any(f.kind == "signal_exploding_depth" for f in through_depth):
+            result.findings.extend(_signal_exploding_at_init(run, names, thresholds))
         result.findings.extend(_signal_collapse(signal, rec_steps, names, thresholds))
     else:
         result.skipped.append("signal rules: the run does not record act_grad_norm")
@@ -265,6 +268,37 @@ def _signal_through_depth(signal, steps, names, thresholds: Thresholds) -> list[
             float(recent),
             f"the backpropagated signal {what}: act_grad_norm at {first} / at {last} is "
             f"{recent:.3g}, {_decades(float(recent))} (> {limit:g}; first from step {step})",
+        )
+    ]
+
+
+def _signal_exploding_at_init(run, names, thresholds: Thresholds) -> list[Finding]:
+    """At initialization (a record of step 0, read exactly), the backpropagated signal grows by
+    more than `signal_depth_decades` from the last watched layer to the first: the first
+    updates of the layers near the input are that much larger, an effect that outlasts it (a
+    plain 56-layer net's conv1 weight norm grows 160-fold in its first steps)."""
+    if int(run.steps[0]) != 0:
+        return []
+    _, first_record = run.read("act_grad_norm", start_step=0, stop_step=1)
+    signal = _positive(first_record)[:1]
+    ratio = _first_last_series(signal)
+    limit = thresholds.signal_depth_decades
+    if ratio is None or not (ratio[0] > 0 and math.log10(ratio[0]) > limit):
+        return []
+    with_signal = np.flatnonzero(~np.isnan(signal[0]))
+    first, last = names[with_signal[0]], names[with_signal[-1]]
+    value = float(ratio[0])
+    return [
+        Finding(
+            "signal_exploding_depth",
+            str(first),
+            0,
+            value,
+            f"at initialization the backpropagated signal explodes towards the input: "
+            f"act_grad_norm at {first} / at {last} is {value:.3g} at step 0, "
+            f"{_decades(value)} (> {limit:g}): the first updates of the layers near the input "
+            "are that much larger (a smaller initialization, residual connections or a warm-up "
+            "tame it)",
         )
     ]
 

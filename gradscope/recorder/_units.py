@@ -113,7 +113,8 @@ class UnitEntries:
 
     A row's flags sit either in a flat float32 buffer (`offset` >= 0: written by the CPU
     kernels or a per-unit norm) or come from elsewhere (the device path's sample groups, by
-    call). Merged per unit of a layer once per record (`merge_flags`).
+    call). Merged per unit, and counted per layer, once per record
+    (`_stats.unit_layer_sums`).
     """
 
     def __init__(self):
