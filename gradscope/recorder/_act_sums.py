@@ -309,7 +309,7 @@ class OutputGradSums:
 
     @property
     def layers(self) -> np.ndarray:
-        """The layer of each gradient, in the order of `per_grad`."""
+        """The layer of each gradient, device by device in the order they arrived."""
         columns = [rows.column(0) for rows in self._rows.values()]
         if len(columns) == 1:
             return columns[0]
