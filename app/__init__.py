@@ -8,6 +8,7 @@ import dash
 from gradscope.app._assets import serve_bootstrap_css
 from gradscope.app.callbacks import register_callbacks
 from gradscope.app.layout import page
+from gradscope.app.probe_view import register_probe_callbacks
 from gradscope.app.run_index import RunIndex
 
 
@@ -24,4 +25,5 @@ def create_app(runs_dir: str | os.PathLike) -> dash.Dash:
     app.config.external_stylesheets = [serve_bootstrap_css(app)]
     app.layout = lambda: page(index, root_label)  # a function: each load rescans the folder
     register_callbacks(app, index, root_label)
+    register_probe_callbacks(app, index, root_label)
     return app

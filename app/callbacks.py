@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
+import numpy as np
 from dash import MATCH, Input, Output, State, ctx, dcc, html, no_update
 from gradscope.app import ids
+from gradscope.app._shared_answers import SharedAnswers
 from gradscope.app.controls import (
     Controls,
     layer_type_options,
     pick_stat,
+    ratio_options,
     stat_options,
 )
-from gradscope.app.layout import diagnosis_heading, run_options, run_table, run_versions
+from gradscope.app.layout import (
+    diagnosis_heading,
+    nonfinite_banner,
+    run_options,
+    run_table,
+    run_versions,
+)
 from gradscope.app.panels import (
     PANEL_CONTROLS,
     apply_zoom,
@@ -21,6 +31,7 @@ from gradscope.app.panels import (
     panel_figure,
     remembered_zoom,
     view_key,
+    zoomed_data,
 )
 from gradscope.app.run_index import RunIndex
 
@@ -88,8 +99,8 @@ def refresh_run_list(index: RunIndex, root_label: str, selected, versions, searc
 def control_values(index: RunIndex, selected, stat, step_index, step_max) -> dict:
     """Options and values of the controls that depend on the selected runs.
 
-    Keys: stat_options, stat, type_options, step_max, step_index, step_marks, message.
-    A slider left at its last position stays at the last position as runs grow.
+    Keys: stat_options, stat, type_options, step_max, step_index, step_marks, ratio_options,
+    message. A slider left at its last position stays at the last position as runs grow.
     """
     out = {
         "stat_options": [],
@@ -98,6 +109,7 @@ def control_values(index: RunIndex, selected, stat, step_index, step_max) -> dic
         "step_max": 0,
         "step_index": 0,
         "step_marks": None,
+        "ratio_options": [],
         "message": "",
     }
     try:
@@ -107,10 +119,11 @@ def control_values(index: RunIndex, selected, stat, step_index, step_max) -> dic
             return out
 
         def options(runs):
-            return stat_options(runs), figures.available_steps(runs), layer_type_options(runs)
+            steps = figures.available_steps(runs)
+            return stat_options(runs), steps, layer_type_options(runs), ratio_options(runs)
 
-        (available, steps, out["type_options"]), problems = with_readable_runs(
-            index, controls.runs, options
+        (available, steps, out["type_options"], out["ratio_options"]), problems = (
+            with_readable_runs(index, controls.runs, options)
         )
     except Exception as e:  # noqa: BLE001 - shown on the page
         out["message"] = describe_error(index, e)
@@ -160,19 +173,85 @@ def _latest_steps(runs) -> tuple[int, dict]:
     return figures.latest_common_step(runs), ends
 
 
+def step_input(index: RunIndex, selected, step_index, typed=None, was_typed=False) -> tuple:
+    """(slider position or no_update, the step box's value) for the box beside the slider.
+
+    The box shows the step the flow curve draws at the slider's position (at the last: the
+    latest step every selected run has). A step typed in it (applied on Enter or on leaving
+    the box) moves the slider to the nearest record, and the box then shows that record's step.
+    """
+    try:
+        controls = Controls.from_request(runs=selected, step_index=step_index)
+        if not controls.runs:
+            return no_update, None
+        (steps, common), _ = with_readable_runs(index, controls.runs, _steps_and_latest)
+    except Exception:  # noqa: BLE001 - the step label beside the box shows what is wrong
+        return no_update, no_update
+    if len(steps) == 0:
+        return no_update, None
+    last = len(steps) - 1
+    position = last if controls.step_index is None else min(controls.step_index, last)
+
+    def shown(at: int) -> int:
+        return common if at == last else int(steps[at])
+
+    if not was_typed:
+        return no_update, shown(position)
+    if isinstance(typed, bool) or not isinstance(typed, (int, float)) or typed != typed:
+        return no_update, shown(position)  # emptied or not a number: back to the slider's step
+    if typed == shown(position):
+        return no_update, shown(position)  # unchanged: a slider at "latest" stays there
+    nearest = int(figures.nearest_positions(steps, np.array([typed]))[0])
+    return nearest, shown(nearest)
+
+
+def _steps_and_latest(runs) -> tuple:
+    """(every step of the runs, sorted; the latest step all of them have), or no latest."""
+    steps = figures.available_steps(runs)
+    return steps, figures.latest_common_step(runs) if len(steps) else None
+
+
 def figure_output(index: RunIndex, kind: str, values: dict, zoom: dict | None = None) -> tuple:
     """(figure, message) of panel `kind` for the control `values`, keeping the user's `zoom`."""
     try:
-        controls = Controls.from_request(**values)
-        colours = index.colours()
-        fig, problems = with_readable_runs(
-            index, controls.runs, lambda runs: panel_figure(kind, runs, controls, colours)
-        )
-        message = "\n".join([*figure_notes(fig), *problems])
-        return apply_zoom(fig, view_key(kind, controls), zoom), message
+        fig, message, view = _panel(index, kind, values)
+        return apply_zoom(fig, view, zoom), message
     except Exception as e:  # noqa: BLE001 - shown on the page
         message = describe_error(index, e)
         return message_figure(message), message
+
+
+def shared_figure_output(
+    answers: SharedAnswers, index: RunIndex, kind: str, values: dict, versions, zoom=None
+) -> tuple:
+    """`figure_output` as the page gets it: the figure as plotly's JSON data, built once for
+    every page asking with the same controls and run `versions` (then only the user's zoom
+    is applied), so many pages polling live runs cost about what one does."""
+    try:
+        fig, message, view = answers.get(
+            ["figure", kind, values, versions], lambda: _panel_data(index, kind, values)
+        )
+        return zoomed_data(fig, view, zoom), message
+    except Exception as e:  # noqa: BLE001 - shown on the page
+        message = describe_error(index, e)
+        return message_figure(message), message
+
+
+def _panel(index: RunIndex, kind: str, values: dict) -> tuple:
+    """(figure, message, view key) of panel `kind`; raises what stops it being drawn."""
+    controls = Controls.from_request(**values)
+    colours = index.colours()
+    fig, problems = with_readable_runs(
+        index, controls.runs, lambda runs: panel_figure(kind, runs, controls, colours)
+    )
+    return fig, "\n".join([*figure_notes(fig), *problems]), view_key(kind, controls)
+
+
+def _panel_data(index: RunIndex, kind: str, values: dict) -> tuple:
+    """`_panel` with the figure turned into plotly's JSON data once (arrays base64-encoded),
+    which each answer then sends as it is."""
+    fig, message, view = _panel(index, kind, values)
+    return json.loads(fig.to_json()), message, view
 
 
 def zoom_output(kind: str, values: dict, zoom: dict | None, relayout: dict | None):
@@ -233,6 +312,25 @@ def diagnosis_output(index: RunIndex, selected) -> list:
     return blocks
 
 
+def nonfinite_output(index: RunIndex, selected) -> list:
+    """The banner over the panels: each selected run's stored origins of non-finite values
+    (the flight recorder's sentences, in step order, as the heatmap marks them); empty when no
+    run has one."""
+    try:
+        controls = Controls.from_request(runs=selected)
+        colours = index.colours()
+        origins = []
+        with index.open_good_runs(list(controls.runs)) as (runs, _):
+            for run in runs:
+                label = figures.run_label(run)
+                sentences = list(figures.marked_origins(run)["message"])
+                if sentences:
+                    origins.append((label, colours.get(label), sentences))
+    except Exception as e:  # noqa: BLE001 - shown on the page
+        return [html.Div(describe_error(index, e), className="panel-message text-danger")]
+    return nonfinite_banner(origins)
+
+
 # ----- Dash wrappers -----
 
 
@@ -241,7 +339,9 @@ def _control_inputs(names, kind=Input) -> dict:
 
 
 def register_callbacks(app, index: RunIndex, root_label: str) -> None:
-    """Wire the plain functions above to the page's components."""
+    """Wire the plain functions above to the page's components. What depends on the selected
+    runs' versions is answered once for every page asking the same (`SharedAnswers`)."""
+    answers = SharedAnswers()
 
     @app.callback(
         Output(ids.RUN_LIST, "children"),
@@ -267,6 +367,7 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
         Output(ids.STEP, "max"),
         Output(ids.STEP, "value"),
         Output(ids.STEP, "marks"),
+        Output(ids.RATIO_NUMERATOR, "options"),
         Output(ids.PAGE_MESSAGE, "children"),
         Input(ids.RUNS, "value"),
         Input(ids.VERSIONS, "data"),
@@ -274,8 +375,11 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
         State(ids.STEP, "value"),
         State(ids.STEP, "max"),
     )
-    def _on_runs(selected, _versions, stat, step_index, step_max):
-        v = control_values(index, selected, stat, step_index, step_max)
+    def _on_runs(selected, versions, stat, step_index, step_max):
+        v = answers.get(
+            ["controls", selected, versions, stat, step_index, step_max],
+            lambda: control_values(index, selected, stat, step_index, step_max),
+        )
         return (
             v["stat_options"],
             v["stat"],
@@ -283,8 +387,22 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
             v["step_max"],
             v["step_index"],
             v["step_marks"],
+            v["ratio_options"],
             v["message"],
         )
+
+    @app.callback(
+        Output(ids.STEP, "value", allow_duplicate=True),
+        Output(ids.STEP_INPUT, "value"),
+        Input(ids.STEP, "value"),
+        Input(ids.STEP_INPUT, "value"),
+        Input(ids.VERSIONS, "data"),
+        State(ids.RUNS, "value"),
+        prevent_initial_call=True,
+    )
+    def _on_step_input(step_index, typed, _versions, selected):
+        was_typed = ctx.triggered_id == ids.STEP_INPUT
+        return step_input(index, selected, step_index, typed, was_typed)
 
     @app.callback(
         Output(ids.STEP_LABEL, "children"),
@@ -293,11 +411,14 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
         Input(ids.WINDOW, "value"),
         Input(ids.VERSIONS, "data"),
     )
-    def _on_step(selected, step_index, window, _versions):
-        return step_label(index, selected, step_index, window)
+    def _on_step(selected, step_index, window, versions):
+        return answers.get(
+            ["step", selected, versions, step_index, window],
+            lambda: step_label(index, selected, step_index, window),
+        )
 
     for kind in ids.PANELS:
-        _register_panel(app, index, kind)
+        _register_panel(app, index, answers, kind)
 
     @app.callback(
         Output(ids.panel_id("png-download", MATCH), "data"),
@@ -316,11 +437,21 @@ def register_callbacks(app, index: RunIndex, root_label: str) -> None:
         Input(ids.RUNS, "value"),
         Input(ids.VERSIONS, "data"),
     )
-    def _on_diagnosis(selected, _versions):
-        return diagnosis_output(index, selected)
+    def _on_diagnosis(selected, versions):
+        return answers.get(
+            ["diagnosis", selected, versions], lambda: diagnosis_output(index, selected)
+        )
+
+    @app.callback(
+        Output(ids.NONFINITE, "children"),
+        Input(ids.RUNS, "value"),
+        Input(ids.VERSIONS, "data"),
+    )
+    def _on_nonfinite(selected, _versions):
+        return nonfinite_output(index, selected)
 
 
-def _register_panel(app, index: RunIndex, kind: str) -> None:
+def _register_panel(app, index: RunIndex, answers: SharedAnswers, kind: str) -> None:
     """One callback per kind of figure: redraw it when its controls or its runs change."""
 
     controls = ("runs", *PANEL_CONTROLS[kind])
@@ -335,7 +466,7 @@ def _register_panel(app, index: RunIndex, kind: str) -> None:
         },
     )
     def _on_controls(_versions, _zoom, **values):
-        return figure_output(index, kind, values, _zoom)
+        return shared_figure_output(answers, index, kind, values, _versions, _zoom)
 
     @app.callback(
         Output(ids.panel_id("zoom", kind), "data"),

@@ -27,6 +27,7 @@ class Controls:
     depth_axis: str = "aligned"
     lines: str = "by_type"  # flow curve: a line per layer type, or one through all layers
     smoothing: float = figures.DEFAULT_SMOOTHING  # EMA weight of the training curves
+    ratio_numerator: int = 0  # which of the first two runs is the ratio's numerator
 
     @classmethod
     def from_request(
@@ -41,6 +42,7 @@ class Controls:
         depth_axis="aligned",
         lines="by_type",
         smoothing=figures.DEFAULT_SMOOTHING,
+        ratio_numerator=0,
     ) -> Controls:
         """Check raw callback values and build Controls; raise UsageError on anything odd."""
         return cls(
@@ -54,6 +56,7 @@ class Controls:
             depth_axis=_choice(depth_axis, figures.DEPTH_AXES, "depth axis"),
             lines=_choice(lines, figures.FLOW_LINES, "flow lines"),
             smoothing=_smoothing(smoothing),
+            ratio_numerator=_choice(ratio_numerator, (0, 1), "ratio numerator"),
         )
 
     def filters(self) -> dict:
@@ -112,7 +115,7 @@ def _smoothing(value) -> float:
 
 def _choice(value, choices: tuple[str, ...], what: str) -> str:
     if value not in choices:
-        raise UsageError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
+        raise UsageError(f"{what} must be one of {', '.join(map(str, choices))}, got {value!r}")
     return value
 
 
@@ -138,6 +141,18 @@ def layer_type_options(runs) -> list[str]:
     for run in runs:
         types.update(run.layers["type"].astype(str))
     return sorted(types)
+
+
+def ratio_options(runs) -> list[dict]:
+    """The two orientations of the ratio of the first two runs, as radio options: value 0
+    puts the first on top ("plain56 / resnet56"), 1 the second."""
+    if len(runs) < 2:
+        return []
+    first, second = figures.short_labels(runs[:2])
+    return [
+        {"label": f"{first} / {second}", "value": 0},
+        {"label": f"{second} / {first}", "value": 1},
+    ]
 
 
 def flow_position(runs, step_index: int | None, window: int | None) -> dict:

@@ -22,7 +22,7 @@ recorder.close()"""
 
 def newest_runs(entries: list[RunEntry], count: int = DEFAULT_SELECTED_RUNS) -> list[str]:
     """The relative paths of the `count` most recently modified readable runs, newest first."""
-    readable = [e for e in entries if e.error is None]
+    readable = [e for e in entries if e.error is None and not e.probe]  # probes: probe_view
     readable.sort(key=lambda e: e.mtime, reverse=True)
     return [e.rel for e in readable[:count]]
 
@@ -44,7 +44,7 @@ def run_options(entries: list[RunEntry], colours: dict) -> list[dict]:
     """Options of the runs dropdown, each with its run's swatch; unreadable files cannot be
     chosen. Search matches the label, model and file path."""
     options = []
-    for e in entries:
+    for e in (e for e in entries if not e.probe):  # probe files have their own picker
         text = e.label if e.error is None else f"{e.rel} (unreadable)"
         options.append(
             {
@@ -83,7 +83,9 @@ def run_table(
     entries: list[RunEntry], root_label: str, colours: dict, selected=None, search=None
 ) -> list:
     """The runs as a table (swatch, model, folder, records, live or complete), filtered by
-    `search`; the selected runs are highlighted, an unreadable file shows its error."""
+    `search`; the selected runs are highlighted, an unreadable file shows its error. Probe
+    files are listed apart (probe_view.probe_table)."""
+    entries = [e for e in entries if not e.probe]
     if not entries:
         return [
             html.P(f"No run files (*.h5) under {root_label} yet. Record one from Python:"),
@@ -123,23 +125,65 @@ def _run_row(entry: RunEntry, root_label: str, colours: dict, chosen: bool) -> h
             className="run-entry run-error",
             title=entry.rel,
         )
-    state = dbc.Badge("live", color="success") if entry.is_live else "complete"
+    records = f"{entry.records:,}"
+    if entry.dropped:
+        records += f" ({entry.dropped:,} dropped)"
     return html.Tr(
         [
             html.Td(swatch(colours.get(entry.label))),
             html.Td(entry.model),
             html.Td(folder),
-            html.Td(f"{entry.records:,}", className="text-end"),
-            html.Td(state, className="text-muted"),
+            html.Td(records, className="text-end"),
+            html.Td(_run_state(entry), className="text-muted"),
         ],
         className="run-entry table-active fw-semibold" if chosen else "run-entry",
         title=entry.rel,
     )
 
 
+BANNER_PER_RUN = 3  # origins said over the panels per run; `gradscope inspect` lists all
+
+
+def nonfinite_banner(origins: list[tuple[str, str | None, list[str]]]) -> list:
+    """The sentences saying where each run's first non-finite values appeared, over the panels:
+    (run label, its colour, its sentences) each; nothing when no run has one."""
+    lines = []
+    for label, colour, sentences in origins:
+        for sentence in sentences[:BANNER_PER_RUN]:
+            lines.append(
+                html.Div([swatch(colour), html.Strong(f"{label}: "), sentence], className="small")
+            )
+        if len(sentences) > BANNER_PER_RUN:
+            more = len(sentences) - BANNER_PER_RUN
+            lines.append(html.Div(f"{label}: and {more} more (gradscope inspect lists them)"))
+    if not lines:
+        return []
+    return [dbc.Alert(lines, color="danger", className="mt-3 mb-2 py-2 nonfinite-origin")]
+
+
+def _run_state(entry: RunEntry):
+    """The state cell of a readable run: live, complete, or how writing it failed."""
+    if entry.write_error:
+        return dbc.Badge(
+            "write error",
+            color="danger",
+            title=f"writing stopped: {entry.write_error}; the records before are all here",
+        )
+    return dbc.Badge("live", color="success") if entry.is_live else "complete"
+
+
 def diagnosis_heading(label: str, colour: str | None) -> html.H6:
     """The heading of one run's diagnosis: its swatch and name."""
     return html.H6([swatch(colour), label], className="mt-3")
+
+
+# Dash 4's slider shows its value (here a record index) in a box of its own: the step box
+# beside it shows the step instead. Dash 2's slider has no such box (nor the argument).
+_NO_INDEX_BOX = (
+    {"allow_direct_input": False}
+    if "allow_direct_input" in dcc.Slider().available_properties
+    else {}
+)
 
 
 def _labelled(label: str, control) -> html.Div:
@@ -183,7 +227,31 @@ def controls(entries: list[RunEntry], selected: list[str], colours: dict) -> htm
                 "Step (flow curve)",
                 html.Div(
                     [
-                        dcc.Slider(id=ids.STEP, min=0, max=0, step=1, value=0, marks=None),
+                        html.Div(
+                            [
+                                html.Div(
+                                    dcc.Slider(
+                                        id=ids.STEP,
+                                        min=0,
+                                        max=0,
+                                        step=1,
+                                        value=0,
+                                        marks=None,
+                                        **_NO_INDEX_BOX,
+                                    ),
+                                    className="flex-grow-1",
+                                ),
+                                dbc.Input(
+                                    id=ids.STEP_INPUT,
+                                    type="number",
+                                    debounce=True,  # Enter or leaving the box applies it
+                                    size="sm",
+                                    placeholder="step",
+                                    style={"width": "6.5em"},
+                                ),
+                            ],
+                            className="d-flex align-items-center gap-2",
+                        ),
                         html.Div(id=ids.STEP_LABEL, className="small text-muted"),
                     ]
                 ),
@@ -240,13 +308,15 @@ def controls(entries: list[RunEntry], selected: list[str], colours: dict) -> htm
     )
 
 
-def figure_panel(panel: str, title: str) -> dbc.Card:
-    """One figure with its title, PNG download button and message line."""
+def figure_panel(panel: str, title: str, choice=None) -> dbc.Card:
+    """One figure with its title, a control of its own after it (`choice`), PNG download
+    button and message line."""
     return dbc.Card(
         [
             dbc.CardHeader(
                 [
                     html.H5(title, className="d-inline-block me-3 mb-0 align-middle"),
+                    *([choice] if choice is not None else []),
                     dbc.Button(
                         "PNG",
                         id=ids.panel_id("png-button", panel),
@@ -284,8 +354,24 @@ def figure_panel(panel: str, title: str) -> dbc.Card:
     )
 
 
+def panel_choice(panel: str):
+    """The control that belongs to one panel, shown in its header, or None: which run is the
+    ratio's numerator (its options, named after the runs, follow the selection)."""
+    if panel != "ratio":
+        return None
+    return dbc.RadioItems(
+        id=ids.RATIO_NUMERATOR,
+        options=[],
+        value=0,
+        inline=True,
+        className="d-inline-block small me-3 align-middle",
+    )
+
+
 def page(index: RunIndex, root_label: str) -> dbc.Container:
     """The whole page, scanned fresh on each load so new runs and the newest selection show."""
+    from gradscope.app.probe_view import probe_section, probe_sidebar  # it imports this module
+
     entries = index.scan()
     colours = index.colours()
     selected = newest_runs(entries)
@@ -302,6 +388,7 @@ def page(index: RunIndex, root_label: str) -> dbc.Container:
                 debounce=False,
             ),
             html.Div(run_table(entries, root_label, colours, selected), id=ids.RUN_LIST),
+            probe_sidebar(entries, root_label, colours),
             html.Hr(),
             controls(entries, selected, colours),
         ],
@@ -314,7 +401,8 @@ def page(index: RunIndex, root_label: str) -> dbc.Container:
                 className="text-danger small mt-3",
                 style={"whiteSpace": "pre-wrap"},
             ),
-            *[figure_panel(p, t) for p, t in ids.PANELS.items()],
+            html.Div(id=ids.NONFINITE),
+            *[figure_panel(p, t, panel_choice(p)) for p, t in ids.PANELS.items()],
             dbc.Card(
                 [
                     dbc.CardHeader(html.H5("Diagnosis", className="mb-0")),
@@ -322,6 +410,7 @@ def page(index: RunIndex, root_label: str) -> dbc.Container:
                 ],
                 className="mb-3",
             ),
+            probe_section(entries, root_label, colours),
         ],
         className="pt-1",
     )

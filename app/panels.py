@@ -11,7 +11,7 @@ from gradscope.app.controls import Controls, flow_position
 from gradscope import figures
 from gradscope.errors import UsageError
 
-MAX_HEATMAP_STEPS = 2000  # columns per heatmap; longer runs are downsampled by the figure
+MAX_HEATMAP_STEPS = 600  # columns per heatmap; longer runs are downsampled by the figure
 
 # The controls each panel depends on (besides the runs and their new records); the page
 # redraws a panel only when one of these changes.
@@ -27,7 +27,7 @@ PANEL_CONTROLS = {
         "lines",
     ),
     "heatmap": ("stat", "layer_types", "layer_pattern", "scale"),
-    "ratio": ("stat", "layer_types", "layer_pattern"),
+    "ratio": ("stat", "layer_types", "layer_pattern", "ratio_numerator"),
     "training": ("smoothing",),
 }
 
@@ -59,8 +59,9 @@ def _heatmap(runs, c: Controls, colours) -> go.Figure:
 def _ratio(runs, c: Controls, colours) -> go.Figure:
     if len(runs) < 2:
         raise UsageError("select two runs to see their ratio heatmap")
+    top, bottom = runs[:2] if c.ratio_numerator == 0 else runs[1::-1]
     return figures.ratio_heatmap(
-        runs[0], runs[1], _require_stat(c), max_steps=MAX_HEATMAP_STEPS, **c.filters()
+        top, bottom, _require_stat(c), max_steps=MAX_HEATMAP_STEPS, **c.filters()
     )
 
 
@@ -94,7 +95,7 @@ def panel_figure(kind: str, runs, controls: Controls, colours=None) -> go.Figure
 
 
 # Controls that move along the same axes rather than change them: the zoom survives these.
-SAME_VIEW_CONTROLS = ("step_index", "window", "smoothing")
+SAME_VIEW_CONTROLS = ("step_index", "window", "smoothing", "ratio_numerator")
 
 
 def view_key(kind: str, controls: Controls) -> str:
@@ -134,12 +135,32 @@ def apply_zoom(fig: go.Figure, view: str, zoom: dict | None) -> go.Figure:
     plotly's `uirevision` alone does not keep them: dcc.Graph re-plots right after a zoom
     with a layout plotly already changed, which erases plotly's record of the user's edit.
     """
-    if not zoom or zoom.get("view") != view:
-        return fig
-    for axis, (low, high) in zoom.get("ranges", {}).items():
-        if low is not None and high is not None:
-            fig.update_layout({axis: {"range": [low, high], "autorange": False}})
+    for axis, settings in _zoomed_axes(view, zoom).items():
+        fig.update_layout({axis: settings})
     return fig
+
+
+def zoomed_data(fig: dict, view: str, zoom: dict | None) -> dict:
+    """`apply_zoom` for a figure as plotly's JSON data (a dict), shared by other requests: a
+    copy with the user's ranges when they apply, else `fig` itself."""
+    axes = _zoomed_axes(view, zoom)
+    if not axes:
+        return fig
+    layout = dict(fig.get("layout", {}))
+    for axis, settings in axes.items():
+        layout[axis] = {**layout.get(axis, {}), **settings}
+    return {**fig, "layout": layout}
+
+
+def _zoomed_axes(view: str, zoom: dict | None) -> dict:
+    """{axis name: its layout settings} for the ranges the user zoomed to in `view`."""
+    if not zoom or zoom.get("view") != view:
+        return {}
+    return {
+        axis: {"range": [low, high], "autorange": False}
+        for axis, (low, high) in zoom.get("ranges", {}).items()
+        if low is not None and high is not None
+    }
 
 
 def figure_notes(fig: go.Figure) -> list[str]:

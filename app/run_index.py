@@ -5,16 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradscope.errors import GradscopeError, RunFileError, UsageError
 from gradscope.figures import assign_colours, run_label, run_model
-from gradscope.store import open_run
+from gradscope.store import is_probe, open_run, probe_layout
 
 RUN_SUFFIX = ".h5"
 READ_WAIT_SECONDS = 10.0  # a request waits this long for a run another request is reading
+# A live run's entry is read again when its file changed (each flush) or after this long (its
+# writer may have died, leaving the file unchanged): not at every page's every poll.
+LIVE_RECHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,11 @@ class RunEntry:
     created: str = ""  # when the file was created (ISO 8601), the order colours are given in
     records: int | None = None  # number of recorded steps, when the file opened
     is_live: bool = False  # the writer has not closed the file yet
+    write_error: str | None = None  # why writing the file stopped, if it failed
+    dropped: int = 0  # records the writer dropped because the disk fell behind
     error: str | None = None  # why the file could not be opened, if it could not
+    probe: bool = False  # a probe file (gradscope probe): listed apart from training runs
+    widths: tuple = ()  # a probe's widths swept (empty: a probe of one model)
 
 
 def _signature(stat: os.stat_result) -> tuple[int, int, int]:
@@ -44,8 +52,12 @@ class RunIndex:
 
     def __init__(self, runs_dir: str | os.PathLike):
         root = Path(runs_dir).expanduser()
+        if root.exists() and not root.is_dir():
+            raise UsageError(
+                f"runs folder {str(root)!r} is a file; give the folder that holds the run files"
+            )
         if not root.is_dir():
-            raise UsageError(f"runs folder {str(root)!r} does not exist or is not a folder")
+            raise UsageError(f"runs folder {str(root)!r} does not exist")
         self.root = root.resolve()
         self._lock = threading.RLock()
         self._runs: dict[str, _CachedRun] = {}  # rel -> its open Run, inode and lock
@@ -106,12 +118,16 @@ class RunIndex:
             return dict(self._colours)
 
     def _summary(self, rel: str, path: Path, stat: os.stat_result) -> RunEntry:
-        """The run-list entry of one file, reopened only when the file changed."""
+        """The run-list entry of one file, reopened only when the file changed (or, for a live
+        run, every LIVE_RECHECK_SECONDS: it stops being live without changing)."""
         sig = _signature(stat)
+        now = time.monotonic()
         with self._lock:
             cached = self._summaries.get(rel)
             if cached is not None and cached[0] == sig:
-                return cached[1]
+                _, entry, read_at = cached
+                if not entry.is_live or now - read_at < LIVE_RECHECK_SECONDS:
+                    return entry
         folder = Path(rel).parent.as_posix()
         base = dict(rel=rel, folder=folder, name=path.name, mtime=stat.st_mtime, inode=stat.st_ino)
         try:
@@ -122,6 +138,7 @@ class RunIndex:
             entry = RunEntry(**base, error=self.relative_message(f"cannot read file: {e}", rel))
         else:
             try:
+                run.check_readable()  # a copy cut short opens, but its records are not all there
                 entry = RunEntry(
                     **base,
                     model=run_model(run),
@@ -129,12 +146,16 @@ class RunIndex:
                     created=str(run.attrs.get("created", "")),
                     records=len(run.steps),
                     is_live=bool(run.is_live),
+                    **_probe_fields(run),
+                    write_error=run.write_error,
+                    dropped=run.dropped_records,
                 )
+            except GradscopeError as e:  # a malformed probe attribute
+                entry = RunEntry(**base, error=self.relative_message(str(e), rel))
             finally:
                 run.close()
-        if not entry.is_live:  # a live file may stop being live without changing: check again
-            with self._lock:
-                self._summaries[rel] = (sig, entry)
+        with self._lock:
+            self._summaries[rel] = (sig, entry, now)
         return entry
 
     @contextlib.contextmanager
@@ -216,6 +237,14 @@ class RunIndex:
             for entry in self._runs.values():
                 _close_when_free(entry)
             self._runs.clear()
+
+
+def _probe_fields(run) -> dict:
+    """RunEntry's probe and widths of an open run."""
+    if not is_probe(run):
+        return {}
+    layout = probe_layout(run)
+    return {"probe": True, "widths": layout.widths if layout.is_sweep else ()}
 
 
 @dataclass

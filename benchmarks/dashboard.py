@@ -1,9 +1,17 @@
-"""Benchmark: time to build the dashboard's figures from a run file (open_run -> built Figure).
+"""Benchmark: time to build the dashboard's figures from a run file (open_run -> built Figure),
+and (`--clients N`) the dashboard served by gunicorn under N clients polling live runs.
 
 Writes two synthetic run files with RunWriter in a temporary folder (64,000 records x 115 layers
 and 5,000 records x 1,200 layers), then reports the median wall time of `depth_step_heatmap`
 (and of `flow_curve`) over several repeats, timed from `open_run` to the built Figure.
 Target: heatmap <= 300 ms each. Run: `python benchmarks/dashboard.py [--repeats N]`.
+
+    python benchmarks/dashboard.py --clients 20 [--seconds 60] [--interval 2] [--workers 2]
+
+runs `gunicorn gradscope.app.server:server` (gunicorn is a development dependency) on
+127.0.0.1 over two live runs being written, with N clients doing what the page does every
+interval, and prints the latency of each kind of request (p50, p95, max) and the failures.
+Target: no failed request, p95 under 1 s (benchmarks/dashboard_load.py says how).
 """
 
 import argparse
@@ -74,7 +82,19 @@ def main(argv=None) -> int:
     """Write the run files, time the figures, print one line per case; exit 1 over budget."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per case")
+    parser.add_argument(
+        "--clients", type=int, default=None, help="load mode: this many polling clients"
+    )
+    parser.add_argument("--seconds", type=float, default=60.0, help="load mode: duration")
+    parser.add_argument("--interval", type=float, default=2.0, help="load mode: poll interval")
+    parser.add_argument("--workers", type=int, default=2, help="load mode: gunicorn workers")
     args = parser.parse_args(argv)
+    if args.clients is not None:
+        if args.clients < 1 or args.seconds <= 0 or args.interval <= 0 or args.workers < 1:
+            parser.error("--clients, --seconds, --interval and --workers must be positive")
+        from dashboard_load import run_load  # benchmarks/ is this script's folder
+
+        return run_load(args.clients, args.seconds, args.interval, args.workers)
     over_budget = False
     with tempfile.TemporaryDirectory() as folder:
         for records, n_layers in CASES:

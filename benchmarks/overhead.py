@@ -4,11 +4,20 @@
     python benchmarks/overhead.py --steps 10 --skip-1202   # a quick look
     python benchmarks/overhead.py --skip-56 --steps-1202 20  # ResNet-1202 only, 20 rounds
     python benchmarks/overhead.py --device-path   # what a GPU runs, on CPU: ResNet-56, batch 4
+    python benchmarks/overhead.py --compile       # under torch.compile: ResNet-20 and -56, batch 32
+
+`--compile` times compiled models, each variant in its own process (see overhead_compiled.py):
+compiled recorded against compiled bare, eager beside them, and the compile time each adds.
 
 `--device-path` sets GRADSCOPE_KERNELS=torch (the device-generic path, the compiled fused
 reductions a CUDA device runs, here through inductor's C++ backend) and one thread, and times
 ResNet-56 at batch 4, where a step is bound by the number of ops launched, as a small net on a
-GPU is. It also counts the device ops a record adds per watched layer (`device_ops`).
+GPU is. It also counts the device ops a record adds per watched layer (`device_ops`) and those
+the non-finite watch adds to a step that records nothing (`watch_ops`).
+
+The recorder's variants run with attach's default `nonfinite="watch"` (the flight recorder's
+check at every update); the "nonfinite=off" rows are the same without it, so the pair of rows
+at each `every` shows what the watch costs.
 
 Every variant trains its own copy of the model on the same preloaded batch; one round steps the
 bare twin, then each variant, so drifts in machine speed hit all of them alike. The ratio is
@@ -327,8 +336,7 @@ def resnet56_rounds(args, folder: Path) -> None:
     variants = [
         Variant("bare", copy.deepcopy(base)),
         Variant("bare again (A/A control)", copy.deepcopy(base)),
-        Variant("all stats, every=1", copy.deepcopy(base), recorded(folder, every=1)),
-        Variant("all stats, every=10", copy.deepcopy(base), recorded(folder, every=10)),
+        *watch_variants(base, folder),
         without_unit_stats(folder, base),
         Variant(
             "parameter stats, every=1",
@@ -344,6 +352,8 @@ def resnet56_rounds(args, folder: Path) -> None:
         per_layer, bare_ops, recorded_ops = device_ops(base, x, y, folder / "ops")
         RESULTS[-1]["device_ops_per_layer"] = per_layer
         print(f"device ops per watched layer per record: {per_layer:.2f}")
+        RESULTS[-1]["watch_ops_per_step"] = watch_ops(base, x, y, folder / "watch-ops")
+        print(f"device ops the non-finite watch adds per step: {RESULTS[-1]['watch_ops_per_step']}")
     print()
     bytes_per_value(variants)
 
@@ -412,23 +422,52 @@ def count_device_ops(events) -> int:
     return count
 
 
-def device_ops(base, x, y, folder: Path) -> tuple[float, int, int]:
-    """(device ops a record adds per watched layer, bare step ops, recorded step ops)."""
+def watch_variants(base, folder: Path) -> list[Variant]:
+    """Every statistic at every=1 and every=10, each with the non-finite watch (attach's
+    default) and without it."""
+    variants = []
+    for every in (1, 10):
+        for watch in (True, False):
+            name = f"all stats, every={every}" + ("" if watch else ", nonfinite=off")
+            setup = recorded(folder, every=every, nonfinite="watch" if watch else "off")
+            variants.append(Variant(name, copy.deepcopy(base), setup))
+    return variants
+
+
+def profiled_ops(base, x, y, setup, name: str) -> tuple[int, Variant]:
+    """Device ops of one step of a copy of `base` (after two warm steps), and its variant."""
     from torch.profiler import ProfilerActivity, profile
 
+    variant = Variant(name, copy.deepcopy(base), setup)
+    for _ in range(2):  # warm: compiled kernels, buffers grown
+        variant.step(x, y)
+    # CPU-side events only: each op or kernel launch once (GPU events would repeat them)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        variant.step(x, y)
+    if variant.recorder is not None:
+        variant.recorder.close()
+    return count_device_ops(prof.events()), variant
+
+
+def device_ops(base, x, y, folder: Path) -> tuple[float, int, int]:
+    """(device ops a record adds per watched layer, bare step ops, recorded step ops); the
+    record without the non-finite watch, whose ops are per step (`watch_ops`)."""
+    bare_ops, _ = profiled_ops(base, x, y, None, "ops bare")
+    setup = recorded(folder, every=1, nonfinite="off")
+    recorded_ops, variant = profiled_ops(base, x, y, setup, "ops recorded")
+    layers = len(variant.recorder.layer_names)
+    return (recorded_ops - bare_ops) / layers, bare_ops, recorded_ops
+
+
+def watch_ops(base, x, y, folder: Path) -> int:
+    """Device ops the non-finite watch adds to a step that records nothing (every=1000: the
+    profiled third step is not recorded), in all, not per layer."""
     counts = []
-    for setup in (None, recorded(folder, every=1)):
-        variant = Variant("ops " + ("recorded" if setup else "bare"), copy.deepcopy(base), setup)
-        for _ in range(2):  # warm: compiled kernels, buffers grown
-            variant.step(x, y)
-        # CPU-side events only: each op or kernel launch once (GPU events would repeat them)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            variant.step(x, y)
-        counts.append(count_device_ops(prof.events()))
-        if variant.recorder is not None:
-            layers = len(variant.recorder.layer_names)
-            variant.recorder.close()
-    return (counts[1] - counts[0]) / layers, counts[0], counts[1]
+    for nonfinite in ("off", "watch"):
+        setup = recorded(folder, every=1000, nonfinite=nonfinite)
+        ops, _ = profiled_ops(base, x, y, setup, f"ops every=1000 nonfinite={nonfinite}")
+        counts.append(ops)
+    return counts[1] - counts[0]
 
 
 def device_path_rounds(args, folder: Path) -> None:
@@ -436,21 +475,23 @@ def device_path_rounds(args, folder: Path) -> None:
     base = create_model("resnet56")
     x, y = batch(args.batch)
     per_layer, bare_ops, recorded_ops = device_ops(base, x, y, folder / "ops")
+    added = watch_ops(base, x, y, folder / "watch-ops")
     variants = [
         Variant("bare", copy.deepcopy(base)),
         Variant("bare again (A/A control)", copy.deepcopy(base)),
-        Variant("all stats, every=1", copy.deepcopy(base), recorded(folder, every=1)),
-        Variant("all stats, every=10", copy.deepcopy(base), recorded(folder, every=10)),
+        *watch_variants(base, folder),
         without_unit_stats(folder, base),
         *floor_variants(args, base),
     ]
     run_rounds(variants, x, y, args.steps, args.warmup)
     report(variants, f"ResNet-56, batch {args.batch}, device path on CPU (1 thread)")
     RESULTS[-1]["device_ops_per_layer"] = per_layer
+    RESULTS[-1]["watch_ops_per_step"] = added
     print(
         f"\ndevice ops per watched layer per record: {per_layer:.2f} "
         f"(bare step {bare_ops} ops, recorded step {recorded_ops})"
     )
+    print(f"device ops the non-finite watch adds per step (not per layer): {added}")
     print()
     bytes_per_value(variants)
 
@@ -517,6 +558,29 @@ def main() -> None:
         action="store_true",
         help="also time hooks alone, and hooks doing only the statistics' reads (lower bounds)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile'd models, each variant in its own process (overhead_compiled.py)",
+    )
+    parser.add_argument(
+        "--models", nargs="+", default=["resnet20", "resnet56"], help="--compile: models to time"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="--compile: rounds of variants")
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="--compile: torch.compile's mode (default, max-autotune-no-cudagraphs, ...)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="inductor",
+        help="--compile: torch.compile's backend (aot_eager: quick)",
+    )
+    parser.add_argument("--no-eager", action="store_true", help="--compile: skip the eager rows")
+    parser.add_argument(
+        "--timeout", type=float, default=1800, help="--compile: seconds allowed to one process"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     parser.add_argument(
         "--steady-heap",
@@ -529,6 +593,9 @@ def main() -> None:
         raise SystemExit("--device-path runs on the CPU (it stands in for a GPU); drop --device")
     DEVICE = resolve_device(args.device)
     AMP = args.amp
+    if args.compile:
+        compiled_main(args)
+        return
     if args.batch is None:
         args.batch = 4 if args.device_path else 128
     if args.device_path:
@@ -552,6 +619,22 @@ def main() -> None:
                 resnet56_rounds(args, Path(tmp))
             if not args.skip_1202:
                 resnet1202_rounds(args, Path(tmp))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": RESULTS}, indent=2) + "\n")
+
+
+def compiled_main(args) -> None:
+    """--compile: every variant of every model in its own process, figures printed (and JSON)."""
+    from overhead_compiled import compiled_overhead
+
+    if args.device_path:
+        raise SystemExit("--compile times the kernels the recorder picks; drop --device-path")
+    args.batch = args.batch or 32
+    args.mode = args.compile_mode
+    args.steps = max(10, round(args.steps / 10) * 10)  # whole 10-step cycles (every=10)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, gradscope {gradscope.__version__}")
+    where_run = "CPU (1 thread)" if DEVICE.type == "cpu" else where()
+    RESULTS.extend(compiled_overhead(args, median_interval, where_run))
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": RESULTS}, indent=2) + "\n")
 

@@ -22,6 +22,7 @@ BROWSER_PATH_ENV = "BROWSER_PATH"  # the variable kaleido (via choreographer) ho
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_PNG_SIDE = 32767  # Chrome's largest canvas side, in pixels
 MAX_PNG_PIXELS = 268_435_456  # Chrome's largest canvas area (16,384 squared)
+PLOTLY_DEFAULT_SIZE = (700, 500)  # what plotly renders a figure without a size at
 
 TEMPLATES = ("plotly", "paper")  # the dashboard's look, or white for papers
 DEFAULT_FONT_SIZE = 14  # base font of an exported PNG, in layout pixels
@@ -29,6 +30,8 @@ DEFAULT_HEIGHT = 550  # figures that do not size themselves (flow, curves)
 PANEL_WIDTH = 480  # of each heatmap panel, plus room for row labels and the colour bar
 LABELS_WIDTH = 320
 DEFAULT_WIDTHS = {"flow": 1100, "curves": 1300, "ratio": 1000}  # heatmap: from its panels
+SUBPLOT_WIDTH = 450  # spp and widths: per panel, plus room for the legend
+LEGEND_WIDTH = 330
 
 _renderer_started: list = []  # the Chrome path once kaleido's renderer runs in this process
 
@@ -80,13 +83,17 @@ def _downloaded_chrome():
 def default_size(fig, figure: str | None = None) -> tuple[int, int]:
     """(width, height) of the PNG of `fig` when none is asked for: the figure's own layout size
     if set (heatmaps set their height from their layer count), else one wide enough for the
-    kind of figure (`figure`: heatmap, flow, curves, ratio) to label its layers and legend."""
+    kind of figure (`figure`: heatmap, flow, curves, ratio, spp, widths) to label its layers
+    and legend."""
     height = fig.layout.height or DEFAULT_HEIGHT
     if fig.layout.width:
         return int(fig.layout.width), int(height)
     if figure == "heatmap":
         panels = sum(1 for trace in fig.data if trace.type == "heatmap")
         return PANEL_WIDTH * max(panels, 1) + LABELS_WIDTH, int(height)
+    if figure in ("spp", "widths"):
+        panels = sum(1 for key in fig.layout.to_plotly_json() if key.startswith("xaxis"))
+        return SUBPLOT_WIDTH * max(panels, 1) + LEGEND_WIDTH, int(height)
     return DEFAULT_WIDTHS.get(figure, 1000), int(height)
 
 
@@ -111,23 +118,42 @@ def style_for_print(fig, template: str = "plotly", font_size: int | None = DEFAU
 
 
 def check_png_size(width=None, height=None, scale=1) -> None:
-    """Raise UsageError unless the PNG fits Chrome's canvas (checked before any rendering)."""
+    """Raise UsageError unless the PNG fits Chrome's canvas (checked before any rendering).
+
+    A side given as None is not known yet: only the sides given are checked (and the area when
+    both are); `png_size` gives the size a figure is rendered at.
+    """
     for name, value in (("width", width), ("height", height)):
         if value is not None and (int(value) != value or value < 10):
             raise UsageError(f"{name} must be a whole number of pixels >= 10, not {value!r}")
     if not scale > 0:
         raise UsageError(f"scale must be > 0, not {scale!r}")
-    sides = [(value or default) * scale for value, default in ((width, 700), (height, 500))]
-    if max(sides) > MAX_PNG_SIDE or sides[0] * sides[1] > MAX_PNG_PIXELS:
+    sides = [value * scale for value in (width, height) if value is not None]
+    too_long = any(side > MAX_PNG_SIDE for side in sides)
+    if too_long or (len(sides) == 2 and sides[0] * sides[1] > MAX_PNG_PIXELS):
+        shown = " x ".join(f"{side:,.0f}" for side in sides)
+        given = " x ".join(f"{value:,}" for value in (width, height) if value is not None)
         raise UsageError(
-            f"a {sides[0]:,.0f} x {sides[1]:,.0f} pixel PNG is too large: at most "
+            f"a {shown} pixel PNG ({given} at scale {scale:g}) is too large: at most "
             f"{MAX_PNG_SIDE:,} pixels a side and {MAX_PNG_PIXELS:,} in all (width x height x "
             "scale squared); choose a smaller --width, --height or --scale"
         )
 
 
+def png_size(fig, width=None, height=None) -> tuple[int, int]:
+    """(width, height) in layout pixels that `fig` is rendered at: those given, else the
+    figure's own layout size, else plotly's defaults (700 x 500)."""
+    given = (width, height)
+    own = (fig.layout.width, fig.layout.height)
+    return tuple(
+        value if value is not None else int(own[i] or PLOTLY_DEFAULT_SIZE[i])
+        for i, value in enumerate(given)
+    )
+
+
 def figure_png_bytes(fig, width=None, height=None, scale=1) -> bytes:
     """The figure rendered as PNG bytes (width x height layout pixels, times `scale`)."""
+    width, height = png_size(fig, width, height)
     check_png_size(width, height, scale)
     chrome = find_chrome()
     import kaleido
@@ -168,7 +194,7 @@ def stop_renderer() -> None:
 
 def write_png(fig, path, width=None, height=None, scale=1) -> Path:
     """Write the figure as a PNG file at `path` (must end in .png); returns the path."""
-    check_png_size(width, height, scale)
+    check_png_size(*png_size(fig, width, height), scale)
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise UsageError(f"output file {path} must end in .png")

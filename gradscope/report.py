@@ -11,15 +11,18 @@ import pandas as pd
 
 from gradscope._json import json_records
 from gradscope.diagnosis import diagnose
-from gradscope.store import Run, open_run
+from gradscope.store import PROBE_ATTR, Run, open_run, probe_summary
 
 if TYPE_CHECKING:  # the training side imports torch; `inspect` must not
     from gradscope.train import ExperimentResult, TrainResult
 
 
 def print_report(run: Run, out) -> None:
-    """Print every section of the report on `out`."""
+    """Print every section of the report on `out`: where a non-finite value first appeared
+    (when the flight recorder found one) comes first."""
+    origins = nonfinite_text(run)
     sections = (
+        *([origins] if origins else []),
         summary_text(run),
         latest_record_text(run),
         latest_metrics_text(run),
@@ -38,6 +41,9 @@ def report_dict(run: Run) -> dict:
         "path": str(run.path),
         "attrs": run.attrs,
         "state": run_state(run),
+        "write_error": run.write_error,
+        "dropped_records": run.dropped_records,
+        "dropped_metrics": run.dropped_metrics,
         "layers": run.layers.to_dict(orient="records"),
         "stats": list(run.stats),
         "records": len(run.steps),
@@ -45,15 +51,66 @@ def report_dict(run: Run) -> dict:
         "last_step": int(run.steps[-1]) if len(run.steps) else None,
         "latest_record": None if table is None else json_records(table.reset_index()),
         "latest_metrics": json_records(latest.reset_index()) if not latest.empty else [],
+        "nonfinite": nonfinite_counts(run),
+        "events": json_records(run.events),
         "diagnosis": diagnose(run).to_dict(),
     }
 
 
+def nonfinite_counts(run: Run) -> dict:
+    """How often the flight recorder acted: origins stored (steps where a non-finite value
+    reached an update), updates skipped by nonfinite="skip", and updates the AMP GradScaler
+    skipped for an overflow (expected under AMP: counted, never an origin)."""
+    events = run.events
+    origins = events[events["kind"] == "nonfinite"]
+    return {
+        "origins": len(origins),
+        "updates_skipped": int((origins["update"] == "skipped").sum()),
+        "amp_overflows_skipped": int((events["kind"] == "amp_overflow").sum()),
+    }
+
+
+def nonfinite_text(run: Run) -> str | None:
+    """The stored origins of non-finite values, one sentence each (None when there are none)."""
+    events = run.events
+    origins = events[events["kind"] == "nonfinite"]
+    if origins.empty:
+        return None
+    lines = [f"non-finite values ({len(origins)} step{'s' if len(origins) > 1 else ''}):"]
+    for _, row in origins.iterrows():
+        what = _UPDATE_WORDS[row["update"]]
+        recorded = "; recorded in full" if row["recorded"] else ""
+        lines.append(f"  {row['message']} [{what}{recorded}]")
+    return "\n".join(lines)
+
+
+_UPDATE_WORDS = {
+    "applied": "the update ran",
+    "skipped": "the update was skipped",
+    "raised": "NonFiniteError raised before the update",
+}
+
+
 def run_state(run: Run) -> str:
-    """'live', 'closed' (finished cleanly) or 'stopped' (writer gone without closing the file)."""
+    """'live', 'closed' (finished cleanly), 'ended by a write error: ...' or 'stopped' (writer
+    gone without closing the file)."""
+    error = run.write_error
+    if error:
+        return f"ended by a write error: {error} (the records written before are all here)"
     if run.closed:
         return "closed"
     return "live" if run.is_live else "stopped (the writer ended without closing the file)"
+
+
+def dropped_text(run: Run) -> str | None:
+    """What the writer dropped because the disk fell behind, or None if nothing."""
+    records, metrics = run.dropped_records, run.dropped_metrics
+    if not records and not metrics:
+        return None
+    return (
+        f"{records:,} records and {metrics:,} metric values dropped (the disk fell behind "
+        "the training; the steps of the records kept say which)"
+    )
 
 
 def summary_text(run: Run) -> str:
@@ -74,7 +131,21 @@ def summary_text(run: Run) -> str:
         f"stats:     {', '.join(run.stats)}",
         f"records:   {step_range}",
     ]
+    nonfinite = (attrs.get("attach_args") or {}).get("nonfinite")
+    counts = nonfinite_counts(run)
+    if nonfinite is not None or any(counts.values()):
+        mode = f"{nonfinite}; " if nonfinite else ""
+        lines.append(
+            f"nonfinite: {mode}origins stored: {counts['origins']}, updates skipped by "
+            f'nonfinite="skip": {counts["updates_skipped"]}, AMP overflows skipped by the '
+            f"GradScaler: {counts['amp_overflows_skipped']}"
+        )
+    dropped = dropped_text(run)
+    if dropped:
+        lines.append(f"dropped:   {dropped}")
     extras = {k: v for k, v in attrs.items() if k not in _SHOWN_ATTRS}
+    if isinstance(extras.get(PROBE_ATTR), dict):  # a probe file: its description, in words
+        extras[PROBE_ATTR] = probe_summary(extras[PROBE_ATTR])
     lines += [f"{key + ':':<10} {value}" for key, value in sorted(extras.items())]
     return "\n".join(lines)
 
@@ -147,6 +218,14 @@ def flow_summary(run_path) -> str:
     return "; ".join(parts) or "no finite gradient statistics recorded"
 
 
+def recording_notes(run_path) -> list[str]:
+    """Sentences on what went wrong while recording a run file: a write error, drops."""
+    with open_run(run_path) as run:
+        notes = [f"recording {run_state(run)}"] if run.write_error else []
+        dropped = dropped_text(run)
+    return notes + ([dropped] if dropped else [])
+
+
 def format_summary(result: ExperimentResult) -> str:
     """The closing text: a table row per model, its gradient-flow line, then what to run next."""
 
@@ -174,6 +253,7 @@ def format_summary(result: ExperimentResult) -> str:
     for r in result.results:
         if r.run_path is not None and r.run_path.is_file():
             lines.append(f"{r.model}: {flow_summary(r.run_path)}")
+            lines.extend(f"{r.model}: {note}" for note in recording_notes(r.run_path))
     lines.append("")
     lines.extend(next_commands(result))
     return "\n".join(lines)

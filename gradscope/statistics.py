@@ -242,10 +242,26 @@ def read_by(rule: str) -> tuple[str, ...]:
     return tuple(s.name for s in STATISTICS if rule in s.rules)
 
 
+# The probe's own statistics (`gradscope probe`), name -> title: its verdict reads them, not
+# the diagnosis. (The recorder's statistics a probe file also holds,
+# grad_norm, weight_norm, update_ratio and act_grad_norm, keep their names and titles.)
+PROBE_STATS = {
+    "chan_sq_mean": "Average channel squared mean",  # mean over channels of (channel mean)^2
+    "chan_var": "Average channel variance",  # mean over channels of the channel's variance
+    "res_var": "Residual-branch average channel variance",  # residual blocks only
+    "skip_var": "Skip-path average channel variance",  # residual blocks only
+    "res_ratio": "Residual-branch / skip variance",  # res_var / skip_var
+    "act_abs_mean": "Mean absolute activation",  # mean |x| over every output element
+    "dead_frac": "Fraction of dead units",  # channels that are zero for every input
+}
+
+
 def title(name: str) -> str:
     """A statistic in words ("Gradient norm"); a name gradscope does not know stays as is."""
     known = BY_NAME.get(name)
-    return known.title if known is not None else name
+    if known is not None:
+        return known.title
+    return PROBE_STATS.get(name, name)
 
 
 def resolve_stats(stats) -> tuple[str, ...]:

@@ -7,7 +7,8 @@
 #   RUN=runs/gallery bash scripts/make-gallery.sh   # export from a pair already recorded
 #
 # Settings (environment): DATA (default ../shared/datasets/cifar10-jpg), STEPS (300),
-# EVERY (5), OUT/NAME (runs/gallery), IMAGES (docs/images).
+# EVERY (5), OUT/NAME (runs/gallery), IMAGES (docs/images), PROBES (runs/probes: the probe
+# files of the pair at initialization, kept out of the dashboard's folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,7 @@ OUT=${OUT:-runs}
 NAME=${NAME:-gallery}
 RUN=${RUN:-$OUT/$NAME}
 IMAGES=${IMAGES:-docs/images}
+PROBES=${PROBES:-$OUT/probes}
 
 if [ ! -f "$RUN/plain56.h5" ]; then
   if [ ! -d "$DATA" ]; then
@@ -37,9 +39,14 @@ FIRST=$(python3 -c "import gradscope, sys; print(int(gradscope.open_run(sys.argv
 "${EXPORT[@]}" --figure flow --stat act_grad_norm --width 900 --height 460 \
   --out "$IMAGES/flow-late.png"
 "${EXPORT[@]}" --figure heatmap --stat act_grad_norm --width 1100 --out "$IMAGES/heatmaps.png"
-gradscope export "$RUN/plain56.h5" "$RUN/resnet56.h5" --template paper --font-size 15 \
-  --figure ratio --stat act_grad_norm --width 1150 --out "$IMAGES/ratio.png"
+"${EXPORT[@]}" --figure ratio --numerator plain56 --stat act_grad_norm --width 1150 \
+  --out "$IMAGES/ratio.png"
 "${EXPORT[@]}" --figure curves --width 1000 --height 420 --out "$IMAGES/curves.png"
+
+# The pair before training: a probe at initialization (a Gaussian batch of 128), a few seconds.
+gradscope probe resnet56 plain56 --out "$PROBES" > /dev/null
+gradscope export "$PROBES/resnet56.h5" "$PROBES/plain56.h5" --template paper --font-size 15 \
+  --figure spp --width 1400 --height 460 --out "$IMAGES/spp.png"
 
 # The dashboard over the pair, rendered by Chromium once Dash has drawn every panel.
 PORT=$(python3 -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")

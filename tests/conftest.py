@@ -65,3 +65,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def probe_runs(tmp_path_factory):
+    """A runs folder holding probe files: a small ResNet and its plain twin at initialization
+    (runs/probes/), and a width sweep of an MLP (runs/sweep/sp_mlp.h5); plus one training run."""
+    import torch
+
+    import gradscope
+    from gradscope.models import create_model
+    from tests.probe_models import mlp_batches, sp_mlp, sp_sgd
+    from tests.run_files import write_twin
+
+    root = tmp_path_factory.mktemp("probes") / "runs"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in ("resnet20", "plain20"):
+            torch.manual_seed(0)
+            model = create_model(name, width=4)
+            path = root / "probes" / f"{name}.h5"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            gradscope.probe(model, batch_size=4, path=path, name=name).close()
+        sweep = root / "sweep" / "sp_mlp.h5"
+        sweep.parent.mkdir(parents=True, exist_ok=True)
+        gradscope.probe(
+            sp_mlp, mlp_batches(), steps=2, widths=[32, 64, 128], optimizer=sp_sgd(1.0), path=sweep
+        ).close()
+    finally:
+        torch.set_num_threads(threads)
+    write_twin(root / "demo" / "resnet56.h5", "resnet56")
+    return root

@@ -146,3 +146,34 @@ def weight_reference(before, module: nn.Module):
         update_ratio=((a - b).norm() / b.norm()).item(),
         weight_frozen_frac=frozen / total if total else math.nan,
     )
+
+
+def channel_reference(outputs, channel_dim):
+    """The probe's chan_sq_mean, chan_var, act_abs_mean and dead_frac of a module, by loops:
+    for each call, over the first kept output, each channel's mean and population variance
+    over every other dimension (float64); then the calls averaged, weighted by elements."""
+    totals = {"chan_sq_mean": 0.0, "chan_var": 0.0, "act_abs_mean": 0.0, "dead_frac": 0.0}
+    count = 0
+    for call in outputs:
+        x = call[0][1].double()
+        dim = channel_dim if channel_dim is not None else None
+        channels = [x] if dim is None else [x.select(dim, c) for c in range(x.shape[dim])]
+        means = [c.mean().item() for c in channels]
+        variances = [c.var(correction=0).item() for c in channels]
+        values = {
+            "chan_sq_mean": sum(m * m for m in means) / len(means),
+            "chan_var": sum(variances) / len(variances),
+            "act_abs_mean": x.abs().mean().item(),
+            "dead_frac": sum(bool((c == 0).all()) for c in channels) / len(channels),
+        }
+        for key, value in values.items():
+            totals[key] += value * x.numel()
+        count += x.numel()
+    return {key: total / count for key, total in totals.items()}
+
+
+def average_channel_variance_reference(x: torch.Tensor, channel_dim: int = 1) -> float:
+    """Mean over channels of each channel's population variance (float64, by a loop)."""
+    x = x.double()
+    variances = [x.select(channel_dim, c).var(correction=0).item() for c in range(x.shape[1])]
+    return sum(variances) / len(variances)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from gradscope.store import RunWriter
+from gradscope.store import _writer as writer_module
 
 LAYERS = [
     {"name": "conv1", "type": "Conv2d", "params": 432},
@@ -136,3 +137,19 @@ def write_twin(
     if close:
         writer.close()
     return writer
+
+
+def fail_writes_after(monkeypatch, budget: int, code: int) -> None:
+    """Make the writer's data writes raise OSError(`code`) once `budget` bytes went through
+    (the status row stays writable, as on a full disk where it is rewritten in place)."""
+    written = [0]
+    write_rows = writer_module._write_rows
+
+    def failing(ds, start, values):
+        if ds.name != "/status":
+            written[0] += np.asarray(values).nbytes
+            if written[0] > budget:
+                raise OSError(code, os.strerror(code))
+        write_rows(ds, start, values)
+
+    monkeypatch.setattr(writer_module, "_write_rows", failing)

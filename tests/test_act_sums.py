@@ -69,6 +69,11 @@ def test_every_path_gives_the_same_rows(kernels, monkeypatch):
     outputs.append(torch.randn(6, 8, 5, generator=generator))  # 160 sampled, as outputs[1]
     outputs.append(torch.randn(3, 4, generator=generator, requires_grad=True))  # 3 rows < 4
     outputs.append(torch.tensor(-2.5))  # 0-d
+    # channels-last, as inside inductor's graphs: its first rows are read in place
+    outputs.append(
+        torch.randn(6, 3, 2, 2, generator=generator).to(memory_format=torch.channels_last)
+    )
+    outputs.append(torch.randn(5, 6, 2, generator=generator).transpose(0, 1))  # rows not outermost
     sampled = [o.detach()[:4].float() if o.dim() else o for o in outputs]
     want = [brute_force(o) if o.numel() else [0] * 4 for o in sampled]
     sums = ActivationSums(batch_sample=4, kernels=kernels)
@@ -77,7 +82,7 @@ def test_every_path_gives_the_same_rows(kernels, monkeypatch):
             sums.add([o], position)
         rows = sums.per_call("cpu")
         assert rows.shape == (len(outputs), S.ACT_SUMS_SIZE)
-        assert sums.counts.tolist() == [12, 160, 20, 360, 240, 28, 0, 160, 12, 1]
+        assert sums.counts.tolist() == [12, 160, 20, 360, 240, 28, 0, 160, 12, 1, 48, 40]
         assert sums.layers.tolist() == list(range(len(outputs)))
         np.testing.assert_allclose(rows.double().numpy(), np.array(want), rtol=2e-5, atol=1e-6)
         sums.clear()
@@ -171,11 +176,13 @@ def test_output_grad_sums_match_brute_force():
             sums.add(g, position)
         sums.add(grads[1].t(), 4)  # a strided gradient
         sums.add(grads[3].clone().requires_grad_(), 5)  # a gradient with a graph (create_graph)
-        got, layers, calls = sums.sums_of_squares(7, S.DeviceLists("cpu"))
-        assert sums.layers.tolist() == layers.tolist() == [0, 1, 2, 3, 4, 5]
-        assert calls.tolist() == [1.0] * 6 + [0.0]
+        sums.add(grads[0][:, :1].expand(5, 3), 6)  # overlapping elements: summed as it reads
+        got, layers, calls = sums.sums_of_squares(8, S.DeviceLists("cpu"))
+        assert sums.layers.tolist() == layers.tolist() == [0, 1, 2, 3, 4, 5, 6]
+        assert calls.tolist() == [1.0] * 7 + [0.0]
         got = got.double().numpy()
-        np.testing.assert_allclose(got, [*want, want[1], want[3]], rtol=1e-5)
+        expanded = 3 * brute_force(grads[0][:, :1])[1]
+        np.testing.assert_allclose(got, [*want, want[1], want[3], expanded], rtol=1e-5)
         sums.clear()
         assert len(sums) == 0 and len(sums.sums_of_squares(7, S.DeviceLists("cpu"))[0]) == 0
 

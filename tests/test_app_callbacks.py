@@ -5,27 +5,34 @@ import importlib
 import json
 import os
 import struct
+import threading
 import time
 
 import numpy as np
 import pytest
+from dash import no_update
 from gradscope.app import create_app, ids
+from gradscope.app._shared_answers import SharedAnswers
 from gradscope.app.callbacks import (
     control_values,
     diagnosis_output,
     figure_output,
+    nonfinite_output,
     png_download,
     refresh_run_list,
+    shared_figure_output,
+    step_input,
     step_label,
 )
 from gradscope.app.controls import Controls, flow_position
 from gradscope.app.layout import newest_runs, page
+from gradscope.app.panels import view_key
 from gradscope.app.run_index import RunIndex
 
 from gradscope.cli import main as cli_main
-from gradscope.errors import UsageError
+from gradscope.errors import RunFileError, UsageError
 from gradscope.store import RunWriter, open_run
-from tests.run_files import STATS, write_run, write_runs_folder
+from tests.run_files import LAYERS, STATS, write_run, write_runs_folder
 
 NEWEST_TWO = ["sweep/lr01.h5", "baseline/tanh.h5"]
 
@@ -160,6 +167,31 @@ def test_page_preselects_the_newest_readable_runs(index):
     assert set(find(layout, ids.VERSIONS).data) == set(NEWEST_TWO)
 
 
+def test_run_list_says_which_run_ended_by_a_write_error_and_what_was_dropped(tmp_path):
+    import h5py
+
+    from gradscope.store import _schema as schema
+
+    write_run(tmp_path / "exp" / "full.h5", n_records=6)
+    with h5py.File(tmp_path / "exp" / "full.h5", "r+", libver="latest") as f:
+        status = f["status"][0]
+        f["status"][:] = schema.status_row(
+            True,
+            status["heartbeat"],
+            6,
+            6,
+            6,
+            dropped_records=4,
+            dropped_metrics=9,
+            error="No space left on device [errno 28]",
+        )
+    index = RunIndex(tmp_path)
+    (entry,) = index.scan()
+    assert entry.write_error == "No space left on device [errno 28]" and entry.dropped == 4
+    listing = text_of(find(page(index, "runs"), ids.RUN_LIST))
+    assert "ResNet20 exp 6 (4 dropped) write error" in listing
+
+
 def test_empty_folder_shows_how_to_record(tmp_path):
     idx = RunIndex(tmp_path)
     layout = page(idx, "myruns")
@@ -219,6 +251,48 @@ def test_flow_position_maps_slider_and_window_to_steps(index):
     assert label == "mean over steps 20..40"
 
 
+def test_the_step_box_shows_and_takes_steps_not_record_indices(index):
+    # sweep/lr01 records steps 0, 10, ..., 290 and baseline/tanh 0, ..., 190: 30 positions
+    pair = NEWEST_TWO
+    assert step_input(index, pair, 29) == (no_update, 190)  # latest: what both runs have
+    assert step_input(index, pair, None) == (no_update, 190)
+    assert step_input(index, pair, 19) == (no_update, 190)  # step 190 is position 19 too
+    assert step_input(index, pair, 4) == (no_update, 40)  # the slider moved: the box follows
+    assert step_input(index, pair, 29, 47, was_typed=True) == (5, 50)  # nearest record
+    assert step_input(index, pair, 29, 45, was_typed=True) == (4, 40)  # a tie: the earlier
+    assert step_input(index, pair, 5, 10_000, was_typed=True) == (29, 190)  # past the end
+    assert step_input(index, pair, 5, -3, was_typed=True) == (0, 0)
+    assert step_input(index, pair, 29, 190, was_typed=True) == (no_update, 190)  # stays latest
+    assert step_input(index, pair, 5, None, was_typed=True) == (no_update, 50)  # emptied
+    assert step_input(index, [], None) == (no_update, None)
+    assert step_input(index, ["../x.h5"], 3) == (no_update, no_update)  # the label says why
+    # and what the slider then points at is that step, for the flow curve and its label
+    assert step_label(index, pair, 5, None) == "step 50"
+    fig, _ = figure_output(index, "flow", values(step_index=5))
+    assert fig.layout.title.text.endswith("step 50")
+
+
+def test_the_ratio_panel_lets_the_user_choose_its_numerator(index):
+    options = control_values(index, NEWEST_TWO, None, None, None)["ratio_options"]
+    assert options == [
+        {"label": "sweep/lr01 / baseline/tanh", "value": 0},
+        {"label": "baseline/tanh / sweep/lr01", "value": 1},
+    ]
+    assert control_values(index, NEWEST_TWO[:1], None, None, None)["ratio_options"] == []
+    first, _ = figure_output(index, "ratio", values())
+    second, _ = figure_output(index, "ratio", values(ratio_numerator=1))
+    assert "ratio sweep/lr01 / baseline/tanh by layer" in first.layout.title.text
+    assert "ratio baseline/tanh / sweep/lr01 by layer" in second.layout.title.text
+    assert second.layout.coloraxis.colorbar.title.text.endswith("red = baseline/tanh more")
+    # sweep/lr01 is baseline/tanh's values x 4 (scale 2 against 0.5): log10 of 4, and of 1/4
+    np.testing.assert_allclose(np.asarray(first.data[0].z, float), np.log10(4), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(second.data[0].z, float), -np.log10(4), rtol=1e-5)
+    zoom = {"view": view_key("ratio", Controls.from_request(**values())), "ranges": {}}
+    assert view_key("ratio", Controls.from_request(**values(ratio_numerator=1))) == zoom["view"]
+    with pytest.raises(UsageError, match="ratio numerator"):
+        Controls.from_request(**values(ratio_numerator=2))
+
+
 # ----- figures and messages -----
 
 
@@ -251,11 +325,92 @@ def test_layer_filter_and_runs_change_the_heatmap(index):
     assert len(pattern.data[0].y) == 3
 
 
+def test_the_origin_of_a_non_finite_value_is_marked_and_said_above_the_panels(index, runs_dir):
+    message = "step 50: first non-finite value in the forward pass of layer1.0.conv1 (Conv2d)"
+    with RunWriter(runs_dir / "baseline" / "relu.h5", LAYERS, STATS, resume=True) as w:
+        w.event(
+            {
+                "step": 50,
+                "kind": "nonfinite",
+                "phase": "forward",
+                "layer": "layer1.0.conv1",
+                "message": message,
+            }
+        )
+        w.event({"step": 70, "kind": "nonfinite", "phase": "loss", "message": "step 70: loss"})
+    fig, _ = figure_output(index, "heatmap", values(runs=["baseline/relu.h5"]))
+    (cross,) = [t for t in fig.data if t.type == "scatter"]
+    assert (list(cross.x), list(cross.y), list(cross.customdata)) == (
+        [50],
+        ["layer1.0.conv1"],
+        [message],
+    )
+    assert [(line.x0, line.line.dash) for line in fig.layout.shapes] == [(70, "dot")]
+    filtered, _ = figure_output(
+        index, "heatmap", values(runs=["baseline/relu.h5"], layer_pattern="fc")
+    )
+    assert sorted(line.x0 for line in filtered.layout.shapes) == [50, 70]  # its row left out
+    banner = nonfinite_output(index, [*NEWEST_TWO, "baseline/relu.h5"])
+    said = [part.strip() for part in text_of(banner).split("baseline/relu: ")[1:]]
+    assert said == [message, "step 70: loss"]
+    assert nonfinite_output(index, NEWEST_TWO) == []  # no origin, no banner
+    assert find(page(index, "runs"), ids.NONFINITE) is not None
+
+
 def test_zoom_key_ignores_the_step_but_not_the_statistic(index):
     a, _ = figure_output(index, "flow", values())
     b, _ = figure_output(index, "flow", values(step_index=3, window=2))
     c, _ = figure_output(index, "flow", values(stat="weight_norm"))
     assert a.layout.uirevision == b.layout.uirevision != c.layout.uirevision
+
+
+def test_pages_asking_the_same_share_one_answer_built_once():
+    answers = SharedAnswers(kept=2, seconds=60)
+    built = []
+    started = threading.Event()
+
+    def build():
+        built.append(1)
+        started.wait(5)  # the other requests arrive while it is built
+        return object()
+
+    threads = [
+        threading.Thread(target=lambda: got.append(answers.get(["figure", 1], build)))
+        for _ in range(8)
+    ]
+    got = []
+    for thread in threads:
+        thread.start()
+    started.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(built) == 1 and len(got) == 8 and all(g is got[0] for g in got)
+    assert answers.get(["figure", 1], object) is got[0]
+    with pytest.raises(ValueError):
+        answers.get(["broken"], lambda: int("x"))
+    assert answers.get(["broken"], lambda: 3) == 3  # a failed build is not kept
+    answers.get(["another"], object)  # two kept: the oldest goes
+    assert answers.get(["figure", 1], lambda: "rebuilt") == "rebuilt"
+    assert SharedAnswers(seconds=0).get(["k"], lambda: 1) == 1
+
+
+def test_the_shared_figure_is_the_figure_as_data_with_each_users_zoom(index):
+    answers = SharedAnswers()
+    versions = {rel: [20, False, 1] for rel in NEWEST_TWO}
+    fig, message = figure_output(index, "flow", values())
+    data, shared_message = shared_figure_output(answers, index, "flow", values(), versions)
+    assert shared_message == message and data == json.loads(fig.to_json())
+    view = fig.layout.uirevision
+    zoom = {"view": view, "ranges": {"yaxis": [0.1, 2.0]}}
+    zoomed, _ = shared_figure_output(answers, index, "flow", values(), versions, zoom)
+    assert (
+        zoomed["layout"]["yaxis"]["range"] == [0.1, 2.0]
+        and not zoomed["layout"]["yaxis"]["autorange"]
+    )
+    again, _ = shared_figure_output(answers, index, "flow", values(), versions)
+    assert again is data and "range" not in again["layout"]["yaxis"]  # the shared one is intact
+    _, bad = shared_figure_output(answers, index, "flow", values(stat="act_zero_frac"), versions)
+    assert "'act_zero_frac' is not in" in bad
 
 
 @pytest.mark.parametrize(
@@ -372,6 +527,19 @@ def test_cli_dashboard_missing_folder_exits_2_with_one_line(tmp_path, capsys):
     assert err.startswith("gradscope dashboard: error: runs folder") and err.count("\n") == 1
 
 
+def test_cli_dashboard_runs_naming_a_file_says_it_is_a_file(tmp_path, capsys):
+    run = tmp_path / "exp" / "run.h5"
+    write_run(run)
+    code = cli_main(["dashboard", "--runs", str(run)])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"gradscope dashboard: error: --runs {run}: is a file, not a folder; pass the folder "
+        f"that holds the run files (--runs {tmp_path / 'exp'})\n"
+    )
+    with pytest.raises(UsageError, match="is a file; give the folder"):
+        RunIndex(run)
+
+
 def test_cli_dashboard_defaults_to_loopback():
     from gradscope.cli import build_parser
     from gradscope.cli.dashboard_cmd import dashboard_url
@@ -422,6 +590,30 @@ def folder_with_cut_runs(tmp_path, cut_live_runs):
     return root
 
 
+def test_page_passes_over_a_half_copied_run_and_lists_it_as_bad(tmp_path, cut_live_runs):
+    # The newest file is a copy of a live run cut at 50%: it opens and lists its records, but
+    # most are not in the file. The page selects the two newest runs that can be read.
+    write_run(tmp_path / "exp" / "old.h5", mtime=1_000_000)
+    write_run(tmp_path / "exp" / "good.h5", mtime=2_000_000)
+    half = tmp_path / "copy" / "half.h5"
+    half.parent.mkdir()
+    half.write_bytes(next(c for c in cut_live_runs if c.name == "cut0.5.h5").read_bytes())
+    with open_run(half) as run:  # what the page could not tell before: it opens
+        assert len(run.steps) == 40
+    index = RunIndex(tmp_path)
+    try:
+        entries = {e.rel: e for e in index.scan()}
+        assert entries["copy/half.h5"].error.startswith("cannot read the records (truncated")
+        layout = page(index, "runs")
+        assert find(layout, ids.RUNS).value == ["exp/good.h5", "exp/old.h5"]
+        listing = text_of(find(layout, ids.RUN_LIST))
+        assert "half.h5 cannot read the records (truncated" in listing and "error" in listing
+        (half_option,) = [o for o in find(layout, ids.RUNS).options if o["value"] == "copy/half.h5"]
+        assert half_option["disabled"]
+    finally:
+        index.close()
+
+
 def test_each_cut_run_is_its_own_error_beside_a_good_run(folder_with_cut_runs):
     index = RunIndex(folder_with_cut_runs)
     try:
@@ -443,7 +635,9 @@ def test_each_cut_run_is_its_own_error_beside_a_good_run(folder_with_cut_runs):
             assert "diagnosis of good/resnet" in text and rel.removesuffix(".h5") in text
             controls = control_values(index, chosen["runs"], "grad_norm", None, None)
             assert "grad_norm" in controls["stat_options"]
-            if entries[rel].error is not None:  # cannot even be opened: the controls say so
+            try:
+                open_run(folder_with_cut_runs / rel).close()
+            except RunFileError:  # cannot even be opened: the controls say so
                 assert rel in controls["message"]
     finally:
         index.close()

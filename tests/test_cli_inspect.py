@@ -1,5 +1,6 @@
 """Tests of `gradscope inspect`: the printed report and the errors for bad files."""
 
+import json
 import subprocess
 import sys
 import time
@@ -48,6 +49,30 @@ def test_inspect_prints_summary_latest_record_and_metrics(tmp_path, capsys):
     assert lines["lr"][1:] == ["35", "0.05"]
 
 
+def test_inspect_prints_the_origin_of_a_non_finite_value_first(tmp_path, capsys):
+    path = tmp_path / "run.h5"
+    layers, _ = _write_run(path)
+    message = "step 30: first non-finite value in the forward pass of stage0.block1 (Conv2d)"
+    with RunWriter(path, layers, ["grad_norm", "update_ratio"], resume=True) as w:
+        w.event({"step": 25, "kind": "amp_overflow", "update": "skipped"})
+        origin = {"step": 30, "kind": "nonfinite", "phase": "forward", "layer": "stage0.block1"}
+        w.event(origin | {"update": "skipped", "recorded": True, "message": message})
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [
+        "non-finite values (1 step):",
+        f"  {message} [the update was skipped; recorded in full]",
+    ]
+    assert (
+        'nonfinite: origins stored: 1, updates skipped by nonfinite="skip": 1, AMP overflows '
+        "skipped by the GradScaler: 1"
+    ) in out
+    assert main(["inspect", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["nonfinite"] == {"origins": 1, "updates_skipped": 1, "amp_overflows_skipped": 1}
+    assert [e["kind"] for e in report["events"]] == ["amp_overflow", "nonfinite"]
+
+
 def test_inspect_prints_every_layer_of_a_deep_run(tmp_path, capsys):
     path = tmp_path / "deep.h5"
     layers, _ = _write_run(path, n_layers=250, n_records=2)
@@ -66,6 +91,27 @@ def test_inspect_reports_bad_files_with_exit_code_2(tmp_path, capsys, content):
     assert main(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gradscope inspect: error:") and "nope.h5" in err
+
+
+def test_inspect_of_a_folder_says_it_is_a_folder_and_names_its_runs(tmp_path, capsys):
+    for name in ("b.h5", "a.h5"):
+        _write_run(tmp_path / name)
+    assert main(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"gradscope inspect: error: {tmp_path}: is a folder, not a run file; name one of the "
+        "run files in it: a.h5, b.h5\n"
+    )
+    assert main(["inspect", str(tmp_path.parent)]) == 2
+    assert "none is directly in this folder" in capsys.readouterr().err
+
+
+def test_inspect_in_the_runs_own_folder_names_it_without_a_slash(tmp_path, capsys, monkeypatch):
+    _write_run(tmp_path / "run.h5")
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "run.h5"]) == 0
+    out = capsys.readouterr().out
+    assert "\ndiagnosis of run: 4 records" in out and "/run" not in out
 
 
 def test_inspect_shows_diagnosis_and_json(tmp_path, capsys):

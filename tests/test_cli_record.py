@@ -1,7 +1,9 @@
 """`gradscope record`: files and summary, bad input (exit 2, nothing written), Ctrl-C and resume."""
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 import gradscope
 from gradscope.cli import main
 from gradscope.train._checkpoint import load_checkpoint
+from tests.run_files import fail_writes_after
 
 TINY = ["--data", "synthetic", "--image-size", "8", "--batch-size", "16", "--device", "cpu"]
 
@@ -83,6 +86,23 @@ def test_pair_writes_run_files_config_checkpoints_and_summary(tmp_path, capsys):
     assert "gradscope export" in out and "--figure heatmap" in out
 
 
+def test_a_full_disk_is_a_warning_and_training_goes_on(tmp_path, capsys, monkeypatch):
+    fail_writes_after(monkeypatch, 30_000, errno.ENOSPC)
+    flags = ["--model", "resnet20", *TINY, "--steps", "12", "--every", "1", "--eval-every", "12"]
+    assert record(*flags, "--out", str(tmp_path), "--name", "full", "--quiet") == 0
+    captured = capsys.readouterr()
+    path = tmp_path / "full" / "resnet20.h5"
+    (warning,) = [line for line in captured.err.splitlines() if "warning" in line]
+    assert warning.startswith(
+        f"gradscope record: warning: {path}: writing the run failed (No space left on device"
+    )
+    assert "12/12" in captured.out  # trained to the end
+    assert "resnet20: recording ended by a write error: No space left on device" in captured.out
+    assert load_checkpoint(tmp_path / "full" / "resnet20.ckpt.pt")["done"]
+    with gradscope.open_run(path) as run:
+        assert len(run.steps) < 12 and run.write_error.startswith("No space left")
+
+
 def test_no_record_trains_without_run_files(tmp_path, capsys):
     code = record(
         "--model",
@@ -148,7 +168,9 @@ def test_resume_of_a_folder_without_checkpoint_is_an_error(tmp_path, capsys):
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]
 
 
-def test_ctrl_c_prints_the_resume_command_and_resume_matches_an_uninterrupted_run(tmp_path, capsys):
+def test_ctrl_c_then_sigterm_print_the_resume_command_and_resume_matches_an_uninterrupted_run(
+    tmp_path, capsys
+):
     steps = 60
     flags = [
         "--model",
@@ -162,12 +184,17 @@ def test_ctrl_c_prints_the_resume_command_and_resume_matches_an_uninterrupted_ru
         "20",
         "--out",
         str(tmp_path),
-        "--quiet",
     ]
     run_dir = tmp_path / "interrupted"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "gradscope.cli", "record", *flags, "--name", "interrupted"]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    cli = [sys.executable, "-m", "gradscope.cli", "record"]
+    # Ctrl-C
+    process = subprocess.Popen(
+        [*cli, *flags, "--quiet", "--name", "interrupted"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (run_dir / "resnet20.h5").exists() and process.poll() is None:
         assert time.monotonic() < deadline, "the run file never appeared"
@@ -180,10 +207,34 @@ def test_ctrl_c_prints_the_resume_command_and_resume_matches_an_uninterrupted_ru
     assert 0 < stopped_at < steps
     steps_so_far, _, _, _ = read_run(run_dir / "resnet20.h5")  # closed cleanly: readable
 
+    # SIGTERM (a scheduler's stop) while resumed, its output going to a log file: progress lines
+    process = subprocess.Popen(
+        [*cli, "--resume", str(run_dir)],
+        env={**env, "GRADSCOPE_PROGRESS_SECONDS": "0"},  # a line every step
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first = process.stdout.readline()  # the resumed session's first step is done
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    terminated_at = load_checkpoint(run_dir / "resnet20.ckpt.pt")["step"]
+    assert stopped_at < terminated_at < steps
+    assert (
+        f"stopped by SIGTERM (resnet20 checkpointed at step {terminated_at}); resume with:" in err
+    )
+    assert f"gradscope record --resume {run_dir}" in err
+    lines = [first, *out.splitlines()]
+    assert lines[0].startswith(f"resnet20 step {stopped_at + 1}/{steps}  ")
+    line = r"resnet20 step \d+/60  ([\d.]+%  [\d.]+ steps/s  loss [\d.]+  err|evaluated on)"
+    assert all(re.match(line, text) for text in lines), lines
+    assert "\r" not in out and err.count("\r") == 0  # no bars in log files
+
     assert record("--resume", str(run_dir), "--steps", "5") == 2  # the saved config decides
     assert "--resume reads the configuration" in capsys.readouterr().err
     assert record("--resume", str(run_dir), "--quiet") == 0
-    assert record(*flags, "--name", "straight") == 0
+    assert record(*flags, "--quiet", "--name", "straight") == 0
     resumed = read_run(run_dir / "resnet20.h5")
     straight = read_run(tmp_path / "straight" / "resnet20.h5")
     np.testing.assert_array_equal(resumed[0], np.arange(0, steps, 5))  # each step exactly once

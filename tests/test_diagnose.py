@@ -25,12 +25,14 @@ def healthy_stats(seed=0):
     }
 
 
-def write_run(path, stats):
-    """Write `stats` (name -> [records, layers]) at STEPS and return the opened run."""
+def write_run(path, stats, events=()):
+    """Write `stats` (name -> [records, layers]) at STEPS and `events`; return the open run."""
     layers = [{"name": f"layer{j}", "type": "Conv2d", "params": 10} for j in range(LAYERS)]
     with RunWriter(path, layers=layers, stats=list(stats), overwrite=True) as w:
         for i, step in enumerate(STEPS):
             w.append(int(step), np.stack([v[i] for v in stats.values()]).astype(np.float32))
+        for event in events:
+            w.event(event)
     return gradscope.open_run(path)
 
 
@@ -117,6 +119,31 @@ def test_earliest_nonfinite_over_stats(tmp_path):
     stats["grad_nonfinite"][12, 5] = 3  # gradients alone: the shallowest
     (finding,) = [f for f in diagnosed(tmp_path, stats).findings if f.kind == "nonfinite"]
     assert (finding.layer, finding.step) == ("layer2", 60)
+
+
+def test_a_stored_origin_is_the_nonfinite_finding(tmp_path):
+    # The flight recorder's replay placed it: it replaces the scan of the records.
+    stats = healthy_stats()
+    stats["grad_norm"][20:, :] = np.nan  # what the records show from step 100 on
+    message = "step 98: first non-finite value in the forward pass of layer3 (Conv2d), ..."
+    origin = {"step": 98, "kind": "nonfinite", "phase": "forward", "layer": "layer3"}
+    origin |= {"op": "aten.convolution", "op_absmax": 6.5e4, "message": message}
+    overflow = {"step": 40, "kind": "amp_overflow", "update": "skipped"}
+    with write_run(tmp_path / "run.h5", stats, [overflow, origin]) as run:
+        result = diagnose(run)
+    (finding,) = [f for f in result.findings if f.kind == "nonfinite"]
+    assert (finding.step, finding.layer, finding.phase, finding.op) == (
+        98,
+        "layer3",
+        "forward",
+        "aten.convolution",
+    )
+    assert finding.value == 6.5e4 and finding.message == message
+    data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert data["findings"][0]["phase"] == "forward" and data["findings"][0]["op"] == (
+        "aten.convolution"
+    )
+    assert result.to_text().splitlines()[1:3] == ["nonfinite (1):", f"  {message}"]
 
 
 def test_to_dict_is_strict_json_and_to_text_groups(tmp_path):

@@ -3,6 +3,7 @@ one-process float64 autograd reference on the concatenated batch."""
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -125,9 +126,36 @@ def _worker(rank: int, rendezvous: str, folder: str) -> None:
         reductions[name] = per_step
         dist.barrier()
     errors = {name: _attach_error(make, rank, folder) for name, make in ATTACH_ERRORS.items()}
+    steps = _overflow_on_rank_1(rank, folder)
     with open(f"{folder}/rank{rank}.json", "w") as f:
-        json.dump({"all_reduces": reductions, "errors": errors}, f)
+        json.dump({"all_reduces": reductions, "errors": errors, "steps": steps}, f)
     dist.destroy_process_group()
+
+
+OVERFLOW_AT = 2  # the step at which rank 1's rows overflow the first layer (never scheduled)
+
+
+def _overflow_on_rank_1(rank: int, folder: str) -> int:
+    """DDP, recorded every=50: at step OVERFLOW_AT rank 1's rows are 1e38 times too large
+    (and positive, as `embed`'s weights are here), so `embed` overflows on rank 1 alone; every
+    rank replays. Returns the steps each rank saw."""
+    torch.manual_seed(0)
+    net = Net()
+    with torch.no_grad():
+        net.embed.weight.fill_(1.0)
+    model = nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the trip's, on rank 0
+        with gradscope.attach(model, f"{folder}/overflow.h5", optimizer=opt, every=50) as rec:
+            for step in range(OVERFLOW_AT + 2):
+                x, y = batch(step, 0, rank)
+                if rank == 1 and step == OVERFLOW_AT:
+                    x = x.abs() * 1e38
+                F.mse_loss(model(x), y).backward()
+                opt.step()
+                opt.zero_grad()
+            return rec.current_step
 
 
 def _tensor_parallel(rank, folder):
@@ -310,9 +338,25 @@ def test_unit_flags_are_or_ed_across_ranks(recorded):
 
 def test_collectives_only_on_record_steps(recorded):
     counts = json.loads((recorded / "rank0.json").read_text())["all_reduces"]
-    # every=2 under DDP: a SUM, a MAX and the activation spread's SUM at steps 0 and 2
-    assert counts["ddp-every2"] == [3, 0, 3]
-    assert counts["ddp-every1"] == [3, 3]
+    # every=2 under DDP: a SUM, a MAX and the activation spread's SUM at steps 0 and 2, and at
+    # every step the flight recorder's flag (a MAX of one number)
+    assert counts["ddp-every2"] == [4, 1, 4]
+    assert counts["ddp-every1"] == [4, 4]
+
+
+def test_every_rank_replays_a_trip_and_the_finding_names_the_rank(recorded):
+    for rank in range(WORLD):  # every rank went on after the trip, in step
+        assert json.loads((recorded / f"rank{rank}.json").read_text())["steps"] == OVERFLOW_AT + 2
+    with gradscope.open_run(recorded / "overflow.h5") as run:
+        origin = run.events.iloc[0]
+        assert list(run.steps) == [0, OVERFLOW_AT]  # the trip step recorded in full
+    assert (origin["step"], origin["phase"], origin["layer"]) == (OVERFLOW_AT, "forward", "embed")
+    assert (origin["rank"], origin["op"], origin["op_dtype"]) == (1, "aten.addmm", "float32")
+    assert origin["op_absmax"] > 1e37  # rank 1's rows, as the op got them
+    assert origin["message"].startswith(
+        f"step {OVERFLOW_AT} on rank 1: first non-finite value in the forward pass of embed "
+        "(Linear), aten.addmm, input absmax "
+    )
 
 
 @pytest.mark.parametrize(

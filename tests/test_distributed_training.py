@@ -39,9 +39,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PAIR_STEPS, PAIR_EVERY, PAIR_BATCH = 80, 20, 16
 
 
-def gradscope_cli(*args, **kwargs) -> subprocess.Popen:
+def gradscope_cli(*args, env=ENV, **kwargs) -> subprocess.Popen:
     command = [sys.executable, "-m", "gradscope", *args]
-    return subprocess.Popen(command, text=True, env=ENV, **kwargs)
+    return subprocess.Popen(command, text=True, env=env, **kwargs)
 
 
 def wait_for_record(path: Path, proc: subprocess.Popen) -> None:
@@ -120,27 +120,63 @@ def test_the_launcher_names_the_experiment_it_starts(tmp_path, monkeypatch, name
     assert started["run_dir"] == tmp_path / name
 
 
+def interrupt_at_first_line(proc: subprocess.Popen, model: str, send) -> tuple[str, str]:
+    """Read `proc`'s progress lines until `model` trains, then `send(proc)` the stop signal;
+    (stdout, stderr) once it ended."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(f"{model} step "):
+            break
+    else:
+        raise AssertionError(f"{model} never trained: {''.join(seen)}")
+    send(proc)
+    out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    return "".join(seen) + out, err
+
+
+def sigterm_everywhere(proc: subprocess.Popen) -> None:
+    """What a scheduler (Slurm) does: SIGTERM to the launcher and to each rank."""
+    ranks = [rank_process(proc.pid, rank) for rank in range(2)]
+    proc.send_signal(signal.SIGTERM)
+    for pid in ranks:
+        os.kill(pid, signal.SIGTERM)
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """A resnet20/plain20 pair on two ranks: started with `--nproc-per-node 2`, stopped by
-    Ctrl-C while resnet20 trains, then finished by `torchrun -m gradscope record --resume`."""
+    """A resnet20/plain20 pair on two ranks: started with `--nproc-per-node 2` and stopped by
+    Ctrl-C while resnet20 trains; resumed the same way and stopped by SIGTERM (to the launcher
+    and every rank, as a scheduler sends it) while plain20 trains; then finished by
+    `torchrun -m gradscope record --resume`. The first two print progress lines (their output
+    is a pipe), one a step, which say when each model trains."""
     out = tmp_path_factory.mktemp("pair")
     run_dir = out / "pair"
-    flags = ["--model", "resnet20", "--baseline", "plain20", *TINY]
+    flags = ["--model", "resnet20", "--baseline", "plain20", *TINY[:-1]]  # not --quiet
     flags += ["--batch-size", str(PAIR_BATCH), "--steps", str(PAIR_STEPS)]
     # one evaluation at step 40 on 500 images, one batch: rank 1 has none (and must not wait)
     flags += ["--every", str(PAIR_EVERY), "--eval-every", "40", "--eval-subset", "500"]
     flags += ["--out", str(out), "--name", "pair"]
-    first = gradscope_cli(
-        "record", *flags, "--nproc-per-node", "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        wait_for_record(run_dir / "resnet20.h5", first)
-        first.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends the launcher
-        stopped_out, stopped_err = first.communicate(timeout=RUN_TIMEOUT)
+    lines = {"env": {**ENV, "GRADSCOPE_PROGRESS_SECONDS": "0"}}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    first = gradscope_cli("record", *flags, "--nproc-per-node", "2", **pipes, **lines)
+    try:  # what Ctrl-C in a terminal sends the launcher
+        stopped_out, stopped_err = interrupt_at_first_line(
+            first, "resnet20", lambda proc: proc.send_signal(signal.SIGINT)
+        )
     finally:
         first.kill()
     stopped_at = load_checkpoint(run_dir / "resnet20.ckpt.pt")
+    second = gradscope_cli(
+        "record", "--resume", str(run_dir), "--nproc-per-node", "2", **pipes, **lines
+    )
+    try:
+        terminated_out, terminated_err = interrupt_at_first_line(
+            second, "plain20", sigterm_everywhere
+        )
+    finally:
+        second.kill()
+    terminated_at = load_checkpoint(run_dir / "plain20.ckpt.pt")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "gradscope", "record", "--resume", str(run_dir), "--quiet",
@@ -150,16 +186,32 @@ def pair(tmp_path_factory):
         run_dir=run_dir,
         stopped=SimpleNamespace(code=first.returncode, out=stopped_out, err=stopped_err),
         stopped_at=stopped_at,
+        terminated=SimpleNamespace(code=second.returncode, out=terminated_out, err=terminated_err),
+        terminated_at=terminated_at,
         resumed=resumed,
     )
 
 
 def test_ctrl_c_stops_every_rank_after_one_step(pair):
     assert pair.stopped.code == 130, pair.stopped.err
-    assert pair.stopped.out == ""  # no summary of an interrupted run
+    assert "train loss" not in pair.stopped.out  # no summary of an interrupted run
     assert pair.stopped.err.count("resume with:") == 1  # rank 0 says it, rank 1 does not
     assert f"gradscope record --resume {pair.run_dir} --nproc-per-node 2" in pair.stopped.err
     assert 0 < pair.stopped_at["step"] < PAIR_STEPS and not pair.stopped_at["done"]
+
+
+def test_sigterm_to_the_launcher_and_every_rank_stops_them_after_one_step(pair):
+    assert pair.terminated.code == 130, pair.terminated.err
+    assert "train loss" not in pair.terminated.out
+    step = pair.terminated_at["step"]
+    assert 0 < step < PAIR_STEPS and not pair.terminated_at["done"]
+    assert pair.terminated.err.count("resume with:") == 1  # SIGTERM twice is still one stop
+    assert (
+        f"stopped by SIGTERM (plain20 checkpointed at step {step}); resume with:\n"
+        f"  gradscope record --resume {pair.run_dir} --nproc-per-node 2"
+    ) in pair.terminated.err
+    assert f"resnet20 step {PAIR_STEPS}/{PAIR_STEPS}" in pair.terminated.out  # finished first
+    assert load_checkpoint(pair.run_dir / "resnet20.ckpt.pt")["done"]
 
 
 def test_torchrun_resume_completes_the_pair_with_the_plain_models_layer_names(pair):

@@ -1,6 +1,7 @@
 """Tests of PNG export (gradscope.export) and the `gradscope export` command."""
 
 import struct
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -103,6 +104,24 @@ def test_cli_export_errors_are_one_line_exit_2(run_path, tmp_path, capsys, extra
     assert not (tmp_path / "x.png").exists()
 
 
+def test_too_large_names_the_size_it_would_write(run_path, tmp_path, capsys):
+    # two heatmap panels of 4 rows: 2 x 480 + 320 = 1,280 wide, 260 + 160 = 420 tall
+    out = str(tmp_path / "x.png")
+    assert main(["export", str(run_path), str(run_path), "--scale", "30", "--out", out]) == 2
+    assert capsys.readouterr().err == (
+        "gradscope export: error: a 38,400 x 12,600 pixel PNG (1,280 x 420 at scale 30) is too "
+        "large: at most 32,767 pixels a side and 268,435,456 in all (width x height x scale "
+        "squared); choose a smaller --width, --height or --scale\n"
+    )
+    assert main(["export", str(run_path), "--height", "3000", "--scale", "12", "--out", out]) == 2
+    assert "a 36,000 pixel PNG (3,000 at scale 12)" in capsys.readouterr().err  # before reading
+    with pytest.raises(UsageError, match=r"35,000 x 25,000 pixel PNG \(700 x 500 at scale 50\)"):
+        export.write_png(go.Figure(), out, scale=50)  # plotly's default size
+    fig = go.Figure(layout={"width": 400, "height": 17000})
+    with pytest.raises(UsageError, match=r"800 x 34,000 pixel PNG \(400 x 17,000 at scale 2\)"):
+        export.figure_png_bytes(fig, scale=2)  # the figure's own size
+
+
 def test_cli_export_missing_run_file(tmp_path, capsys):
     code = main(["export", str(tmp_path / "nope.h5"), "--out", str(tmp_path / "x.png")])
     assert code == 2
@@ -152,6 +171,42 @@ def test_cli_export_ratio_of_nets_with_different_layers(twin_paths, tmp_path, ca
 
     # 7 convolutions both nets have (the 2 downsample convs are left out): readable rows
     assert png_size(out.read_bytes()) == (export.DEFAULT_WIDTHS["ratio"], heatmap_height(7))
+
+
+def test_cli_export_ratio_numerator_is_the_users_and_the_figure_says_which(
+    twin_paths, monkeypatch, capsys
+):
+    from gradscope.store import open_run
+
+    drawn = drawn_figures(monkeypatch)
+    resnet_path, plain_path = twin_paths
+    base = ["export", resnet_path, plain_path, "--figure", "ratio", "--out", "x.png"]
+    for numerator in ("plain56", plain_path, f"{Path(plain_path).parent.name}/plain56"):
+        assert main([*base, "--numerator", numerator]) == 0
+    assert main(base) == 0  # the first run given, by default
+    *plain_on_top, (resnet_on_top, _) = drawn
+    for fig, _ in plain_on_top:
+        assert fig.layout.title.text.startswith("Gradient norm ratio plain56 / resnet56 by layer")
+        assert "red: plain56 more, blue: resnet56 more" in fig.layout.title.text
+        assert (
+            fig.layout.coloraxis.colorbar.title.text == "plain56 / resnet56:<br>red = plain56 more"
+        )
+    assert "ratio resnet56 / plain56 by layer" in resnet_on_top.layout.title.text
+    # the colours are log10(plain / resnet): by hand from the files, layer by layer
+    with open_run(plain_path) as plain, open_run(resnet_path) as resnet:
+        rows = list(plain_on_top[0][0].data[0].y)
+        p = plain.stat("grad_norm")[:, [list(plain.layers["name"]).index(n) for n in rows]]
+        r = resnet.stat("grad_norm")[:, [list(resnet.layers["name"]).index(n) for n in rows]]
+    np.testing.assert_allclose(plain_on_top[0][0].data[0].z, np.log10(p / r).T, rtol=1e-5)
+    np.testing.assert_allclose(resnet_on_top.data[0].z, np.log10(r / p).T, rtol=1e-5)
+    assert main([*base, "--numerator", "resnet20"]) == 2
+    assert "--numerator resnet20 is neither run; name one of" in capsys.readouterr().err
+    twice = ["export", plain_path, plain_path, *base[3:], "--numerator", "plain56"]
+    assert main(twice) == 2
+    assert "--numerator plain56 names both runs" in capsys.readouterr().err
+    heatmap = ["export", *twin_paths, "--numerator", "plain56", "--out", "x.png"]
+    assert main(heatmap) == 2
+    assert "--numerator applies only to --figure ratio" in capsys.readouterr().err
 
 
 def test_cli_export_paper_template_font_size_and_size_from_the_figure(

@@ -375,6 +375,65 @@ def test_heatmap_height_grows_with_layers_and_labels_never_overlap(tmp_path):
     assert heights[6] < heights[115] < heights[600]
 
 
+def cifar_resnet_names(blocks_per_stage: int) -> list[str]:
+    """The layer names of the bundled CIFAR ResNet-(6n+2), n = blocks_per_stage, in depth order."""
+    names = ["conv1", "bn1"]
+    for stage in (1, 2, 3):
+        for block in range(blocks_per_stage):
+            prefix = f"layer{stage}.{block}"
+            names += [f"{prefix}.{part}" for part in ("conv1", "bn1", "conv2", "bn2")]
+            if stage > 1 and block == 0:
+                names += [f"{prefix}.downsample.0", f"{prefix}.downsample.1"]
+    return names + ["fc"]
+
+
+def labelled_rows(axis, names):
+    return [names.index(name) for name in axis.tickvals]
+
+
+def test_heatmap_rows_are_all_labelled_where_they_fit_else_at_block_starts(tmp_path):
+    from gradscope.models import create_model
+
+    model = create_model("resnet56")
+    owning = [n for n, m in model.named_modules() if any(True for _ in m.parameters(False))]
+    assert cifar_resnet_names(9) == owning  # ResNet-56's 115 layers
+    cases = {"fits": (cifar_resnet_names(1), None), "resnet56": (owning, None)}
+    cases["tall"] = (owning, 115 * LABEL_PX + MARGIN_PX["t"] + MARGIN_PX["b"])
+    cases["short"] = (cifar_resnet_names(18), 400)  # ResNet-110's 221 rows in a 240 px plot
+    axes = {}
+    for case, (names, height) in cases.items():
+        values = np.ones((3, len(names)), np.float32)
+        with write_run(tmp_path / f"{case}.h5", {"grad_norm": values}, names=names) as run:
+            fig = figures.depth_step_heatmap(run, "grad_norm", height=height)
+            ratio = figures.ratio_heatmap(run, run, "grad_norm", height=height)
+        assert ratio.layout.yaxis.tickvals == fig.layout.yaxis.tickvals, case
+        assert ratio.layout.yaxis.title.text == fig.layout.yaxis.title.text, case
+        axes[case] = fig.layout.yaxis
+        rows = labelled_rows(fig.layout.yaxis, names)
+        row_px = (fig.layout.height - MARGIN_PX["t"] - MARGIN_PX["b"]) / len(names)
+        assert min(np.diff(rows), default=len(names)) * row_px >= LABEL_PX, case  # no overlap
+    for case in ("fits", "tall"):  # every row, BatchNorm too: no note needed
+        assert list(axes[case].tickvals) == cases[case][0]
+        assert axes[case].title.text == "layer (input at top)"
+    blocks = [f"layer{s}.{b}.conv1" for s in (1, 2, 3) for b in range(9)]
+    assert list(axes["resnet56"].tickvals) == ["conv1", *blocks, "fc"]  # each block's start
+    # too many blocks: each stage's start (conv1 and bn1 are within a label's height of it)
+    stages = ["layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1", "fc"]
+    assert list(axes["short"].tickvals) == stages
+    for case in ("resnet56", "short"):
+        title = axes[case].title.text
+        assert title == "layer (input at top): block starts labelled, hover names each row"
+    flat = [f"{i}" for i in range(300)]  # nn.Sequential: no blocks, every k-th row
+    with write_run(
+        tmp_path / "flat.h5", {"grad_norm": np.ones((2, 300), np.float32)}, names=flat
+    ) as run:
+        axis = figures.depth_step_heatmap(run, "grad_norm").layout.yaxis
+    assert (
+        list(axis.tickvals) == flat[:: int(flat[1]) + 1]
+        and "every 2nd row labelled" in axis.title.text
+    )
+
+
 def test_a_run_with_no_finite_value_says_so_in_its_panel(twins, tmp_path):
     resnet, plain = twins  # their act_mean is NaN everywhere, as in the issue's runs
     finite = {"act_mean": np.ones((3, 4), np.float32)}

@@ -192,6 +192,22 @@ def test_a_resumed_fit_continues_the_steps_of_the_checkpoint(tmp_path):
     assert list(run.metrics["train_loss"].dropna().index) == [0, 1, 2, 3]
 
 
+def test_a_bad_batch_is_replayed_and_its_update_skipped_through_the_callback(tmp_path):
+    # training_step calls self.net(x): the replay re-runs that entry, the module's own child;
+    # the check runs in on_before_optimizer_step, inside optimizer.step(closure).
+    torch.manual_seed(0)
+    data = loader()
+    data.dataset.tensors[0][3 * 4 + 1, 2] = float("nan")  # batch 3: step 1's second micro-batch
+    module = TinyModule()
+    path = tmp_path / "bad.h5"
+    with pytest.warns(RuntimeWarning, match="input batch \\(micro-batch 2 of 2\\)"):
+        trainer(tmp_path, GradscopeCallback(path, every=50, nonfinite="skip")).fit(module, data)
+    assert all(torch.isfinite(p).all() for p in module.parameters())  # the update was skipped
+    (origin,) = gradscope.open_run(path).events.itertuples()
+    assert (origin.step, origin.phase, origin.update) == (1, "input", "skipped")
+    assert (origin.micro_batch, origin.micro_batches) == (2, ACCUMULATE)
+
+
 def test_pytorch_lightning_flavour(tmp_path):
     pl = pytest.importorskip("pytorch_lightning")
     from gradscope.integrations.pytorch_lightning import GradscopeCallback as PLCallback
@@ -225,3 +241,19 @@ def test_bad_arguments_fail_when_the_callback_is_made(tmp_path):
         GradscopeCallback(tmp_path / "r.h5", evry=2)
     with pytest.raises(gradscope.UsageError, match="framework"):
         GradscopeCallback(tmp_path / "r.h5", attrs={"framework": "mine"})
+
+
+def test_a_compiled_module_records_what_the_eager_one_records(fitted, tmp_path, one_thread):
+    run, _, _ = fitted
+    torch.manual_seed(0)
+    module = TinyModule()  # the fixture's weights, batches, clipping and validation pass
+    path = tmp_path / "compiled.h5"
+    callback = GradscopeCallback(path, batch_sample=None)
+    compiled = torch.compile(module, backend="eager")  # Lightning compiles training_step
+    trainer(tmp_path, callback, gradient_clip_val=CLIP, limit_val_batches=1).fit(
+        compiled, loader(), loader(4)
+    )
+    got = gradscope.open_run(path)
+    assert list(got.steps) == list(run.steps) and list(got.layers["name"]) == list(LAYERS)
+    for stat in ALL_STATS:
+        np.testing.assert_allclose(got.stat(stat), run.stat(stat), rtol=1e-5, err_msg=stat)

@@ -178,3 +178,17 @@ def test_bad_arguments_fail_when_the_callback_is_made(tmp_path):
         GradscopeCallback(tmp_path / "r.h5", manual_gradients=False)
     with pytest.raises(gradscope.UsageError, match="model_type"):
         GradscopeCallback(tmp_path / "r.h5", attrs={"model_type": "mine"})
+
+
+def test_a_compiled_model_records_what_the_eager_one_records(trained, tmp_path, one_thread):
+    run, _, _ = trained
+    path = tmp_path / "compiled.h5"
+    compile_args = dict(torch_compile=True, torch_compile_backend="eager")
+    trainer, _ = train(tmp_path, GradscopeCallback(path, batch_sample=None), **compile_args)
+    assert trainer.model_wrapped is not trainer.model  # the Trainer trained a compiled wrapper
+    got = gradscope.open_run(path)
+    assert list(got.steps) == list(run.steps)
+    for stat in ALL_STATS:
+        np.testing.assert_allclose(
+            got.stat(stat), run.stat(stat), rtol=1e-5, atol=1e-7, err_msg=stat, equal_nan=True
+        )

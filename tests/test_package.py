@@ -1,6 +1,7 @@
 """The package as users meet it: public names, attach's signature, light imports, the layout."""
 
 import inspect
+import re
 import socket
 import subprocess
 import sys
@@ -125,3 +126,13 @@ def test_gradscope_dashboard_serves_the_page_from_outside_the_repository(tmp_pat
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_ci_runs_the_readmes_test_command_and_lists_the_slowest_tests():
+    command = "python3 -m pytest -q --durations=15"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert f"bash scripts/setup.sh || exit 1\n{command}" in ci
+    readme = (ROOT / "README.md").read_text()
+    comment, line = re.search(r"\n(# the tests .*)\n(.*)\n", readme).groups()
+    assert line == f"bash scripts/setup.sh && {command}"
+    assert re.search(r"about \d+(\.\d+)? minutes on a 2-core machine", comment)

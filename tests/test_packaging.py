@@ -63,6 +63,8 @@ def test_the_distribution_name_is_ours_and_the_version_is_the_packages(dists):
         meta = z.read(f"torch_gradscope-{version}.dist-info/METADATA").decode()
         entry_points = z.read(f"torch_gradscope-{version}.dist-info/entry_points.txt").decode()
     assert f"Name: {DISTRIBUTION}\n" in meta and f"Version: {version}\n" in meta
+    assert "License: BSD-3-Clause\n" in meta
+    assert "Classifier: License :: OSI Approved :: BSD License\n" in meta
     for extra in ("lightning", "transformers", "dev"):
         assert f"Provides-Extra: {extra}\n" in meta
     assert "gradscope = gradscope.cli:main" in entry_points
@@ -81,6 +83,11 @@ def test_the_wheel_holds_the_package_and_the_dashboards_assets(dists):
     ):
         assert wanted in names, wanted
     assert not [n for n in names if n.startswith(("app/", "tests/", "docs/", "examples/"))]
+    license_text = (ROOT / "LICENSE").read_bytes()
+    assert license_text.startswith(b"BSD 3-Clause License")
+    assert b"the gradscope developers" in license_text
+    (shipped,) = [n for n in names if re.fullmatch(r"[^/]+\.dist-info/(licenses/)?LICENSE", n)]
+    assert zipfile.ZipFile(wheel).read(shipped) == license_text
     assert not [n for n in names if "__pycache__" in n or n.endswith(".h5")]
 
 
@@ -92,6 +99,7 @@ def test_the_sdist_holds_the_source_and_the_readmes_images(dists):
     for wanted in (
         "pyproject.toml",
         "README.md",
+        "LICENSE",
         "MANIFEST.in",
         ASSET,
         IMAGE,

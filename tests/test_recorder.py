@@ -122,6 +122,29 @@ class WithUnused(nn.Module):
         return self.used(torch.relu(self.frozen(x)))
 
 
+class TinyTransformer(nn.Module):
+    """Token and position embeddings, a 2-layer nn.TransformerEncoder, a head tied to the token
+    embedding. Used without being called: each attention's out_proj (MultiheadAttention reads
+    its weight) and the position embedding (its weight is added to the input)."""
+
+    def __init__(self, vocab=5, length=4, width=8):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, width)
+        self.pos = nn.Embedding(length, width)
+        layer = nn.TransformerEncoderLayer(width, 2, 16, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, tokens):
+        h = self.tok(tokens) + self.pos.weight[: tokens.shape[1]]
+        return self.norm(self.encoder(h)).mean(dim=1) @ self.tok.weight.T  # tied head
+
+
+def token_batch(step, micro=0, n=6):
+    g = torch.Generator().manual_seed(1000 * step + micro)
+    return torch.randint(0, 5, (n, 4), generator=g), torch.randint(0, 5, (n,), generator=g)
+
+
 class ScaleWithEmpty(nn.Module):
     """A per-feature scale that also owns a zero-element parameter."""
 
@@ -176,7 +199,10 @@ def run_against_reference(
     accumulate=1,
     layers=None,
     twin_model=None,
+    forward=None,
 ):
+    """Train `make_model()` recorded beside a twin with reference probes; `forward(model)`
+    gives what to call in place of the model (a compiled wrapper, say)."""
     torch.manual_seed(0)
     model = make_model()
     twin = twin_model(model) if twin_model else copy.deepcopy(model)
@@ -190,11 +216,12 @@ def run_against_reference(
     watched = {name: twin_modules[name] for name in rec.layer_names}
     probe = ReferenceProbe(watched)
     expected = {}
+    net = forward(model) if forward else model
     for step in range(steps):
         probe.clear()
         for micro in range(accumulate):
             x, y = batch_fn(step, micro)
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(net(x), y).backward()
             F.cross_entropy(twin(x), y).backward()
         ref = {name: grad_reference(m) for name, m in watched.items()}
         before = {name: weight_copy(m) for name, m in watched.items()}
@@ -236,15 +263,21 @@ def test_mlp_all_statistics_match_reference(tmp_path):
     assert_matches(run, expected)
 
 
-def test_cnn_with_inplace_ops_matches_out_of_place_twin(tmp_path):
-    # Reference: the same weights without in-place ops, where retain_grad sees plain outputs.
-    def twin(model):
-        t = SmallCNN(inplace=False)
-        t.load_state_dict(model.state_dict())
-        return t
+def out_of_place_twin(model: SmallCNN) -> SmallCNN:
+    """The reference of an in-place SmallCNN: the same weights without in-place ops, where
+    retain_grad sees plain outputs."""
+    twin = SmallCNN(inplace=False)
+    twin.load_state_dict(model.state_dict())
+    return twin
 
+
+def test_cnn_with_inplace_ops_matches_out_of_place_twin(tmp_path):
     run, expected = run_against_reference(
-        tmp_path, SmallCNN, image_batch, layers=["conv*", "bn*", "fc", nn.ReLU], twin_model=twin
+        tmp_path,
+        SmallCNN,
+        image_batch,
+        layers=["conv*", "bn*", "fc", nn.ReLU],
+        twin_model=out_of_place_twin,
     )
     names = list(run.layers["name"])
     assert names == ["conv1", "bn1", "relu", "conv2", "bn2", "fc"]  # depth = first-call order
@@ -269,6 +302,19 @@ def test_structured_outputs(tmp_path, kind):
     run, expected = run_against_reference(tmp_path, lambda: StructuredOutputs(kind), vector_batch)
     assert_matches(run, expected)
     assert np.isfinite(run.stat("act_grad_norm")).all()
+
+
+def test_modules_used_without_a_call_sit_where_their_gradient_arrives(tmp_path):
+    # out_proj is the last step of self_attn's forward: between self_attn and norm1 (post-LN);
+    # the position embedding is added to the input: beside the token embedding, not after
+    # the head where a module whose forward never runs used to go.
+    run, expected = run_against_reference(tmp_path, TinyTransformer, token_batch, steps=2)
+    block = ["self_attn", "self_attn.out_proj", "norm1", "linear1", "linear2", "norm2"]
+    blocks = [f"encoder.layers.{i}.{name}" for i in range(2) for name in block]
+    assert list(run.layers["name"]) == ["tok", "pos", *blocks, "norm"]
+    assert_matches(run, expected)  # every row holds its own layer's numbers
+    out_proj = run.stat("grad_norm")[:, 3]
+    assert np.isfinite(out_proj).all() and np.isnan(run.stat("act_mean")[:, 3]).all()
 
 
 def test_frozen_and_gradientless_layers_give_nan(tmp_path):
@@ -316,7 +362,8 @@ def test_nonfinite_gradients_are_counted(tmp_path):
         F.cross_entropy(model(x), y).backward()
         model[2].weight.grad[0, :3] = float("inf")
         model[2].bias.grad[1] = float("nan")
-        opt.step()
+        with pytest.warns(RuntimeWarning, match="replay came out finite.* 2 \\(4\\)"):
+            opt.step()  # made after the backward: the replay of the step finds none
         assert rec.current_step == 1
     run = gradscope.open_run(tmp_path / "r.h5")
     assert list(run.stat("grad_nonfinite")[0]) == [0, 4, 0]
@@ -476,6 +523,32 @@ def test_log_stores_metrics_against_the_current_step(tmp_path):
     assert list(m["before_step"].dropna().index) == [0, 1, 2]
     assert list(m["loss"].dropna().index) == [0, 1, 2]
     assert m.loc[10, "test_error"] == 0.25
+
+
+def test_log_takes_one_real_number_per_metric_and_says_so(tmp_path):
+    accepted = "must be a real number: a Python or NumPy int or float, or a one-element tensor"
+    with gradscope.attach(mlp(), tmp_path / "m.h5") as rec:
+        bad = {
+            "loss": (torch.tensor([1.0, 2.0]), "got a Tensor of 2 elements"),
+            "note": ("hello", "got 'hello' (str)"),
+            "lr": ("0.1", "got '0.1' (str)"),
+            "acc": (np.ones(3), "got a ndarray of 3 elements"),
+            "z": (torch.tensor(1 + 2j), "got (1+2j) (complex)"),
+            "none": (None, "got None (NoneType)"),
+        }
+        for name, (value, got) in bad.items():
+            with pytest.raises(gradscope.UsageError) as caught:
+                rec.log(**{name: value})
+            assert str(caught.value) == (
+                f"metric {name!r} {accepted} or array (inf and NaN are stored as they are); {got}"
+            )
+        good = [1, 2.5, np.float32(0.5), torch.tensor(3.0), torch.tensor([4.0]), np.array([[6]])]
+        good += [math.inf, math.nan]
+        for step, value in enumerate(good):
+            rec.log(step=step, x=value)
+    metrics = gradscope.open_run(tmp_path / "m.h5").metrics  # only the good ones were stored
+    assert list(metrics.columns) == ["x"]
+    np.testing.assert_array_equal(metrics["x"], [1, 2.5, 0.5, 3, 4, 6, math.inf, math.nan])
 
 
 def test_close_removes_every_hook(tmp_path):
@@ -651,8 +724,9 @@ def test_close_drops_the_code_others_compiled_while_attached_and_keeps_gradscope
 
 
 def hooked(model):
-    """The names of the modules of `model` that have a forward hook on."""
-    return [name for name, m in model.named_modules() if m._forward_hooks]
+    """The names of the modules of `model` below its root that have a forward hook on (the
+    root keeps the flight recorder's, which captures each step's forward calls)."""
+    return [name for name, m in model.named_modules() if m._forward_hooks and name]
 
 
 def beside_a_twin(tmp_path, steps, every, twin_every=1, before_step=None):
@@ -866,6 +940,14 @@ def test_attach_to_a_path_that_cannot_be_written_fails_at_attach(tmp_path):
         gradscope.attach(mlp(), tmp_path)
     with pytest.raises(TypeError, match="str or os.PathLike"):
         gradscope.attach(mlp(), 123)
+    (tmp_path / "file.h5").write_bytes(b"a file")
+    for path in (tmp_path / "file.h5" / "run.h5", tmp_path / "file.h5" / "deeper" / "run.h5"):
+        with pytest.raises(gradscope.RunFileError) as caught:
+            gradscope.attach(mlp(), path)
+        assert str(caught.value) == (
+            f"{path}: {tmp_path / 'file.h5'} is a file, not a folder, so nothing can be written "
+            "inside it; choose another path"
+        )
 
 
 @pytest.mark.parametrize("bad", [123, None])
@@ -955,3 +1037,47 @@ def test_manual_gradients_with_every_and_misuse(tmp_path):
     with pytest.raises(gradscope.UsageError, match="without rec.read_gradients"):
         opt.step()
     rec.close()
+
+
+# ----- depth order under activation checkpointing -------------------------------------------------
+
+
+class Checkpointed(nn.Module):
+    """inp, three checkpointed blocks, out: reentrant checkpointing runs the blocks' forward
+    under no_grad, then again under grad during the backward."""
+
+    def __init__(self, use_reentrant):
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.blocks = nn.ModuleList(nn.Linear(8, 8) for _ in range(3))
+        self.out = nn.Linear(8, 3)
+        self.use_reentrant = use_reentrant
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            if self.use_reentrant is None:
+                x = torch.tanh(block(x))
+            else:
+                x = torch.utils.checkpoint.checkpoint(
+                    lambda t, b=block: torch.tanh(b(t)), x, use_reentrant=self.use_reentrant
+                )
+        return self.out(x)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_depth_is_forward_call_order_under_activation_checkpointing(tmp_path, use_reentrant):
+    runs = []
+    for mode in (use_reentrant, None):  # None: the same net without checkpointing
+        torch.manual_seed(0)
+        model = Checkpointed(mode)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.attach(model, tmp_path / f"{mode}.h5", optimizer=opt):
+            for step in range(2):
+                x, y = vector_batch(step)
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+                opt.zero_grad()
+        runs.append(gradscope.open_run(tmp_path / f"{mode}.h5"))
+    assert list(runs[0].layers["name"]) == ["inp", "blocks.0", "blocks.1", "blocks.2", "out"]
+    assert_same_records(runs[0], runs[1], [0, 1])

@@ -278,28 +278,6 @@ def test_wrong_shape_from_a_callable_is_reported_at_close(tmp_path):
         w.close()
 
 
-def test_append_blocks_when_the_queue_is_full(tmp_path):
-    release = threading.Event()
-    w = _writer(tmp_path / "run.h5", queue_size=2)
-    w.append(0, lambda: (release.wait(10), np.zeros((2, 3)))[1])  # stalls the writer thread
-    done = threading.Event()
-
-    def producer():
-        for step in range(1, 8):
-            w.append(step, np.zeros((2, 3)))
-        done.set()
-
-    thread = threading.Thread(target=producer)
-    thread.start()
-    assert not done.wait(0.3)  # blocked: the writer cannot keep up
-    release.set()
-    assert done.wait(5)
-    thread.join()
-    w.close()
-    with open_run(tmp_path / "run.h5") as run:
-        assert run.steps.tolist() == list(range(8))
-
-
 def test_reader_does_not_import_torch(tmp_path):
     path = tmp_path / "run.h5"
     with _writer(path) as w:

@@ -142,6 +142,31 @@ def test_format_1_files_are_read_and_resumed(tmp_path):
     with _writer(path, resume=True) as w:
         w.append(12, values[0])
     with open_run(path) as run:
-        assert run.attrs["format_version"] == 2
+        assert run.attrs["format_version"] == 3
         np.testing.assert_array_equal(run.stat("act_mean")[:12], values[:, 1])
         np.testing.assert_array_equal(run.stat("act_mean")[12], values[0, 1])
+
+
+def test_format_2_files_are_read_and_resumed(tmp_path):
+    # Format 2's status had no dropped counts and no write error.
+    path = tmp_path / "v2.h5"
+    values = _records(12, seed=4)
+    with _writer(path) as w:
+        for step in range(12):
+            w.append(step, values[step])
+    with h5py.File(path, "r+", libver="latest") as f:
+        status = f["status"][0]
+        del f["status"]
+        names = ["closed", "heartbeat", "records", "metrics", "sealed"]
+        old_dtype = np.dtype([(name, status.dtype[name]) for name in names])
+        f.create_dataset("status", data=np.array([status[names]], old_dtype))
+        f.attrs["format_version"] = 2
+    with open_run(path) as run:
+        assert (run.dropped_records, run.dropped_metrics, run.write_error) == (0, 0, None)
+        assert run.closed
+        np.testing.assert_array_equal(run.stat("grad_norm"), values[:, 0])
+    with _writer(path, resume=True) as w:
+        w.append(12, values[0])
+    with open_run(path) as run:
+        assert run.attrs["format_version"] == 3 and run.write_error is None
+        np.testing.assert_array_equal(run.stat("grad_norm")[12], values[0, 0])

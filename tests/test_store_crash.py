@@ -1,16 +1,21 @@
-"""Real writer processes: a live reader sees consistent prefixes; SIGKILL keeps all flushed."""
+"""Real writer processes: live readers see prefixes, SIGKILL keeps flushes, live runs stay."""
 
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import h5py
 import numpy as np
+import pytest
+import torch
 
-from gradscope.store import open_run
+import gradscope
+from gradscope import RunFileError
+from gradscope.store import RunWriter, open_run
 
 N_STATS, N_LAYERS = 4, 1500  # 1,500 layers: a compressed chunk is sealed every 8 records
 
@@ -152,3 +157,74 @@ def test_cut_copies_of_a_live_run_fail_fast(cut_live_runs):
         seconds, outcome = line.split(" ", 1)
         assert outcome.startswith(f"RunFileError {cut}"), line
         assert float(seconds) < 5, line
+
+
+# A process writing a run (as attach(..., overwrite=True) does, without torch's import time).
+LIVE_OVERWRITER_SCRIPT = r"""
+import sys, time
+import numpy as np
+from gradscope.store import RunWriter
+
+layers = [{"name": name, "type": "Linear", "params": 40} for name in ("0", "2")]
+w = RunWriter(sys.argv[1], layers, ["grad_norm"], overwrite=True, flush_interval=0.02)
+for step in range(60):
+    w.append(step, np.full((1, 2), step, np.float32))
+time.sleep(0.2)  # past a flush: all 60 records committed
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_overwrite_refuses_a_file_that_a_live_writer_holds(tmp_path):
+    path = tmp_path / "run.h5"
+    RunWriter(path, [{"name": "old", "type": "Linear", "params": 1}], ["x"]).close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LIVE_OVERWRITER_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        live = f"pid {proc.pid} on {socket.gethostname()}"
+        for kwargs in ({"overwrite": True}, {"resume": True}):
+            with pytest.raises(RunFileError, match=f"live recorder \\({live}\\)") as caught:
+                gradscope.attach(model, path, **kwargs)
+            assert "\n" not in str(caught.value)
+        layers = [{"name": n, "type": "Linear", "params": 1} for n in ("0", "2")]
+        with pytest.raises(RunFileError, match=f"\\({live}\\).*refusing to replace it"):
+            RunWriter(path, layers, ["grad_norm"], overwrite=True)
+        with open_run(path) as run:  # the live run is untouched
+            assert run.is_live and run.steps.tolist() == list(range(60))
+    finally:
+        proc.kill()
+        proc.wait()
+    # The writer is gone (killed: the file is not marked closed): now it may be replaced.
+    with gradscope.attach(model, path, overwrite=True):
+        pass
+    with open_run(path) as run:
+        assert run.closed and len(run.steps) == 0
+
+
+def test_a_run_this_process_writes_is_refused_until_its_writer_closes(tmp_path):
+    path = tmp_path / "run.h5"
+    layers = [{"name": "fc", "type": "Linear", "params": 3}]
+    first = RunWriter(path, layers, ["grad_norm"])
+    first.append(0, np.ones((1, 1), np.float32))
+    with pytest.raises(RunFileError, match=r"this process \(pid \d+\) is still writing"):
+        RunWriter(path, layers, ["grad_norm"], overwrite=True)
+    first.close()
+    RunWriter(path, layers, ["grad_norm"], resume=True).close()
+    with open_run(path) as run:
+        assert run.steps.tolist() == [0]
+
+
+def test_check_readable_finds_every_cut_copy_that_still_opens(cut_live_runs):
+    opened = 0
+    for cut in cut_live_runs:
+        try:
+            run = open_run(cut)
+        except RunFileError:
+            continue  # cut inside what opening reads
+        opened += 1
+        with run, pytest.raises(RunFileError, match=f"{cut}: (cannot read the records|truncated)"):
+            run.check_readable()
+    assert opened >= 3  # the cuts that list their records but do not hold them

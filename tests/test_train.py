@@ -12,9 +12,10 @@ from gradscope.data import load_dataset
 from gradscope.data._synthetic import SYNTHETIC_TEST
 from gradscope.errors import UsageError
 from gradscope.train import TrainConfig, Trainer, check_train_config, plan_steps, resolve_device
-from gradscope.train._checkpoint import load_checkpoint
+from gradscope.train._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from gradscope.train._config import build_lr_scheduler
-from gradscope.train._interrupt import DeferredInterrupt
+from gradscope.train._interrupt import DeferredInterrupt, sigterm_as_ctrl_c
+from gradscope.train._progress import ProgressLines, line_interval
 
 STEPS = 8  # steps of the tiny runs
 
@@ -237,11 +238,68 @@ def test_deferred_interrupt_defers_the_first_ctrl_c_only():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_sigterm_is_deferred_every_time_and_nested_managers_share_the_request():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with DeferredInterrupt() as outer:
+        with DeferredInterrupt() as inner:  # a training loop inside an experiment
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # the scheduler's and the launcher's: no harm
+        assert inner.requested and outer.requested and outer.signal_name == "SIGTERM"
+        with DeferredInterrupt() as next_loop:  # came in the last step: the next loop sees it
+            assert next_loop.requested
+            signal.raise_signal(signal.SIGINT)  # a first Ctrl-C after it is deferred too
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    with sigterm_as_ctrl_c(), pytest.raises(KeyboardInterrupt):  # outside training: at once
+        signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == before[0]
+
+
+def test_progress_lines_say_steps_rate_loss_error_and_test_error(capsys, monkeypatch):
+    monkeypatch.setenv("GRADSCOPE_PROGRESS_SECONDS", "3600")
+    lines = ProgressLines("resnet20", 10, 100, line_interval())
+    lines.step(2.0, 0.5)  # the first step of a session: printed at once
+    lines.step(1.0, 0.25)
+    lines.step(3.0, 0.75)
+    lines.evaluated(3.0, 0.75, 0.6, 2000)
+    lines.close()  # the steps since the last line
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("resnet20 step 11/100  11.0%  ") and " eta " in out[0]
+    assert "steps/s  loss 2.0000  err 50.00%" in out[0]
+    assert out[1] == "resnet20 step 13/100  evaluated on 2,000 test images: test err 60.00%"
+    assert out[2].startswith("resnet20 step 13/100  13.0%") and "loss 2.0000  err 50.00%" in out[2]
+    assert out[2].endswith(f"test err 60.00%  eta {out[2].split(' eta ')[1]}")
+    assert len(out) == 3
+    monkeypatch.setenv("GRADSCOPE_PROGRESS_SECONDS", "soon")
+    with pytest.raises(UsageError, match="GRADSCOPE_PROGRESS_SECONDS"):
+        line_interval()
+
+
 def test_training_without_recording_writes_no_run_file(dataset, tmp_path):
     result, _ = train(dataset, tmp_path, record=False, steps=3, eval_every=3)
     assert result.run_path is None and not (tmp_path / "resnet20.h5").exists()
     assert result.finished and result.test_error is not None
     assert result.images_per_second > 0
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_and_no_debris(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "resnet20.ckpt.pt"
+    save_checkpoint(path, {"step": 1})
+    save = torch.save
+
+    def full_disk(state, file):
+        save(state, file)  # the bytes that fit, then the failure torch reports on a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 266240")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="cannot write checkpoint .*previous checkpoint"):
+        save_checkpoint(path, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resnet20.ckpt.pt"]
+    monkeypatch.setattr(torch, "save", save)
+    assert torch.load(path)["step"] == 1
 
 
 def test_unreadable_checkpoint_is_a_usage_error(tmp_path):

@@ -15,6 +15,7 @@ COMMANDS = (
     "gradscope.cli.models_cmd",
     "gradscope.cli.inspect_cmd",
     "gradscope.cli.export_cmd",
+    "gradscope.cli.probe_cmd",
 )
 
 

@@ -76,6 +76,11 @@ def check_can_listen(host: str, port: int) -> None:
 def run(args) -> int:
     """Check the arguments, then serve the dashboard until interrupted."""
     runs = Path(args.runs)
+    if runs.exists() and not runs.is_dir():
+        raise UsageError(
+            f"--runs {args.runs}: is a file, not a folder; pass the folder that holds the run "
+            f"files (--runs {runs.parent})"
+        )
     if not runs.is_dir():
         raise UsageError(
             f"runs folder {args.runs!r} does not exist; record a run first or pass --runs FOLDER"

@@ -1,10 +1,15 @@
 """`gradscope record`: train a model and its baselines, recording gradient flow into run files."""
 
 import argparse
+import contextlib
 import dataclasses
+import sys
+import warnings
 from pathlib import Path
 
-from gradscope.errors import UsageError
+from tqdm.auto import tqdm
+
+from gradscope.errors import RunFileWarning, UsageError
 from gradscope.models import SHORTCUTS
 from gradscope.report import format_summary
 from gradscope.train import (
@@ -19,6 +24,7 @@ from gradscope.train import (
     process_rank,
     resume_experiment,
     run_experiment,
+    sigterm_as_ctrl_c,
 )
 
 # flags `--resume` accepts besides itself: everything else comes from the saved config.json
@@ -32,7 +38,7 @@ def register(subparsers) -> None:
         help="train a model and baselines, recording gradient flow",
         description="Train MODEL and each BASELINE with the same initialization seed and batch "
         "order (He et al. 2016 CIFAR recipe unless told otherwise), writing OUT/NAME/<model>.h5, "
-        "config.json and checkpoints. Ctrl-C checkpoints; --resume OUT/NAME continues. "
+        "config.json and checkpoints. Ctrl-C or SIGTERM checkpoints; --resume OUT/NAME continues. "
         "Under torchrun (or with --nproc-per-node N) the ranks share each global batch (DDP).",
     )
     add_arguments(parser)
@@ -122,7 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rec.add_argument(
         "--resume", default=None, metavar="OUT/NAME", help="continue an interrupted experiment"
     )
-    rec.add_argument("--quiet", action="store_true", help="no progress bars")
+    rec.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress (a bar on a terminal, else a line every $GRADSCOPE_PROGRESS_SECONDS, 30)",
+    )
 
     dev = parser.add_argument_group("device")
     dev.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -214,7 +224,32 @@ def _check_resume_flags(args, parser_defaults: dict) -> None:
 
 
 def run(args) -> int:
-    """Run (or resume) the experiment and print its summary (rank 0 under torchrun)."""
+    """Run (or resume) the experiment and print its summary (rank 0 under torchrun).
+
+    SIGTERM (a scheduler's stop) is Ctrl-C: while a model trains, every rank finishes the
+    step, checkpoints and prints how to resume (exit code INTERRUPTED)."""
+    with sigterm_as_ctrl_c(), _run_file_warnings_printed():
+        return _run(args)
+
+
+@contextlib.contextmanager
+def _run_file_warnings_printed():
+    """A RunFileWarning (writing a run file failed, records dropped) as one line on stderr,
+    above the progress bar if there is one; training goes on."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RunFileWarning):
+            tqdm.write(f"gradscope record: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _run(args) -> int:
     if args.resume is not None:
         _check_resume_flags(args, _defaults())
     if args.nproc_per_node is not None:

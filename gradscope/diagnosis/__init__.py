@@ -1,8 +1,11 @@
-"""Diagnosis of a run: vanishing/exploding gradients and signal, dead units, first non-finite."""
+"""Diagnosis of a run: vanishing/exploding gradients and signal, dead units, first non-finite.
+
+A probe file (`gradscope.probe`) is diagnosed at initialization instead: gradscope/_probe/
+_diagnosis.py applies the rules that make sense on one record, and the probe's own.
+"""
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
 
@@ -11,6 +14,8 @@ from gradscope.diagnosis._findings import Finding, first_step, nanmedian, recent
 from gradscope.diagnosis._gradient_paths import gradient_path_findings, read_layer_rows
 from gradscope.errors import UsageError
 from gradscope.statistics import read_by
+from gradscope.store import is_probe
+from gradscope.store._names import path_label
 
 SCAN_CHUNK_RECORDS = 4096  # records read at a time by the exact non-finite scan
 # Statistics scanned record by record for the first non-finite value (those present in the run);
@@ -21,11 +26,17 @@ KIND_ORDER = (
     "gradient_blocked",
     "signal_vanishing_depth",
     "signal_exploding_depth",
+    "activations_vanishing_depth",  # probe files: the forward signal through depth
+    "activations_exploding_depth",
+    "residual_dominates",  # probe files: residual branches larger than the skip
     "signal_collapse",
     "exploding_depth",
     "exploding_steps",
     "vanishing",
     "dead",
+    "dead_at_init",  # probe files: units that never fire on the probe batch
+    "width_growing",  # probe files with widths: layers not width-stable
+    "width_shrinking",
     "no_gradient",
 )
 TEXT_PER_KIND = 5  # findings of one kind listed by to_text before "... and N more"
@@ -45,6 +56,10 @@ class Thresholds:
     recent_fraction: float = 0.25  # share of the latest records a state is judged over (median)
     baseline_fraction: float = 0.1  # share of the earliest records setting a layer's baseline
     max_records: int = 4000  # records read (block-averaged) by the profile rules
+    # probe files (gradscope.probe) only:
+    residual_dominance_ratio: float = 1.0  # median over blocks of res_var / skip_var above this
+    init_dead_unit_frac: float = 0.1  # share of a layer's units zero for every probe input
+    width_exponent: float = 0.25  # |d log(act_abs_mean) / d log(width)| above this
 
     def check(self) -> None:
         """Raise UsageError on a threshold outside its valid range."""
@@ -54,11 +69,14 @@ class Thresholds:
             "exploding_step_ratio",
             "signal_depth_decades",
             "signal_collapse_ratio",
+            "residual_dominance_ratio",
+            "width_exponent",
         )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UsageError(f"threshold {name} must be > 0, not {getattr(self, name)!r}")
-        for name in ("dead_unit_frac", "dead_zero_frac", "recent_fraction", "baseline_fraction"):
+        fractions = ("dead_unit_frac", "dead_zero_frac", "init_dead_unit_frac")
+        for name in (*fractions, "recent_fraction", "baseline_fraction"):
             if not 0 < getattr(self, name) <= 1:
                 raise UsageError(f"threshold {name} must be in (0, 1], not {getattr(self, name)!r}")
         if int(self.max_records) < 2:
@@ -79,6 +97,7 @@ class Diagnosis:
     signal_ratio: float | None = None  # act_grad_norm of first / last layer, same median
     findings: list[Finding] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # rules that could not run, and why
+    probe: dict | None = None  # a probe file's description: the diagnosis is at initialization
 
     def to_dict(self) -> dict:
         """JSON-able dict of the whole diagnosis (strict JSON: no NaN or inf numbers)."""
@@ -93,25 +112,28 @@ class Diagnosis:
             "signal_ratio": json_number(self.signal_ratio),
             "findings": [finding.to_dict() for finding in self.findings],
             "skipped": list(self.skipped),
+            "probe": self.probe,
         }
 
     def to_text(self) -> str:
         """Human-readable report, findings grouped by kind, as printed by `gradscope inspect`."""
-        path = Path(self.path)
-        lines = [
-            f"diagnosis of {path.parent.name}/{path.stem}: {self.records} records "
-            f"(steps {self.first_step}..{self.last_step}), {self.layers} layers"
-        ]
+        if self.probe is None:
+            lines = [
+                f"diagnosis of {path_label(self.path)}: {self.records} records "
+                f"(steps {self.first_step}..{self.last_step}), {self.layers} layers"
+            ]
+            when = f"median over the latest {self.thresholds.recent_fraction:.0%} of records"
+        else:
+            from gradscope._probe._diagnosis import probe_heading
+
+            lines = [probe_heading(self)]
+            when = "at initialization"
         if self.first_last_ratio is not None:
-            lines.append(
-                f"first/last-layer grad_norm ratio: {self.first_last_ratio:.3g} "
-                f"(median over the latest {self.thresholds.recent_fraction:.0%} of records)"
-            )
+            lines.append(f"first/last-layer grad_norm ratio: {self.first_last_ratio:.3g} ({when})")
         if self.signal_ratio is not None:
             lines.append(
                 f"first/last-layer act_grad_norm ratio: {self.signal_ratio:.3g} "
-                f"({_decades(self.signal_ratio)}; median over the latest "
-                f"{self.thresholds.recent_fraction:.0%} of records)"
+                f"({_decades(self.signal_ratio)}; {when})"
             )
         if not self.findings:
             lines.append("no problems found")
@@ -133,6 +155,10 @@ def diagnose(run, thresholds: Thresholds | None = None, **overrides) -> Diagnosi
     Example: ``diagnose(run, vanishing_ratio=1e-4)``. Rules and defaults: docs/diagnosis.md.
     """
     thresholds = _thresholds(thresholds, overrides)
+    if is_probe(run):
+        from gradscope._probe._diagnosis import diagnose_probe
+
+        return diagnose_probe(run, thresholds)
     steps = np.asarray(run.steps, dtype=np.int64)
     names = run.layers["name"].astype(str).to_numpy()
     result = Diagnosis(
@@ -148,7 +174,7 @@ def diagnose(run, thresholds: Thresholds | None = None, **overrides) -> Diagnosi
         result.skipped.append("every rule: the run has no records yet")
         return result
     stats = set(run.stats)
-    result.findings.extend(_first_nonfinite(run, names, stats))
+    result.findings.extend(_replayed_nonfinite(run) or _first_nonfinite(run, names, stats))
     if "grad_norm" in stats:
         rec_steps, grad = run.read("grad_norm", max_records=int(thresholds.max_records))
         grad = _positive(grad)
@@ -383,6 +409,24 @@ def _vanishing(grad, steps, names, thresholds: Thresholds) -> list[Finding]:
             f"(< {limit:g}, first at step {step})"
         ),
     )
+
+
+def _replayed_nonfinite(run) -> list[Finding]:
+    """The origins the flight recorder stored (one per tripped step, in step order)."""
+    events = run.events
+    origins = events[events["kind"] == "nonfinite"]
+    return [
+        Finding(
+            "nonfinite",
+            row["layer"],
+            int(row["step"]),
+            None if math.isnan(row["op_absmax"]) else float(row["op_absmax"]),
+            row["message"],
+            phase=row["phase"],
+            op=row["op"],
+        )
+        for _, row in origins.iterrows()
+    ]
 
 
 def _first_nonfinite(run, names, stats) -> list[Finding]:

@@ -20,6 +20,8 @@ class Finding:
     step: int | None  # first step at which the condition held
     value: float | None  # the measured quantity compared with the threshold
     message: str
+    phase: str | None = None  # "nonfinite" found by the replay: where in the step (see _origin)
+    op: str | None = None  # "nonfinite" found by the replay: the ATen op that made the value
 
     def to_dict(self) -> dict:
         """JSON-able dict; a non-finite value is written as the string "nan", "inf" or "-inf"."""

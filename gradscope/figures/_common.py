@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from gradscope.errors import UsageError
+from gradscope.store._names import path_label
 
 
 def as_run_list(runs) -> list:
@@ -34,12 +35,23 @@ def run_label(run) -> str:
     experiment folder; a file whose stem is not its recorded model name adds the model, as in
     "exp/lr01 (resnet56)".
     """
-    path = Path(run.path)
-    label = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+    label = path_label(run.path)
     model = (getattr(run, "attrs", {}) or {}).get("model")
-    if isinstance(model, str) and model and model != path.stem:
+    if isinstance(model, str) and model and model != Path(run.path).stem:
         label = f"{label} ({model})"
     return label
+
+
+def short_labels(runs) -> list[str]:
+    """The runs' labels, without their folder when they all share one ("plain56", "resnet56"
+    for two runs of worked/), else in full."""
+    labels = [run_label(run) for run in runs]
+    parts = [label.split("/", 1) for label in labels]
+    if all(len(p) == 2 for p in parts) and len({p[0] for p in parts}) == 1:
+        names = [p[1] for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return labels
 
 
 def check_stat(run, stat: str) -> None:
@@ -130,3 +142,17 @@ def add_notes(fig, notes) -> None:
     meta = dict(fig.layout.meta or {})
     meta["notes"] = list(meta.get("notes", [])) + notes
     fig.update_layout(meta=meta)
+
+
+NOTE_LINE_PIXELS = 17  # height of one note line above subplots
+
+
+def add_notes_above_panels(fig, notes) -> None:
+    """`add_notes` for a figure of subplots: the notes go between the title and the subplots'
+    own titles, with the top margin grown to hold them."""
+    notes = [n for n in notes if n]
+    if not notes:
+        return
+    add_notes(fig, notes)
+    fig.layout.annotations[-1].update(y=1.08)
+    fig.update_layout(margin={"t": 110 + NOTE_LINE_PIXELS * len(notes)})

@@ -17,9 +17,11 @@ from gradscope.figures._common import (
     require_finite,
     run_label,
     shared_range,
+    short_labels,
 )
 from gradscope.figures._layer_filter import select_layers
 from gradscope.figures._layers import common_layers, layer_names, merged_layer_order, share_layers
+from gradscope.figures._nonfinite_marks import nonfinite_marks
 from gradscope.figures._words import decade_ticks, stat_words
 
 ROW_PX = 6  # pixels per layer row: 115 rows of ResNet-56 make a 690 px plot
@@ -37,17 +39,60 @@ def heatmap_height(n_rows: int) -> int:
     return int(plot + MARGIN_PX["t"] + MARGIN_PX["b"])
 
 
-def row_ticks(names: list[str], height: int) -> dict:
-    """y-axis ticks naming every k-th row so that labels never overlap (k = 1 when they fit)."""
+def row_axis(names: list[str], height: int) -> dict:
+    """Layout of the layer axis: its title, and ticks that never overlap.
+
+    Every row is labelled when the labels fit at this height. Otherwise only the rows where a
+    block starts are (the finest level of the layer names' dotted prefixes, "layer2.3", whose
+    starts fit, e.g. each residual block of a ResNet-56 and each stage of a ResNet-1202), or
+    every k-th row when the names have no blocks; the title says so, and hover names each row.
+    """
     plot = height - MARGIN_PX["t"] - MARGIN_PX["b"]
-    every = max(1, math.ceil(LABEL_PX * len(names) / max(plot, 1)))
-    shown = names[::every]
+    gap = max(1, math.ceil(LABEL_PX * len(names) / max(plot, 1)))  # rows between two labels
+    title = "layer (input at top)"
+    if gap == 1:
+        shown = names
+    else:
+        starts = _block_starts(names, gap)
+        if starts is not None:
+            shown = [names[i] for i in starts]
+            title += ": block starts labelled, hover names each row"
+        else:
+            shown = names[::gap]
+            title += f": every {_ordinal(gap)} row labelled, hover names each row"
     return {
+        "title": {"text": title},
         "tickmode": "array",
         "tickvals": shown,
         "ticktext": shown,
         "tickfont": {"size": LABEL_FONT_PX},
     }
+
+
+def _block_starts(names: list[str], gap: int) -> list[int] | None:
+    """Rows where a block of dotted names starts, at the finest level whose starts are at most
+    one per `gap` rows on average; of two starts within `gap` rows, the larger block's is kept
+    (the earlier on a tie). None when only single rows make blocks."""
+    parts = [name.split(".") for name in names]
+    for level in range(max(len(p) for p in parts) - 1, 0, -1):
+        keys = [".".join(p[:level]) for p in parts]
+        starts = [i for i, key in enumerate(keys) if i == 0 or key != keys[i - 1]]
+        if len(starts) * gap > len(names) or len(starts) == len(names):
+            continue
+        size = dict(zip(starts, np.diff([*starts, len(names)]).tolist(), strict=True))
+        kept: list[int] = []
+        for i in starts:
+            if not kept or i - kept[-1] >= gap:
+                kept.append(i)
+            elif size[i] > size[kept[-1]] and (len(kept) < 2 or i - kept[-2] >= gap):
+                kept[-1] = i
+        return kept
+    return None
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def depth_step_heatmap(
@@ -58,15 +103,19 @@ def depth_step_heatmap(
     max_steps: int = 2000,
     log_color: bool = True,
     colours=None,
+    height: int | None = None,
 ) -> go.Figure:
     """Layers (rows, input at the top) x steps (columns) of a statistic, one panel per run.
 
     Panels share one colour scale, log10(|value|) by default; NaN, inf and zero cells are left
     blank. Runs whose layers line up by name share their rows (a layer only one run has is a
     blank row in the others), so the row labels are drawn once, on the left. The height grows
-    with the number of rows. Each run is read block-averaged down to at most `max_steps`
-    columns; hover gives the layer name, step and raw value. A run with no finite value says
-    so in its panel (an error if no run has one).
+    with the number of rows (or is `height` pixels); every row is labelled where the labels
+    fit, else each block's first row (see `row_axis`). Each run is read block-averaged down to
+    at most `max_steps` columns; hover gives the layer name, step and raw value. A run with no
+    finite value says so in its panel (an error if no run has one). Where the flight recorder
+    stored the origin of a non-finite value, a red cross marks its step and layer (a dotted line
+    its step alone).
     """
     runs = as_run_list(runs)
     panels = []
@@ -87,13 +136,13 @@ def depth_step_heatmap(
     shared = len(panels) == 1 or share_layers(name_lists)
     rows = merged_layer_order(name_lists) if shared else None
     n_rows = len(rows) if shared else max(len(n) for n in name_lists)
-    height = heatmap_height(n_rows)
+    height = int(height or heatmap_height(n_rows))
     longest = max(len(name) for names in name_lists for name in names)
     gap = 0.02 if shared else min(0.3, 0.03 + longest * CHAR_PX / NOMINAL_WIDTH_PX)
     width, gap = _panel_widths(len(panels), gap)
 
-    traces, notes = [], []
-    layout = {"annotations": []}
+    traces, notes, marks = [], [], []
+    layout = {"annotations": [], "shapes": []}
     colour_of = run_colours(runs, colours)
     for k, (run, steps, names, values) in enumerate(panels):
         suffix = "" if k == 0 else str(k + 1)
@@ -128,11 +177,14 @@ def depth_step_heatmap(
             "autorange": "reversed",
             "automargin": True,
             "showticklabels": k == 0 or not shared,
-            "title": {"text": "layer (input at top)" if k == 0 else ""},
-            **row_ticks(y_names, height),
+            **row_axis(y_names, height),
+            **({"title": {"text": ""}} if k > 0 else {}),
             **({"matches": "y", "ticks": ""} if shared and k > 0 else {}),
         }
         layout["annotations"].append(_panel_title(run, steps, left + width / 2, colour_of[k]))
+        mark_traces, mark_shapes = nonfinite_marks(run, y_names, suffix)
+        marks.extend(mark_traces)
+        layout["shapes"].extend(mark_shapes)
         if not finite[k]:
             sentence = no_finite_sentence(run, stat)
             notes.append(sentence)
@@ -145,7 +197,7 @@ def depth_step_heatmap(
         uirevision=f"heatmap:{stat}",
     )
     # One Figure call with plain dicts: each big array is validated and copied once.
-    fig = go.Figure({"data": traces, "layout": layout})
+    fig = go.Figure({"data": traces + marks, "layout": layout})
     if notes:  # each is said in its own panel; the dashboard lists them in the panel's message
         fig.update_layout(meta={"notes": notes})
     return fig
@@ -214,9 +266,16 @@ def _panel_message(sentence: str, x: float) -> dict:
 
 
 def ratio_heatmap(
-    run_a, run_b, stat: str, types=None, pattern=None, max_steps: int = 2000
+    run_a,
+    run_b,
+    stat: str,
+    types=None,
+    pattern=None,
+    max_steps: int = 2000,
+    height: int | None = None,
 ) -> go.Figure:
-    """log10(A / B) of a statistic by layer and step, over the layers both runs have.
+    """log10(A / B) of a statistic by layer and step, over the layers both runs have: run A
+    is the numerator (red where it has more), B the denominator, as title and colour bar say.
 
     Layers are matched by name (in A's depth order); the title says how many of each run's
     layers were left out. Steps are those of run A within the range both runs cover; each is
@@ -243,7 +302,7 @@ def ratio_heatmap(
         raise UsageError(f"{label_a} and {label_b} share no range of steps")
     steps_a, values_a = _read_range(run_a, stat, low, high, max_steps)
     steps_b, values_b = _read_range(run_b, stat, low, high, max_steps)
-    nearest = _nearest_positions(steps_b, steps_a)
+    nearest = nearest_positions(steps_b, steps_a)
     a = values_a[:, idx_a[keep_a]].T.astype(np.float64)  # [layers, records]
     b = values_b[nearest][:, idx_b[keep_b]].T.astype(np.float64)
     require_finite(run_a, stat, a)
@@ -253,7 +312,8 @@ def ratio_heatmap(
     z = log10_magnitude(ratio)
     bound = shared_range([z], symmetric=True) or (-1.0, 1.0)
     names = [names_a[i] for i in keep_a]
-    height = heatmap_height(len(names))
+    height = int(height or heatmap_height(len(names)))
+    top, bottom = short_labels([run_a, run_b])
     fig = go.Figure(
         go.Heatmap(
             x=steps_a,
@@ -262,30 +322,29 @@ def ratio_heatmap(
             customdata=np.stack([ratio, a, b], axis=-1),
             coloraxis="coloraxis",
             hovertemplate=(
-                "%{y}<br>step %{x}<br>A / B = %{customdata[0]:.4g}"
-                "<br>A = %{customdata[1]:.4g}<br>B = %{customdata[2]:.4g}<extra></extra>"
+                f"%{{y}}<br>step %{{x}}<br>{top} / {bottom} = %{{customdata[0]:.4g}}"
+                f"<br>{top} = %{{customdata[1]:.4g}}<br>{bottom} = %{{customdata[2]:.4g}}"
+                "<extra></extra>"
             ),
         )
     )
     fig.update_layout(
         title={
-            "text": f"{stat_words(stat)} ratio A / B by layer and step: "
-            f"A = {label_a}, B = {label_b}"
-            f"<br><sup>{_left_out(label_a, names_a, label_b, names_b, len(names))}</sup>"
+            "text": f"{stat_words(stat)} ratio {top} / {bottom} by layer and step"
+            f"<br><sup>red: {top} more, blue: {bottom} more; "
+            f"{_left_out(label_a, names_a, label_b, names_b, len(names))}</sup>"
         },
         xaxis_title="step",
-        yaxis={
-            "title": {"text": "layer (input at top)"},
-            "autorange": "reversed",
-            "automargin": True,
-            **row_ticks(names, height),
-        },
+        yaxis={"autorange": "reversed", "automargin": True, **row_axis(names, height)},
         coloraxis={
             "colorscale": "RdBu_r",
             "cmid": 0.0,
             "cmin": bound[0],
             "cmax": bound[1],
-            "colorbar": {"title": {"text": "A / B"}, **decade_ticks(*bound)},
+            "colorbar": {
+                "title": {"text": f"{top} / {bottom}:<br>red = {top} more"},
+                **decade_ticks(*bound),
+            },
         },
         height=height,
         margin=MARGIN_PX,
@@ -312,7 +371,7 @@ def _read_range(run, stat: str, low: int, high: int, max_steps: int):
     return steps[keep], np.asarray(values)[keep]
 
 
-def _nearest_positions(reference: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+def nearest_positions(reference: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """Positions in sorted `reference` of the entry nearest each of `wanted`."""
     right = np.clip(np.searchsorted(reference, wanted), 0, len(reference) - 1)
     left = np.clip(right - 1, 0, len(reference) - 1)

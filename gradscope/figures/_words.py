@@ -32,3 +32,24 @@ def log_axis(values) -> dict:
     if values.size and np.log10(values.max()) - np.log10(values.min()) >= 1:
         axis["dtick"] = 1
     return axis
+
+
+def log_axis_labelled(values) -> dict:
+    """`log_axis`, with ticks at 1, 2 and 5 times each power of ten, written out ("0.2"), when
+    the values span under two decades (at most one decade tick would show otherwise)."""
+    axis = log_axis(values)
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values) & (values > 0)]
+    if not values.size:
+        return axis
+    low, high = np.log10(values.min()), np.log10(values.max())
+    if high - low >= 2:
+        return axis
+    ticks = [
+        m * 10.0**k
+        for k in range(math.floor(low) - 1, math.ceil(high) + 1)
+        for m in (1, 2, 5)
+        if low - 0.15 <= math.log10(m * 10.0**k) <= high + 0.15
+    ]
+    axis.pop("dtick", None)
+    return {**axis, "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}

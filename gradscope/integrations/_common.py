@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import inspect
-import numbers
 
 from gradscope.errors import UsageError
+from gradscope.store._metric_values import metric_value
 
 DISTRIBUTION = "torch-gradscope"  # the name to pip install gradscope by (its import name differs)
 SET_BY_CALLBACK = ("optimizer", "manual_gradients")  # attach arguments the callbacks supply
@@ -95,8 +95,8 @@ def numbers_only(values: dict) -> dict[str, float]:
     """The entries of a framework's log dict that are real numbers (or one-element tensors)."""
     kept = {}
     for name, value in values.items():
-        if hasattr(value, "numel") and value.numel() == 1:
-            kept[name] = float(value.item())  # note: a host sync, as the framework's logger does
-        elif isinstance(value, numbers.Real):
-            kept[name] = float(value)
+        try:  # note: a tensor's .item() is a host sync, as the framework's logger does
+            kept[name] = metric_value(name, value)
+        except UsageError:
+            continue  # text and other values a framework logs: not metrics gradscope stores
     return kept

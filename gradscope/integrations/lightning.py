@@ -39,8 +39,10 @@ class GradscopeCallback(LightningHooks, Callback):
         path: the HDF5 run file to write.
         every: record every N-th optimizer step, or a callable `step -> bool`.
         **attach_kwargs: any other keyword argument of `gradscope.attach` (`stats`, `layers`,
-            `batch_sample`, `overwrite`, `resume`, `start_step`, `attrs`, ...); the callback
-            passes the module's optimizer itself.
+            `batch_sample`, `overwrite`, `resume`, `start_step`, `attrs`, `nonfinite`, ...);
+            the callback passes the module's optimizer itself. With `nonfinite` (default
+            "watch") the check for an inf or NaN runs where the gradients are read, and a step
+            it trips is replayed to find where the value came from (docs/nonfinite.md).
     """
 
     _package = lightning

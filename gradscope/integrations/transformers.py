@@ -66,8 +66,10 @@ class GradscopeCallback(RecorderOwner, TrainerCallback):
         path: the HDF5 run file to write.
         every: record every N-th optimizer step, or a callable `step -> bool`.
         **attach_kwargs: any other keyword argument of `gradscope.attach` (`stats`, `layers`,
-            `batch_sample`, `overwrite`, `resume`, `start_step`, `attrs`, ...); the callback
-            passes the Trainer's optimizer itself.
+            `batch_sample`, `overwrite`, `resume`, `start_step`, `attrs`, `nonfinite`, ...);
+            the callback passes the Trainer's optimizer itself. With `nonfinite` (default
+            "watch") the check for an inf or NaN runs where the gradients are read, and a step
+            it trips is replayed to find where the value came from (docs/nonfinite.md).
     """
 
     run_attrs = RUN_ATTRS

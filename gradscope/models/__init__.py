@@ -11,6 +11,7 @@ from gradscope.models.registry import (
     create_model,
     get_model_spec,
     list_models,
+    load_factory,
     model_table,
     register_model,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "get_model_spec",
     "layer_table",
     "list_models",
+    "load_factory",
     "model_table",
     "register_model",
 ]

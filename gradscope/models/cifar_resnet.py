@@ -12,6 +12,7 @@ from gradscope.models.registry import register_model
 # The shortcut kinds a CIFAR ResNet accepts; None builds the plain net (no shortcut at all).
 SHORTCUTS = ("A", "B")
 STAGE_WIDTHS = (16, 32, 64)  # channels of the three stages, at 32x32, 16x16 and 8x8 for CIFAR
+DEFAULT_WIDTH = STAGE_WIDTHS[0]  # the paper's: `width=w` builds stages of w, 2w and 4w channels
 
 
 class ZeroPadShortcut(nn.Module):
@@ -70,9 +71,21 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """A 6n+2-layer CIFAR ResNet (shortcut "A" or "B") or, with shortcut=None, its plain twin."""
+    """A 6n+2-layer CIFAR ResNet (shortcut "A" or "B") or, with shortcut=None, its plain twin.
 
-    def __init__(self, depth: int, num_classes: int = 10, shortcut: str | None = "B"):
+    `width` is the first stage's channel count (the paper's 16); the later stages have twice
+    and four times as many, so a width sweep scales every layer but the input and the head.
+    """
+
+    input_shape = (3, 32, 32)  # one CIFAR image: what a probe's Gaussian batch is made of
+
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int = 10,
+        shortcut: str | None = "B",
+        width: int = DEFAULT_WIDTH,
+    ):
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
             raise UsageError(f"depth must be 6n+2 with n >= 1 (20, 32, 44, 56, ...), got {depth}")
@@ -80,10 +93,13 @@ class CifarResNet(nn.Module):
             raise UsageError(f"shortcut must be one of {SHORTCUTS} (or None), got {shortcut!r}")
         if not isinstance(num_classes, int) or num_classes < 1:
             raise UsageError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise UsageError(f"width must be a positive integer, got {width!r}")
         blocks_per_stage = (depth - 2) // 6
         self.depth = depth
         self.shortcut = shortcut
-        w1, w2, w3 = STAGE_WIDTHS
+        self.width = width
+        w1, w2, w3 = width, 2 * width, 4 * width
         self.conv1 = nn.Conv2d(3, w1, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(w1)
         self.relu = nn.ReLU()
@@ -118,75 +134,81 @@ class CifarResNet(nn.Module):
         return self.fc(x)  # (B, num_classes)
 
 
-def _resnet(depth, num_classes, shortcut):
-    return CifarResNet(depth, num_classes, shortcut)
+def _resnet(depth, num_classes, shortcut, width):
+    return CifarResNet(depth, num_classes, shortcut, width)
 
 
-register_resnet = partial(register_model, family="cifar-resnet", input_size=32, shortcuts=SHORTCUTS)
-register_plain = partial(register_model, family="cifar-plain", input_size=32)
+register_resnet = partial(
+    register_model, family="cifar-resnet", input_size=32, shortcuts=SHORTCUTS, has_width=True
+)
+register_plain = partial(register_model, family="cifar-plain", input_size=32, has_width=True)
 
 
 @register_resnet(depth=20)
-def resnet20(num_classes: int = 10, shortcut: str = "B") -> CifarResNet:
+def resnet20(num_classes: int = 10, shortcut: str = "B", width: int = DEFAULT_WIDTH) -> CifarResNet:
     """ResNet-20 for CIFAR (n=3); 0.27M parameters with shortcut "A"."""
-    return _resnet(20, num_classes, shortcut)
+    return _resnet(20, num_classes, shortcut, width)
 
 
 @register_resnet(depth=32)
-def resnet32(num_classes: int = 10, shortcut: str = "B") -> CifarResNet:
+def resnet32(num_classes: int = 10, shortcut: str = "B", width: int = DEFAULT_WIDTH) -> CifarResNet:
     """ResNet-32 for CIFAR (n=5); 0.46M parameters with shortcut "A"."""
-    return _resnet(32, num_classes, shortcut)
+    return _resnet(32, num_classes, shortcut, width)
 
 
 @register_resnet(depth=44)
-def resnet44(num_classes: int = 10, shortcut: str = "B") -> CifarResNet:
+def resnet44(num_classes: int = 10, shortcut: str = "B", width: int = DEFAULT_WIDTH) -> CifarResNet:
     """ResNet-44 for CIFAR (n=7); 0.66M parameters with shortcut "A"."""
-    return _resnet(44, num_classes, shortcut)
+    return _resnet(44, num_classes, shortcut, width)
 
 
 @register_resnet(depth=56)
-def resnet56(num_classes: int = 10, shortcut: str = "B") -> CifarResNet:
+def resnet56(num_classes: int = 10, shortcut: str = "B", width: int = DEFAULT_WIDTH) -> CifarResNet:
     """ResNet-56 for CIFAR (n=9); 0.85M parameters with shortcut "A", 855,770 with "B"."""
-    return _resnet(56, num_classes, shortcut)
+    return _resnet(56, num_classes, shortcut, width)
 
 
 @register_resnet(depth=110)
-def resnet110(num_classes: int = 10, shortcut: str = "B") -> CifarResNet:
+def resnet110(
+    num_classes: int = 10, shortcut: str = "B", width: int = DEFAULT_WIDTH
+) -> CifarResNet:
     """ResNet-110 for CIFAR (n=18); 1.7M parameters with shortcut "A"."""
-    return _resnet(110, num_classes, shortcut)
+    return _resnet(110, num_classes, shortcut, width)
 
 
 @register_resnet(depth=1202)
-def resnet1202(num_classes: int = 10, shortcut: str = "B") -> CifarResNet:
+def resnet1202(
+    num_classes: int = 10, shortcut: str = "B", width: int = DEFAULT_WIDTH
+) -> CifarResNet:
     """ResNet-1202 for CIFAR (n=200); 19.4M parameters with shortcut "A"."""
-    return _resnet(1202, num_classes, shortcut)
+    return _resnet(1202, num_classes, shortcut, width)
 
 
 @register_plain(depth=20)
-def plain20(num_classes: int = 10) -> CifarResNet:
+def plain20(num_classes: int = 10, width: int = DEFAULT_WIDTH) -> CifarResNet:
     """Plain-20: ResNet-20's layers without shortcut connections."""
-    return _resnet(20, num_classes, None)
+    return _resnet(20, num_classes, None, width)
 
 
 @register_plain(depth=32)
-def plain32(num_classes: int = 10) -> CifarResNet:
+def plain32(num_classes: int = 10, width: int = DEFAULT_WIDTH) -> CifarResNet:
     """Plain-32: ResNet-32's layers without shortcut connections."""
-    return _resnet(32, num_classes, None)
+    return _resnet(32, num_classes, None, width)
 
 
 @register_plain(depth=44)
-def plain44(num_classes: int = 10) -> CifarResNet:
+def plain44(num_classes: int = 10, width: int = DEFAULT_WIDTH) -> CifarResNet:
     """Plain-44: ResNet-44's layers without shortcut connections."""
-    return _resnet(44, num_classes, None)
+    return _resnet(44, num_classes, None, width)
 
 
 @register_plain(depth=56)
-def plain56(num_classes: int = 10) -> CifarResNet:
+def plain56(num_classes: int = 10, width: int = DEFAULT_WIDTH) -> CifarResNet:
     """Plain-56: ResNet-56's layers without shortcut connections."""
-    return _resnet(56, num_classes, None)
+    return _resnet(56, num_classes, None, width)
 
 
 @register_plain(depth=110)
-def plain110(num_classes: int = 10) -> CifarResNet:
+def plain110(num_classes: int = 10, width: int = DEFAULT_WIDTH) -> CifarResNet:
     """Plain-110: ResNet-110's layers without shortcut connections."""
-    return _resnet(110, num_classes, None)
+    return _resnet(110, num_classes, None, width)

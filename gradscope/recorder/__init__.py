@@ -1,6 +1,7 @@
 """The recorder: model and optimizer hooks that make one [stats, layers] record per step."""
 
-from gradscope.recorder._recorder import DEFAULT_BATCH_SAMPLE, Recorder
+from gradscope.recorder._layer_selection import owns_parameters, select_modules
+from gradscope.recorder._recorder import DEFAULT_BATCH_SAMPLE, Recorder, model_device
 from gradscope.recorder._stats import (
     ACT_GRAD_STATS,
     ACT_STATS,
@@ -19,4 +20,7 @@ __all__ = [
     "WEIGHT_STATS",
     "DEFAULT_BATCH_SAMPLE",
     "Recorder",
+    "model_device",
+    "owns_parameters",
+    "select_modules",
 ]

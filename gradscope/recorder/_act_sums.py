@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 
@@ -47,21 +45,6 @@ class HostRows:
         kept = self.used - count
         self.table[:kept] = self.table[count : self.used]
         self.used = kept
-
-
-def _untraced(method):
-    """`method`, run as it is even where dynamo traces its caller (the hooks of a compiled
-    model): it fills host tables and calls numba, which dynamo must not trace. Untraced calls
-    cost one test in eager mode, where torch.compiler.disable costs about 1 µs per call."""
-    eager = torch.compiler.disable(method)
-
-    @functools.wraps(method)
-    def wrapper(*args):
-        if torch.compiler.is_compiling():
-            return eager(*args)
-        return method(*args)
-
-    return wrapper
 
 
 def _numba_kernels():
@@ -121,7 +104,6 @@ class ActivationSums:
         """Each call's layer position (a view of a reused table)."""
         return self._calls.column(1)
 
-    @_untraced
     def add(self, tensors: list[torch.Tensor], position: int) -> None:
         """The sums of one call's floating outputs (`tensors`, all of one module call)."""
         if self._numba_on_cpu and tensors[0].is_cpu:
@@ -315,7 +297,6 @@ class OutputGradSums:
             return columns[0]
         return np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)
 
-    @_untraced
     def add(self, grad: torch.Tensor, position: int, slot: int = 0) -> None:
         """The sum of squares of one output gradient (output `slot` of the call) of the
         layer at `position`, and its unit flags."""
@@ -331,7 +312,7 @@ class OutputGradSums:
             slots = self._slots.get(device)
             if slots is None or row == len(slots):
                 slots = self._grow(device, row + 1)
-            g = grad.view(-1) if grad.is_contiguous() else grad.reshape(-1)
+            g = S.flat_in_memory_order(grad)
             if g.dtype is not torch.float32:
                 g = g.float()
             torch.dot(g, g, out=slots[row])

@@ -1,10 +1,14 @@
-"""torch.compile's code in this process: how much of it others compiled, and dropping theirs."""
+"""torch.compile's code in this process: how much of it others compiled, dropping theirs, and
+hooks that run untraced inside compiled models."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from contextlib import contextmanager, nullcontext
 from types import CodeType
+
+import torch
 
 _own_frames = 0  # frames compiled for gradscope's own kernels (`compiling_our_own`)
 _own_codes: set[CodeType] = set()  # the functions of those kernels, whose code is kept
@@ -12,12 +16,15 @@ _others_frames_dropped = 0  # frames compiled by others when their code was last
 
 
 def _compiled_frames() -> int:
-    """Frames dynamo has compiled in this process (recompiles too), 0 before it is imported."""
+    """Frames dynamo has compiled in this process (recompiles too), 0 before it is imported.
+
+    Counted per compile id, which every compile takes, with `fullgraph=True` or without
+    (`counters["frames"]` counts only the latter)."""
     if "torch._dynamo" not in sys.modules:
         return 0
-    from torch._dynamo.utils import counters
+    from torch._dynamo.convert_frame import FRAME_COMPILE_COUNTER
 
-    return counters["frames"]["total"]
+    return sum(FRAME_COMPILE_COUNTER.values())
 
 
 def frames_compiled_by_others() -> int:
@@ -64,3 +71,19 @@ def forget_compiled_code() -> None:
             if code is not None and code not in _own_codes:
                 reset_code(code)
     _others_frames_dropped = others
+
+
+def untraced(method):
+    """`method`, run as it is even where dynamo traces its caller (the hooks of a compiled
+    model): hooks that fill host tables, call numba or keep references, which dynamo must not
+    trace. Untraced calls cost one test in eager mode, where torch.compiler.disable costs about
+    1 µs per call."""
+    eager = torch.compiler.disable(method)
+
+    @functools.wraps(method)
+    def wrapper(*args):
+        if torch.compiler.is_compiling():
+            return eager(*args)
+        return method(*args)
+
+    return wrapper

@@ -133,9 +133,10 @@ def _group_sums_eager(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class CompiledOrEager:
     """A function compiled once with symbolic sizes (inductor: C++ on CPU, Triton on CUDA),
-    called once a record, not per layer, so its call overhead does not matter. Called from a
-    hook while dynamo traces a user's compiled model, it stays out of their graph. If compiling
-    fails, a warning says why and the plain torch version takes over, with the same values."""
+    called once a record, not per layer, so its call overhead does not matter. Called where
+    dynamo traces a user's code (an optimizer step inside a compiled function), it stays out of
+    their graph. If compiling fails, a warning says why and the plain torch version takes over,
+    with the same values."""
 
     def __init__(self, fn, eager, what: str):
         self._compiled = torch.compile(fn, dynamic=True)

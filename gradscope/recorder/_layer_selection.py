@@ -22,8 +22,9 @@ def select_modules(model: nn.Module, layers=None) -> list[tuple[str, nn.Module]]
     `_wrappers.user_named_modules`.
 
     `layers=None` watches every module that owns parameters directly. Otherwise `layers` is a
-    glob on qualified names (`"layer1.*.conv*"`), a module type (`nn.ReLU`), or a list of them;
-    a module is watched when any item matches it, and every item must match something.
+    glob on qualified names (`"layer1.*.conv*"`), a module type (`nn.ReLU`), a module of the
+    model itself, or a list of them; a module is watched when any item matches it, and every
+    item must match something.
     """
     named = user_named_modules(model)
     if layers is None:
@@ -37,12 +38,28 @@ def select_modules(model: nn.Module, layers=None) -> list[tuple[str, nn.Module]]
     items = list(layers) if isinstance(layers, (list, tuple)) else [layers]
     if not items:
         raise UsageError("layers=[] selects nothing; pass None to watch every parametrized module")
+    # modules given as themselves are matched by identity: a long list costs one set lookup
+    given = {id(item) for item in items if isinstance(item, nn.Module)}
+    patterns = [item for item in items if not isinstance(item, nn.Module)]
+    present = {id(m) for _, m in named}
     for item in items:
+        if isinstance(item, nn.Module):
+            if id(item) not in present:
+                raise UsageError(
+                    f"layers item {type(item).__name__} (a module) is not part of the model"
+                )
+            continue
         if not (isinstance(item, str) or isinstance(item, type)):
-            raise UsageError(f"layers items must be name globs or module types, got {item!r}")
+            raise UsageError(
+                f"layers items must be name globs, module types or modules, got {item!r}"
+            )
         if not any(_matches(item, name, m) for name, m in named):
             raise UsageError(f"layers item {_show(item)} matches no module; {_inventory(named)}")
-    return [(name, m) for name, m in named if any(_matches(i, name, m) for i in items)]
+    return [
+        (name, m)
+        for name, m in named
+        if id(m) in given or any(_matches(i, name, m) for i in patterns)
+    ]
 
 
 def _matches(item, name: str, module: nn.Module) -> bool:

@@ -9,27 +9,33 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from gradscope.errors import UsageError
+from gradscope.errors import NonFiniteError, UsageError
 from gradscope.recorder import _distributed as D
+from gradscope.recorder import _graph_ops as G
 from gradscope.recorder import _param_stats as P
 from gradscope.recorder import _stats as S
 from gradscope.recorder._act_sums import ActivationSums, OutputGradSums
+from gradscope.recorder._backward_order import GradientArrivals
 from gradscope.recorder._compiled_code import forget_compiled_code
+from gradscope.recorder._flight import AFTER_UPDATE
 from gradscope.recorder._forward_hooks import ForwardHooks
 from gradscope.recorder._kernels import kernel_choice
 from gradscope.recorder._layer_selection import select_modules
 from gradscope.recorder._record import finish_record, finish_record_fused
 from gradscope.recorder._schedule import make_schedule
+from gradscope.recorder._trips import NonFiniteTrips
 from gradscope.recorder._units import unit_axis
 from gradscope.recorder._wrappers import unwrap, user_type_name
 from gradscope.statistics import RAW_SUMS, resolve_stats
 from gradscope.store import RunWriter, open_run
+from gradscope.store._failure import check_write_error_mode
+from gradscope.store._metric_values import check_metric, metric_value
 from gradscope.store._prepare import check_run_path
 
 DEFAULT_BATCH_SAMPLE = 32  # rows of each output used for activation moments (not act_grad_norm)
 
 
-class Recorder:
+class Recorder(NonFiniteTrips):
     """Records statistics of the watched modules of `model` at optimizer-step boundaries.
 
     Use `gradscope.attach(...)` to make one. A record for step s holds the gradients read just
@@ -48,6 +54,10 @@ class Recorder:
     With `manual_gradients=True` the gradients are read when `read_gradients()` is called (a
     framework's before-optimizer-step hook) instead of in the optimizer's step pre-hook, which
     under `optimizer.step(closure)` runs before the closure's forward and backward.
+
+    With `nonfinite` other than "off", the flight recorder (`_flight.FlightRecorder`) checks
+    every update for an inf or NaN in a gradient or weight, and when it finds one replays the
+    step to find where it first appeared (docs/nonfinite.md).
     """
 
     def __init__(
@@ -67,6 +77,8 @@ class Recorder:
         flush_interval: float = 2.0,
         all_ranks: bool = False,
         manual_gradients: bool = False,
+        nonfinite: str = "watch",
+        on_write_error: str = "warn",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"gradscope.attach needs a torch.nn.Module, got {type(model).__name__}")
@@ -75,9 +87,11 @@ class Recorder:
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
         self.closed = False
+        self._on_write_error = check_write_error_mode(on_write_error)
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         self.path = os.fspath(path)
+        self._check_nonfinite_mode(nonfinite, optimizer, manual_gradients)
         self.rank, self.world = D.rank_and_world()
         self._writes_global = self.rank == 0  # rank 0 writes the global statistics
         # with all_ranks every rank also writes its own, local statistics
@@ -120,6 +134,7 @@ class Recorder:
         self._data_parallel = D.data_parallel_kind(model) if self.world > 1 else None
         self._manual_gradients = bool(manual_gradients)
         self._attach_args["manual_gradients"] = self._manual_gradients
+        self._attach_args["nonfinite"] = nonfinite
 
         self._first_call: dict[int, int] = {}  # module position -> order of first call
         self._order: list[int] | None = None  # module positions in depth order, fixed at 1st step
@@ -138,14 +153,23 @@ class Recorder:
         self._unit_flags: dict[str, tuple] = {}  # this record's unit flags, for the ranks
         self._reset_accumulators()
         self._due = self._schedule(self._step)
+        # what a compiled graph's hooks read (dynamo guards on it: a graph with the ops, and one
+        # without): the step is recorded, or the depth order is still to learn
+        self._observing = True
+        self._graph_key = G.register(self)  # how the ops in compiled graphs reach this recorder
         self._groups: P.ParamGroups | None = None
         self._before: P.WeightSnapshot | None = None
         self._grad_sums: dict | None = None
-        self._device = _model_device(model)
+        self._device = model_device(model)
         # host arrays (call layers, unit positions) as device tensors, cached: they recur
         self._on_device = S.DeviceLists(self._device)
         self._hooks = []  # the optimizer's
+        self._in_update = False  # between the optimizer's step pre- and post-hooks
+        self._muted = False  # the recorder's module hooks ignore calls (a replay's own)
+        self._flight = self._flight_recorder(model, nonfinite)
         self._install_hooks()
+        # until the depth order is fixed: places modules whose parameters are used uncalled
+        self._arrivals = GradientArrivals([m for _, m in self._modules], self._sharded)
         for own in self._own_paths():
             _LIVE_PATHS[os.path.realpath(own)] = self
         for name, module in self._modules:
@@ -205,7 +229,7 @@ class Recorder:
             failure = e
         self._layer_numels, self._step = D.agree_at_attach(signature, numels, failure, step)
         self._reduction = D.RecordReduction(
-            self.rank, self.world, self._sharded, _model_device(model)
+            self.rank, self.world, self._sharded, model_device(model)
         )
 
     # ----- public API -------------------------------------------------------------------------
@@ -228,11 +252,17 @@ class Recorder:
             raise UsageError(
                 "this recorder follows optimizer.step() itself; do not call rec.step() as well"
             )
+        origin = None
+        if self._flight is not None and not self._manual_gradients and self._flight.detect():
+            origin = self._not_replayed(AFTER_UPDATE)  # the update has run
+            self._report(origin)
         if self._due and self._want_grad and not self._manual_gradients:
             self._grad_sums = P.gradient_sums(self._param_groups(), self._device)
         self._finish_step()
         if self._due and self._want_weight:
             self._before = P.weight_snapshot(self._param_groups(), self._device)
+        if origin is not None and self._flight.mode == "raise":
+            raise NonFiniteError(origin)
 
     def read_gradients(self) -> bool:
         """Read the gradient statistics of the step in progress now; True if the step is recorded.
@@ -246,6 +276,11 @@ class Recorder:
                 "read_gradients() is for a recorder attached with manual_gradients=True; "
                 "this one reads the gradients at optimizer.step() (or rec.step())"
             )
+        if self._flight is not None and self._flight.detect():
+            if self._in_update or self._optimizer is None:  # the update comes next: act now
+                self._trip()
+                return True
+            self._pending_trip = True  # a GradScaler may yet skip the update
         if not self._due:
             return False
         if self._want_grad:
@@ -253,17 +288,20 @@ class Recorder:
         return True
 
     def log(self, step: int | None = None, **metrics: float) -> None:
-        """Store scalar metrics against `step` (default: the step in progress or just finished)."""
+        """Store scalar metrics against `step` (default: the step in progress or just finished).
+
+        Each value is one real number: a Python or NumPy int or float, or a one-element tensor
+        or array; inf and NaN are stored as they are. Anything else is a UsageError.
+        """
         self._check_open()
-        if not self._own_paths():
-            return  # a rank that writes no file (under torch.distributed, rank 0 writes)
+        if not self._own_paths():  # a rank that writes no file (under torch.distributed)
+            for name, value in metrics.items():
+                check_metric(name, value)  # the error rank 0 raises, without reading tensors
+            return
         if step is None:
             step = self._step if self._in_step or self._step == self._start_step else self._step - 1
-        values = {}
-        for name, value in metrics.items():
-            if isinstance(value, torch.Tensor):
-                value = value.item()  # note: a host sync; pass floats to avoid it
-            values[name] = float(value)
+        # note: a tensor is read with .item(), a host sync; pass floats to avoid it
+        values = {name: metric_value(name, value) for name, value in metrics.items()}
         if not self._writers():
             self._pending_metrics.append((int(step), values))
         for writer in self._writers():
@@ -275,6 +313,10 @@ class Recorder:
             return
         self.closed = True
         self._forward_hooks.remove()
+        if self._flight is not None:
+            self._flight.close()
+        self._arrivals.remove()
+        G.unregister(self._graph_key)
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
@@ -318,6 +360,7 @@ class Recorder:
             # (one the AMP GradScaler skipped never reached optimizer.step()): drop their
             # forward and backward sums too, keeping forwards whose backward is still to come.
             def zero_grad(*args, **kwargs):
+                self._count_skipped_update()
                 self._drop_backpropagated()
                 return original_zero_grad(*args, **kwargs)
 
@@ -326,11 +369,16 @@ class Recorder:
 
     def _forward_hook(self, position: int):
         def hook(module, inputs, output):
-            if self.closed or not torch.is_grad_enabled():
+            if torch.compiler.is_compiling():  # dynamo is tracing: into the user's graph
+                return self._graph_hook(position, output)
+            if self.closed or self._muted:
+                return
+            # depth is forward call order whatever the grad mode (reentrant checkpointing runs
+            # the forward under no_grad, and again under grad during the backward)
+            self._note_first_call(position)
+            if not torch.is_grad_enabled():
                 return  # evaluation: nothing is recorded
             self._in_step = True
-            if self._order is None and position not in self._first_call:
-                self._first_call[position] = len(self._first_call)
             if not self._due:
                 return
             tensors = S.floating_tensors(output)
@@ -351,6 +399,43 @@ class Recorder:
 
         return hook
 
+    def _graph_hook(self, position: int, output):
+        """The forward hook as dynamo traces it into a compiled graph. It reads one guarded
+        value, `_observing`: steps that observe run a graph with the recorder's ops, the others
+        the bare model's graph; each compiles once. The ops call `_observe_outputs` and
+        `_observe_output_grad` at run time, which do what the eager hook and its tensor hooks do."""
+        if not torch.is_grad_enabled():
+            return None  # evaluation: nothing is recorded
+        self._in_step = True  # a store dynamo replays after the graph (not a guard)
+        if not self._observing:
+            return None
+        probe = self._want_act or self._want_act_grad
+        return G.observe_in_graph(output, self._graph_key, position, probe)
+
+    def _observe_outputs(self, outputs: list[torch.Tensor], position: int) -> None:
+        """A compiled graph ran a watched call (`observe_outputs` op): its floating outputs."""
+        if self.closed or self._muted:
+            return
+        self._note_first_call(position)
+        self._in_step = True
+        if self._due and self._want_act and outputs:
+            self._act.add(outputs, position)
+
+    def _observe_output_grad(self, grad: torch.Tensor, position: int, slot: int) -> None:
+        """A compiled backward reached watched output `slot` (`observe_output_grad` op)."""
+        if self.closed or self._muted or not self._due:
+            return
+        if self._want_act_grad:
+            self._output_grad_hook(position, slot)(grad)
+        else:
+            self._mark_backpropagated(grad)
+
+    def _note_first_call(self, position: int) -> None:
+        """A call of the watched module at `position`: until the depth order is fixed, the
+        order of first calls is kept."""
+        if self._order is None and position not in self._first_call:
+            self._first_call[position] = len(self._first_call)
+
     def _output_grad_hook(self, position: int, slot: int):
         """The tensor hook of output `slot` of the module at `position` (made once)."""
         hook = self._output_grad_hooks.get((position, slot))
@@ -370,10 +455,16 @@ class Recorder:
         """The gradients are being zeroed: forget the passes whose backward already ran."""
         self._act.drop_backpropagated()
         self._act_grad.clear()
+        if self._flight is not None:
+            self._flight.capture.drop_backpropagated()
         if self._manual_gradients:
             self._grad_sums = None  # read from the gradients being wiped (a skipped step)
 
     def _before_update(self, optimizer, args, kwargs) -> None:
+        self._in_update = True
+        if self._flight is not None and self._tripped_at_update():
+            self._trip()
+            return
         if not self._due:
             return
         groups = self._param_groups()
@@ -383,6 +474,8 @@ class Recorder:
             self._before = P.weight_snapshot(groups, self._device)
 
     def _after_update(self, optimizer, args, kwargs) -> None:
+        self._in_update = False
+        self._give_back_skipped_gradients()
         self._finish_step()
 
     # ----- step boundary ----------------------------------------------------------------------
@@ -396,10 +489,18 @@ class Recorder:
             )
         if self._order is None:
             self._fix_depth_order()
+        if self._flight is not None:
+            self._flight.capture.settle()  # after the first step, on the entries only
+            self._flight.capture.clear()
+        self._stepped_since_zero_grad = True
+        self._in_update = False
         if self._due:
             self._take_record()
+        for writer in self._writers():
+            writer.check()  # a failed write: warned once, or raised from this step
         self._step += 1
-        self._due = self._schedule(self._step)
+        self._due = self._schedule(self._step) and not self._stopped_writing()
+        self._observing = self._due  # the depth order is fixed from here on
         self._in_step = False
         self._reset_accumulators()
         if self._due or not self._order:
@@ -495,8 +596,8 @@ class Recorder:
 
     def _fix_depth_order(self) -> None:
         called = sorted(self._first_call, key=self._first_call.get)
-        never = [i for i in range(len(self._modules)) if i not in self._first_call]
-        self._order = called + never
+        self._order = self._arrivals.depth_order(called, len(self._modules))
+        self._arrivals.remove()
 
     def _ensure_writer(self) -> tuple[RunWriter | None, RunWriter | None]:
         """The (global, local) writers this rank has, opened on first use."""
@@ -528,6 +629,7 @@ class Recorder:
                 resume=self._resume,
                 start_step=self._start_step if self._resume else None,
                 flush_interval=self._flush_interval,
+                on_write_error=self._on_write_error,
             )
 
         if self._writes_global:
@@ -543,6 +645,13 @@ class Recorder:
 
     def _writers(self) -> list[RunWriter]:
         return [w for w in (self._writer, self._local_writer) if w is not None]
+
+    def _stopped_writing(self) -> bool:
+        """True when no record can reach a file any more (its writing failed): records are
+        then not even computed. Under torch.distributed every rank goes on computing them,
+        for the reductions every rank joins."""
+        writers = self._writers()
+        return self.world == 1 and bool(writers) and all(w.stopped for w in writers)
 
     # ----- helpers ----------------------------------------------------------------------------
 
@@ -607,7 +716,8 @@ def _no_calls(device) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (else buffer); CPU for a model with neither."""
     for p in model.parameters():
         return p.device
     for b in model.buffers():
@@ -619,6 +729,13 @@ def _describe_layers(layers) -> object:
     if layers is None:
         return None
     items = layers if isinstance(layers, (list, tuple)) else [layers]
-    return [
-        item if isinstance(item, str) else getattr(item, "__name__", repr(item)) for item in items
-    ]
+    return [_describe_layer_item(item) for item in items]
+
+
+def _describe_layer_item(item) -> str:
+    """A `layers` item in the file's attach_args: a glob as is, a type or a module by class."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, nn.Module):
+        return f"a {type(item).__name__} module"
+    return getattr(item, "__name__", repr(item))

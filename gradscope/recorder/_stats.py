@@ -34,6 +34,25 @@ def floating_tensors(output) -> list[torch.Tensor]:
     return found
 
 
+def map_floating(output, fn):
+    """`output` with each floating-point tensor `t` in it replaced by `fn(t)`, walked as
+    `floating_tensors` walks it: tuples and namedtuples are rebuilt, lists and dicts (and dict
+    subclasses, such as a Hugging Face ModelOutput) are updated in place."""
+    if isinstance(output, torch.Tensor):
+        return fn(output) if output.is_floating_point() else output
+    if isinstance(output, dict):
+        for key in list(output):
+            output[key] = map_floating(output[key], fn)
+        return output
+    if isinstance(output, list):
+        output[:] = [map_floating(item, fn) for item in output]
+        return output
+    if isinstance(output, tuple):
+        items = [map_floating(item, fn) for item in output]
+        return type(output)(*items) if hasattr(output, "_fields") else tuple(items)
+    return output
+
+
 def flat_sample(tensors: list[torch.Tensor], batch_sample: int | None) -> torch.Tensor:
     """One call's outputs as one detached 1-D float32 tensor: the first `batch_sample` rows of
     each (all rows if None), low-precision outputs (AMP) converted so sums run in float32."""
@@ -48,16 +67,18 @@ def flat_sample(tensors: list[torch.Tensor], batch_sample: int | None) -> torch.
 
 
 def host_sample(tensors: list[torch.Tensor], batch_sample: int | None) -> np.ndarray:
-    """`flat_sample` of CPU tensors as a 1-D float32 numpy array. One contiguous float32
-    output (the usual case) is read in place: its first rows are the array's first elements,
-    so the sample is a view, made without the torch ops (and their overhead) of a slice."""
+    """`flat_sample` of CPU tensors as a 1-D float32 numpy array. One dense float32 output
+    (contiguous, or channels-last as inside inductor's graphs: the statistics do not depend on
+    the order of the elements) is read in place, and so are its first rows when they come
+    first in memory: the sample is a view, made without the torch ops (and their overhead)
+    of a slice."""
     t = tensors[0]
-    if len(tensors) == 1 and t.dtype is torch.float32 and t.is_contiguous():
-        x = (t.detach() if t.requires_grad else t).numpy().reshape(-1)
+    if len(tensors) == 1 and t.dtype is torch.float32:
         rows = t.shape[0] if t.dim() else 1
-        if batch_sample is not None and rows > batch_sample:
-            return x[: x.shape[0] // rows * batch_sample]
-        return x
+        sampled = batch_sample is not None and rows > batch_sample
+        x = _in_memory_order((t.detach() if t.requires_grad else t).numpy(), sampled)
+        if x is not None:
+            return x[: x.shape[0] // rows * batch_sample] if sampled else x
     return flat_sample(tensors, batch_sample).numpy()
 
 
@@ -80,6 +101,29 @@ class DeviceLists:
                 self._cache.clear()
             cached = self._cache[key] = host_to_device(values, dtype, self.device)
         return cached
+
+
+def _in_memory_order(a: np.ndarray, rows_first: bool) -> np.ndarray | None:
+    """A 1-D view of the elements of `a` in memory order, when `a` is dense (no gaps, no
+    overlaps) and, if `rows_first`, its first dimension is outermost in memory; else None."""
+    if a.flags.c_contiguous:
+        return a.reshape(-1)
+    order = sorted(range(a.ndim), key=lambda d: -a.strides[d])  # stable: ties keep dim 0 first
+    if rows_first and order[0] != 0:
+        return None
+    in_memory_order = a.transpose(order)
+    return in_memory_order.reshape(-1) if in_memory_order.flags.c_contiguous else None
+
+
+def flat_in_memory_order(t: torch.Tensor) -> torch.Tensor:
+    """All elements of `t` as a 1-D tensor: a view in memory order when `t` is dense
+    (contiguous, channels-last or otherwise permuted), a copy otherwise. For reductions that
+    do not depend on the order of the elements."""
+    if t.is_contiguous():
+        return t.view(-1)
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    permuted = t.permute(order)
+    return permuted.view(-1) if permuted.is_contiguous() else t.reshape(-1)
 
 
 def host_to_device(values, dtype: torch.dtype, device) -> torch.Tensor:

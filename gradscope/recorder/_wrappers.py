@@ -51,6 +51,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def replay_root(model: nn.Module) -> nn.Module:
+    """The module a replay of a step runs: the model inside torch.compile (run eagerly) and
+    DDP (no gradient reduction); an FSDP1 wrapper stays, its forward gathers the parameters."""
+    while True:
+        attribute = wrapped_attribute(model)
+        if attribute not in ("_orig_mod", "module"):
+            return model
+        model = getattr(model, attribute)
+
+
 def user_named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(qualified name, module) of every module of the unwrapped model, in registration order.
 

@@ -1,7 +1,34 @@
 """The HDF5 run store: `RunWriter` writes run files, `open_run` reads them (docs/run-file.md)."""
 
 from gradscope.store._blocks import block_means
+from gradscope.store._probe import (
+    PROBE_ATTR,
+    STEP_METRIC,
+    WIDTH_METRIC,
+    ProbeLayout,
+    is_probe,
+    probe_info,
+    probe_layout,
+    probe_summary,
+    probe_values,
+    width_exponents,
+)
 from gradscope.store._reader import Run, open_run
 from gradscope.store._writer import RunWriter
 
-__all__ = ["Run", "RunWriter", "block_means", "open_run"]
+__all__ = [
+    "PROBE_ATTR",
+    "STEP_METRIC",
+    "WIDTH_METRIC",
+    "ProbeLayout",
+    "Run",
+    "RunWriter",
+    "block_means",
+    "is_probe",
+    "open_run",
+    "probe_info",
+    "probe_layout",
+    "probe_summary",
+    "probe_values",
+    "width_exponents",
+]

@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import h5py.defs
 from h5py import h5d, h5f, h5p
+from h5py._objects import phil  # h5py's lock around every HDF5 call (HDF5 is not thread-safe)
 
 from gradscope.errors import RunFileError
 
@@ -35,7 +36,9 @@ def open_for_reading(path) -> h5py.File:
     """
     fapl = h5p.create(h5p.FILE_ACCESS)
     fapl.set_libver_bounds(h5f.LIBVER_LATEST, h5f.LIBVER_LATEST)
-    if _set_read_attempts()(fapl.id, METADATA_READ_ATTEMPTS) < 0:
+    with phil:  # called past h5py: another thread (a run writer) may be inside HDF5
+        bounded = _set_read_attempts()(fapl.id, METADATA_READ_ATTEMPTS)
+    if bounded < 0:
         raise RuntimeError("HDF5 refused to bound its metadata read attempts")
     name = os.fsencode(os.fspath(path))
     return h5py.File(h5f.open(name, h5f.ACC_RDONLY | h5f.ACC_SWMR_READ, fapl=fapl))

@@ -14,9 +14,10 @@ from gradscope.errors import RunFileError, UsageError
 from gradscope.store import _schema as schema
 from gradscope.store._access import open_for_reading, require_on_disk
 from gradscope.store._blocks import block_means
+from gradscope.store._events import events_frame
 from gradscope.store._header import check_not_truncated
 from gradscope.store._prepare import LIVE_HEARTBEAT_SECONDS
-from gradscope.store._rows import read_column, read_rows, read_status
+from gradscope.store._rows import event_count, read_column, read_rows, read_status, sealed_count
 
 READ_PIECE_BYTES = 16 * 1024 * 1024  # rows read at once when reducing a stat to max_records
 
@@ -40,6 +41,8 @@ class Run:
             )
         self.path = str(path)
         file_path = Path(path)
+        if file_path.is_dir():
+            raise RunFileError(f"{self.path}: is a folder, not a run file; {_runs_in(file_path)}")
         if not file_path.is_file():
             raise RunFileError(f"{self.path}: no such file")
         if not h5py.is_hdf5(file_path):
@@ -83,6 +86,7 @@ class Run:
             self._steps.flags.writeable = False
             self._n_metrics = int(status["metrics"])
             self._metrics = None
+            self._n_events = event_count(status)
         return self
 
     def close(self) -> None:
@@ -113,6 +117,44 @@ class Run:
             status = self._read_status()
         age = time.time() - float(status["heartbeat"])
         return not status["closed"] and age < LIVE_HEARTBEAT_SECONDS
+
+    def check_readable(self) -> None:
+        """Raise RunFileError unless every committed record and metric row is in the file.
+
+        Checks where each chunk of data lies against the file's size on disk, reading no data:
+        a copy cut short may open and list its records, yet hold only the first of them.
+        """
+        f = self._open_file()
+        with self._reading("the records"):
+            status = self._read_status()
+            n_records, n_metrics = int(status["records"]), int(status["metrics"])
+            sealed = min(sealed_count(status), n_records)
+            for name in (schema.STEPS, schema.TIME):
+                require_on_disk(f[name], 0, n_records)
+            for name in self.stats:
+                require_on_disk(f[schema.STATS_GROUP][name], 0, sealed)
+                require_on_disk(f[schema.TAIL_GROUP][name], 0, n_records - sealed)
+            for name in (schema.METRIC_STEP, schema.METRIC_NAME, schema.METRIC_VALUE):
+                require_on_disk(f[name], 0, n_metrics)
+
+    @property
+    def write_error(self) -> str | None:
+        """Why writing stopped, if it failed ("No space left on device [errno 28]"): the file
+        holds the records written before. None for a run written without error."""
+        with self._reading("the status"):
+            return schema.status_value(self._read_status(), "error", "") or None
+
+    @property
+    def dropped_records(self) -> int:
+        """Records the writer dropped because the disk fell behind (read fresh)."""
+        with self._reading("the status"):
+            return schema.dropped_counts(self._read_status())[0]
+
+    @property
+    def dropped_metrics(self) -> int:
+        """Metric values the writer dropped because the disk fell behind (read fresh)."""
+        with self._reading("the status"):
+            return schema.dropped_counts(self._read_status())[1]
 
     # contents
 
@@ -180,6 +222,19 @@ class Run:
         latest = long.sort_values("step", kind="stable").drop_duplicates("name", keep="last")
         order = list(dict.fromkeys(long["name"]))
         return latest.set_index("name").reindex(order)[["step", "value"]]
+
+    @property
+    def events(self) -> pd.DataFrame:
+        """Events, one row each in the order they happened: a step where a non-finite value
+        reached an update (`kind` "nonfinite": its origin's `phase`, `layer`, `op`, `message`,
+        what became of the `update`) and updates the AMP GradScaler skipped ("amp_overflow").
+        Empty for files of format 1 and 2."""
+        names = [d["name"] for d in self._layer_dicts]
+        if not self._n_events:
+            return events_frame(np.zeros(0, dtype=schema.EVENT_DTYPE), names)
+        with self._reading("the events"):
+            rows = read_column(self._open_file(), schema.EVENTS, self._n_events)
+        return events_frame(rows, names)
 
     def record_frame(self, step=None) -> pd.DataFrame:
         """All statistics at one record (default: the latest): layers as rows, stats as columns."""
@@ -253,6 +308,17 @@ class Run:
             raise RunFileError(
                 f"{self.path}: cannot read {what} (truncated or corrupt?): {e}"
             ) from e
+
+
+def _runs_in(folder: Path, shown: int = 3) -> str:
+    """What to name instead of `folder`: the run files in it, or where else to look."""
+    runs = sorted(p.name for p in folder.glob("*.h5"))
+    if not runs:
+        return "name a .h5 run file (none is directly in this folder)"
+    names = ", ".join(runs[:shown])
+    if len(runs) > shown:
+        names += f" and {len(runs) - shown} more"
+    return f"name one of the run files in it: {names}"
 
 
 def _block_means(rows, n_layers: int, first: int, stop: int, block: int) -> np.ndarray:

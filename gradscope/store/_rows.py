@@ -16,6 +16,19 @@ def sealed_count(status: np.void) -> int:
     return int(status["sealed"] if "sealed" in names else status["records"])
 
 
+def event_count(status: np.void) -> int:
+    """Committed event rows (none in a file of format 1 or 2, which had no events)."""
+    return int(status["events"]) if "events" in status.dtype.names else 0
+
+
+def read_events_rows(f: h5py.File, status: np.void) -> np.ndarray:
+    """The committed rows of the `events` dataset (EVENT_DTYPE), read fresh."""
+    count = event_count(status)
+    if not count:
+        return np.zeros(0, dtype=schema.EVENT_DTYPE)
+    return read_column(f, schema.EVENTS, count)
+
+
 def read_status(f: h5py.File) -> np.void:
     """The status row, read fresh from the file (a writer may have updated it)."""
     status = f[schema.STATUS]

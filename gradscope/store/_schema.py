@@ -9,7 +9,10 @@ import numpy as np
 from gradscope.errors import UsageError
 
 FORMAT_NAME = "gradscope-run"  # value of the `format` file attribute
-FORMAT_VERSION = 2  # bumped on incompatible schema changes (2: compressed stats + stats_tail)
+# bumped on incompatible schema changes (2: compressed stats + stats_tail; 3: events, and a
+# status saying how many events there are, how many records and metric values were dropped, and
+# which write error ended the file)
+FORMAT_VERSION = 3
 
 # File attributes written by the store itself; user attrs may not reuse these names.
 RESERVED_ATTRS = ("format", "format_version", "gradscope_version", "torch_version", "created")
@@ -24,13 +27,17 @@ METRIC_STEP = "metrics/step"
 METRIC_NAME = "metrics/name"
 METRIC_VALUE = "metrics/value"
 STATUS = "status"
+EVENTS = "events"
 
 METRIC_NAME_BYTES = 64  # metric names are fixed-length UTF-8 (SWMR-friendly, no heap)
+STATUS_ERROR_BYTES = 256  # the write error that ended a file: fixed-length UTF-8, cut to fit
 LAYER_DTYPE = np.dtype(
     [("name", h5py.string_dtype()), ("type", h5py.string_dtype()), ("params", "<i8")]
 )
 # `records` / `metrics` are the committed row counts: readers never look past them. Records
 # below `sealed` are in the compressed `stats/*` datasets, the rest in `stats_tail/*`.
+# `dropped_*` count what the writer dropped because the disk fell behind (over the file's
+# life); `error` is empty unless writing failed, and then says why the file ended there.
 STATUS_DTYPE = np.dtype(
     [
         ("closed", "u1"),
@@ -38,8 +45,34 @@ STATUS_DTYPE = np.dtype(
         ("records", "<i8"),
         ("metrics", "<i8"),
         ("sealed", "<i8"),
+        ("events", "<i8"),
+        ("dropped_records", "<i8"),
+        ("dropped_metrics", "<i8"),
+        ("error", f"S{STATUS_ERROR_BYTES}"),
     ]
 )
+# One row per event of the run (docs/run-file.md): a step where a non-finite value reached an
+# update (its origin, found by the replay) or an update the AMP GradScaler skipped. Fixed-size
+# text (UTF-8 bytes, cut to fit) keeps rows SWMR-friendly; `layer` is a depth, -1 for none.
+EVENT_DTYPE = np.dtype(
+    [
+        ("step", "<i8"),
+        ("kind", "S16"),
+        ("phase", "S24"),
+        ("layer", "<i4"),
+        ("rank", "<i4"),
+        ("micro_batch", "<i4"),
+        ("micro_batches", "<i4"),
+        ("update", "S8"),
+        ("recorded", "u1"),
+        ("op", "S64"),
+        ("op_dtype", "S16"),
+        ("op_shape", "S48"),
+        ("op_absmax", "<f8"),
+        ("message", "S512"),
+    ]
+)
+EVENT_CHUNK_ROWS = 64  # events are rare: a chunk is about 50 KB
 
 STAT_CHUNK_BYTES = 64 * 1024  # raw bytes per stats chunk
 TAIL_CHUNK_BYTES = 4 * 1024  # raw bytes per stats_tail chunk: allocated as the tail fills
@@ -65,6 +98,49 @@ def tail_chunk_shape(n_layers: int) -> tuple[int, int]:
     """Chunk shape of a stats_tail dataset: whole rows, about TAIL_CHUNK_BYTES of float32."""
     chunk_rows, layers = stat_chunk_shape(n_layers)
     return (max(1, min(chunk_rows, TAIL_CHUNK_BYTES // (4 * layers))), layers)
+
+
+def status_row(
+    closed: bool,
+    heartbeat: float,
+    records: int,
+    metrics: int,
+    sealed: int,
+    *,
+    events: int = 0,
+    dropped_records: int = 0,
+    dropped_metrics: int = 0,
+    error: str = "",
+) -> np.ndarray:
+    """The `status` dataset's one row, ready to be written."""
+    encoded = error.encode("utf-8")[:STATUS_ERROR_BYTES].decode("utf-8", "ignore").encode()
+    row = (
+        int(closed),
+        heartbeat,
+        records,
+        metrics,
+        sealed,
+        events,
+        dropped_records,
+        dropped_metrics,
+    )
+    return np.array([(*row, encoded)], dtype=STATUS_DTYPE)
+
+
+def status_value(status: np.void, name: str, default):
+    """Field `name` of a status row; `default` in files of a format that lacks it."""
+    if name not in status.dtype.names:
+        return default
+    value = status[name]
+    return _text(value) if isinstance(value, bytes) else value.item()
+
+
+def dropped_counts(status: np.void) -> tuple[int, int]:
+    """(records, metric values) the writer dropped over the file's life (0, 0 before format 3)."""
+    return (
+        status_value(status, "dropped_records", 0),
+        status_value(status, "dropped_metrics", 0),
+    )
 
 
 def validate_layers(layers) -> list[dict]:
@@ -195,9 +271,12 @@ def create_datasets(f: h5py.File, layers: list[dict], stats: list[str]) -> None:
     f.create_dataset(METRIC_STEP, dtype="<i8", **vector)
     f.create_dataset(METRIC_NAME, dtype=f"S{METRIC_NAME_BYTES}", **vector)
     f.create_dataset(METRIC_VALUE, dtype="<f8", **vector)
+    f.create_dataset(
+        EVENTS, shape=(0,), maxshape=(None,), chunks=(EVENT_CHUNK_ROWS,), dtype=EVENT_DTYPE
+    )
     status = f.create_dataset(STATUS, shape=(1,), dtype=STATUS_DTYPE)
     # Written now so the dataset has storage before SWMR starts (readers fail otherwise).
-    status[0] = (0, 0.0, 0, 0, 0)
+    status[:] = status_row(False, 0.0, 0, 0, 0)
 
 
 def _text(value) -> str:

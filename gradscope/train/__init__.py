@@ -26,10 +26,12 @@ from gradscope.train._experiment import (
     resume_experiment,
     run_experiment,
 )
+from gradscope.train._interrupt import DeferredInterrupt, sigterm_as_ctrl_c
 from gradscope.train._launch import INTERRUPTED, launch_ranks
 from gradscope.train._trainer import Trainer, TrainResult, finished_result
 
 __all__ = [
+    "DeferredInterrupt",
     "ExperimentConfig",
     "ExperimentResult",
     "PeerFailed",
@@ -54,4 +56,5 @@ __all__ = [
     "resume_command",
     "resume_experiment",
     "run_experiment",
+    "sigterm_as_ctrl_c",
 ]

@@ -51,6 +51,12 @@ class Ranks:
             dist.all_reduce(values)
         return values.tolist()
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True when `flag` is True on any rank (one all_reduce on `device`)."""
+        if not self.distributed:
+            return bool(flag)
+        return self.sum(torch.tensor([float(flag)], device=device))[0] > 0
+
     def share(self, value):
         """Rank 0's `value` (any picklable object) on every rank."""
         if not self.distributed:

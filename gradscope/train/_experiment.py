@@ -11,9 +11,10 @@ from pathlib import Path
 from gradscope.data import TrainBatches, load_dataset
 from gradscope.errors import UsageError
 from gradscope.models import get_model_spec
-from gradscope.train._checkpoint import checkpoint_path
+from gradscope.train._checkpoint import CheckpointError, checkpoint_path
 from gradscope.train._config import TrainConfig, check_train_config, plan_steps
 from gradscope.train._distributed import Ranks, planned_world, rank_device, training_processes
+from gradscope.train._interrupt import DeferredInterrupt
 from gradscope.train._trainer import Trainer, TrainResult, finished_result
 
 CONFIG_FILE = "config.json"  # the experiment's full configuration, inside its folder
@@ -170,7 +171,12 @@ def _write_config(run_dir: Path, config: ExperimentConfig) -> None:
 
 
 def _train_models(config, run_dir, dataset, progress, stop_at_step, ranks: Ranks, resume=False):
-    """Train each model in turn; a finished one (per its checkpoint) is only reported."""
+    """Train each model in turn; a finished one (per its checkpoint) is only reported.
+
+    Ctrl-C or SIGTERM from the first model to the last stops every rank after the step in
+    progress (or before the next model starts, if it came in a model's last step or between
+    two models), checkpointed, with the command that resumes printed.
+    """
     attrs = {
         "experiment": config.name,
         "data": dataset.name,
@@ -178,34 +184,57 @@ def _train_models(config, run_dir, dataset, progress, stop_at_step, ranks: Ranks
         "seed": config.train.seed,
         "models": ",".join(config.models),
     }
+    device = rank_device(config.train.device, ranks)
     results = []
-    for name in config.models:
-        done = finished_result(name, config.train, run_dir, dataset) if resume else None
-        if done is not None:
-            results.append(done)
-            continue
-        trainer = None
-        try:
-            trainer = Trainer(
-                name,
-                config.train,
-                dataset,
-                run_dir,
-                resume=resume,
-                attrs={**attrs, "model": name},
-                progress=progress,
-                ranks=ranks,
-            )
-            with trainer:
-                results.append(trainer.run(stop_at_step))
-        except KeyboardInterrupt:
-            step = trainer.checkpoint_step if trainer is not None else None
-            where = f"{name} checkpointed at step {step}" if step is not None else name
-            if ranks.is_main:
-                command = resume_command(run_dir, ranks.world)
-                print(f"\ninterrupted ({where}); resume with:\n  {command}", file=sys.stderr)
-            raise
+    with DeferredInterrupt() as interrupt:
+        for name in config.models:
+            done = finished_result(name, config.train, run_dir, dataset) if resume else None
+            if done is not None:
+                results.append(done)
+                continue
+            trainer = None
+            try:
+                if ranks.any(interrupt.requested, device):  # every rank stops before it
+                    raise KeyboardInterrupt
+                trainer = Trainer(
+                    name,
+                    config.train,
+                    dataset,
+                    run_dir,
+                    resume=resume,
+                    attrs={**attrs, "model": name},
+                    progress=progress,
+                    ranks=ranks,
+                )
+                with trainer:
+                    results.append(trainer.run(stop_at_step))
+            except KeyboardInterrupt:
+                if ranks.is_main:
+                    print(_interrupted(name, trainer, interrupt, run_dir, ranks), file=sys.stderr)
+                raise
+            except CheckpointError as e:  # rank 0's: torchrun then stops the others
+                then = _after_checkpoint_failure(config, run_dir, ranks)
+                raise CheckpointError(f"{e}; {then}") from e
     return ExperimentResult(run_dir=run_dir, config=config, results=results)
+
+
+def _after_checkpoint_failure(config, run_dir, ranks: Ranks) -> str:
+    """What to do once a checkpoint could not be written: resume, or start again."""
+    if any(checkpoint_path(run_dir, name).is_file() for name in config.models):
+        return f"make room, then continue with `{resume_command(run_dir, ranks.world)}`"
+    return f"make room, remove {run_dir} and start the run again"
+
+
+def _interrupted(name, trainer, interrupt, run_dir, ranks: Ranks) -> str:
+    """What stopped and where, and the command that continues the experiment."""
+    how = "interrupted" if interrupt.signal_name in (None, "SIGINT") else "stopped by SIGTERM"
+    if trainer is None:
+        where = f"before {name} started"
+    elif trainer.checkpoint_step is None:
+        where = f"{name}, before its first checkpoint"
+    else:
+        where = f"{name} checkpointed at step {trainer.checkpoint_step}"
+    return f"\n{how} ({where}); resume with:\n  {resume_command(run_dir, ranks.world)}"
 
 
 def _load_checked_data(train: TrainConfig, ranks: Ranks):

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from gradscope.errors import UsageError
 from gradscope.train._distributed import launched_by_torchrun
 from gradscope.train._experiment import resume_command
 
-INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C (128 + SIGINT)
+INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C or SIGTERM (128 + SIGINT)
 
 
 def launch_ranks(nproc: int, command: list[str], run_dir) -> int:
     """Run `python -m gradscope COMMAND...` as `nproc` ranks under torchrun's agent (in this
     process, standalone rendezvous on localhost); returns the exit code for the shell.
 
-    Ctrl-C reaches the agent, which forwards it once to every rank: they finish the step,
-    checkpoint and stop (the agent kills them if that takes over 30 s). A rank that dies makes
+    Ctrl-C or SIGTERM reaches the agent, which forwards it once to every rank: they finish the
+    step, checkpoint and stop (the agent kills them if that takes over 30 s); the exit code is
+    then INTERRUPTED. A rank that dies makes
     the agent stop the others at once; this says which rank and how, and the command that
     continues the experiment in `run_dir`.
     """
@@ -39,7 +41,8 @@ def launch_ranks(nproc: int, command: list[str], run_dir) -> int:
     try:
         run(args)
     except SignalException as e:
-        return 128 + int(e.sigval)
+        stopped = e.sigval in (signal.SIGINT, signal.SIGTERM)
+        return INTERRUPTED if stopped else 128 + int(e.sigval)
     except ChildFailedError as e:
         return _report_failure(*e.get_first_failure(), resume_command(run_dir, nproc))
     return 0

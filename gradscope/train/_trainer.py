@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from gradscope.data import TrainBatches, eval_batches, eval_subset_stride
 from gradscope.models import create_model, get_model_spec
@@ -30,6 +29,7 @@ from gradscope.train._config import (
 )
 from gradscope.train._distributed import Ranks, current_ranks, rank_device
 from gradscope.train._interrupt import DeferredInterrupt
+from gradscope.train._progress import evaluation_bar, training_progress
 
 SUMMARY_WINDOW = 100  # steps averaged for the final train loss and error
 
@@ -154,9 +154,10 @@ class Trainer:
         self.done = state["done"]
 
     def save_checkpoint(self) -> None:
-        """Write model, optimizer, scheduler, RNG states and step, atomically (rank 0)."""
-        self.checkpoint_step = self.step
+        """Write model, optimizer, scheduler, RNG states and step, atomically (rank 0); a
+        failed write raises CheckpointError and leaves the previous checkpoint."""
         if not self.ranks.is_main:
+            self.checkpoint_step = self.step
             return  # every rank holds the same state
         state = {
             "model": self.model.state_dict(),
@@ -171,6 +172,7 @@ class Trainer:
             "config": asdict(self.config),
         }
         save_checkpoint(self.checkpoint_path, state)
+        self.checkpoint_step = self.step
 
     def _autocast(self):
         if not self.amp:
@@ -222,14 +224,8 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device)
         count = 0
-        bar = tqdm(
-            total=images,
-            desc=f"{self.model_name} test" + ("" if full else " subset"),
-            unit="img",
-            leave=False,
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
+        desc = f"{self.model_name} test" + ("" if full else " subset")
+        bar = evaluation_bar(desc, images, self.progress)
         with bar, self._autocast():  # the recorder ignores forwards without grad
             batches = eval_batches(self.dataset, size, limit=limit)
             mine = itertools.islice(batches, rank, None, world)  # every world-th batch
@@ -262,34 +258,26 @@ class Trainer:
         Pausing at `stop_at_step` checkpoints unless `save_on_pause=False` (for callers that
         continue in the same process, e.g. a benchmark running the loop in blocks).
 
-        The first Ctrl-C finishes the current step, checkpoints, closes the run file and raises
-        KeyboardInterrupt; a second one interrupts at once (the last checkpoint stands).
+        The first Ctrl-C (or any SIGTERM) finishes the current step, checkpoints, closes the
+        run file and raises KeyboardInterrupt; a second Ctrl-C interrupts at once (the last
+        checkpoint stands). Progress shows as a bar on a terminal, as a line every
+        $GRADSCOPE_PROGRESS_SECONDS (30 s) when the output goes to files (`train/_progress.py`).
         """
         total = self.plan.total_steps
         end = total if stop_at_step is None else min(stop_at_step, total)
         self.model.train()
-        bar = tqdm(
-            total=total,
-            initial=self.step,
-            desc=self.model_name,
-            unit="step",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        with bar, DeferredInterrupt() as interrupt:
+        progress = training_progress(self.model_name, self.step, total, self.progress)
+        with contextlib.closing(progress), DeferredInterrupt() as interrupt:
             while self.step < end:
                 started = time.perf_counter()
                 loss, error = self.train_step(lambda: interrupt.requested)
                 self._train_seconds += time.perf_counter() - started
                 self._session_steps += 1
-                bar.set_postfix(loss=f"{loss:.3f}", err=f"{error:.3f}", refresh=False)
-                bar.update()
+                progress.step(loss, error)
                 if self.step % self.plan.eval_every == 0 or self.step == total:
-                    bar.set_postfix_str("evaluating", refresh=True)
+                    progress.evaluating()
                     self.evaluate(full=self.step == total)
-                    bar.set_postfix(
-                        loss=f"{loss:.3f}", err=f"{error:.3f}", test_err=f"{self.last_eval[1]:.3f}"
-                    )
+                    progress.evaluated(loss, error, self.last_eval[1], self.last_eval[2])
                 self.done = self.step == total
                 if self.done or self.step % self.plan.checkpoint_every == 0:
                     self.save_checkpoint()
