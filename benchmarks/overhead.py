@@ -34,6 +34,9 @@ column shows the median per step. `--steady-heap` sets glibc's trim and mmap thr
 process (as MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_ would), so no variant pays those
 faults and the ratios show the recorder's own cost.
 
+"all but unit stats, every=1" records every statistic but act_pos_frac, act_grad_zero_frac and
+weight_frozen_frac: its ratio beside "all stats, every=1" (same rounds) is what those cost.
+
 `--floors` adds two variants that bound what any hook-based recorder can cost on this machine:
 "floor: hooks alone" puts a no-op forward hook on each module gradscope watches, and a no-op hook
 on each output (the dispatch alone); "floor: reads alone" has those hooks do only the reads the
@@ -62,7 +65,7 @@ import torch.nn.functional as F
 import gradscope
 from gradscope.data import resolve_device
 from gradscope.models import create_model
-from gradscope.recorder import PARAM_STATS
+from gradscope.recorder import ALL_STATS, PARAM_STATS
 from gradscope.recorder import _stats as S
 from gradscope.recorder._kernels import SAMPLE_GROUP_BYTES, kernel_choice
 from gradscope.recorder._layer_selection import select_modules
@@ -207,6 +210,19 @@ def floor_variants(args, base) -> list[Variant]:
     ]
 
 
+# The statistics read per unit or per parameter flag: "all stats" against this variant, in the
+# same rounds, is what they cost.
+UNIT_STATS = ("act_pos_frac", "act_grad_zero_frac", "weight_frozen_frac")
+
+
+def without_unit_stats(folder: Path, base) -> Variant:
+    """All statistics but the per-unit ones and weight_frozen_frac, every step."""
+    stats = [s for s in ALL_STATS if s not in UNIT_STATS]
+    return Variant(
+        "all but unit stats, every=1", copy.deepcopy(base), recorded(folder, every=1, stats=stats)
+    )
+
+
 def recorded(folder: Path, **attach_kwargs):
     def setup(variant: Variant):
         path = folder / f"{variant.name.replace(' ', '_').replace('=', '')}.h5"
@@ -321,6 +337,7 @@ def resnet56_rounds(args, folder: Path) -> None:
         Variant("bare", copy.deepcopy(base)),
         Variant("bare again (A/A control)", copy.deepcopy(base)),
         *watch_variants(base, folder),
+        without_unit_stats(folder, base),
         Variant(
             "parameter stats, every=1",
             copy.deepcopy(base),
@@ -463,6 +480,7 @@ def device_path_rounds(args, folder: Path) -> None:
         Variant("bare", copy.deepcopy(base)),
         Variant("bare again (A/A control)", copy.deepcopy(base)),
         *watch_variants(base, folder),
+        without_unit_stats(folder, base),
         *floor_variants(args, base),
     ]
     run_rounds(variants, x, y, args.steps, args.warmup)

@@ -70,6 +70,43 @@ def act_grad_reference(outputs):
     return math.sqrt(total) if seen else math.nan
 
 
+def _units(x: torch.Tensor, module: nn.Module) -> list[torch.Tensor]:
+    """The units of one output, each as a tensor of its elements: channels (dim 1) of conv and
+    norm outputs, features (last dim) of linear ones, for other modules dim 1 of outputs with
+    4 or more dims, else the last; a 0-d or 1-d output is one unit."""
+    if x.dim() < 2:
+        return [x.reshape(-1)]
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d)):
+        dim = 1
+    elif isinstance(module, (nn.Linear, nn.LayerNorm, nn.Embedding)):
+        dim = x.dim() - 1
+    else:
+        dim = 1 if x.dim() >= 4 else x.dim() - 1
+    return [x.select(dim, u).reshape(-1) for u in range(x.shape[dim])]
+
+
+def unit_reference(outputs, batch_sample, module: nn.Module):
+    """act_pos_frac (units > 0 in some sampled row of some call) and act_grad_zero_frac (units
+    whose gradient is exactly 0 in every row of every call that got one), by plain loops over
+    units; a unit is (output slot, unit count, index), the same across calls."""
+    positive, nonzero = {}, {}
+    for call in outputs:
+        for slot, (tensor, copy) in enumerate(call):
+            x = copy if batch_sample is None or copy.dim() == 0 else copy[:batch_sample]
+            units = _units(x, module)
+            for u, values in enumerate(units):
+                key = (slot, len(units), u)
+                positive[key] = positive.get(key, False) or bool((values > 0).any())
+            if tensor is not None and tensor.grad is not None:
+                grads = _units(tensor.grad, module)
+                for u, values in enumerate(grads):
+                    key = (slot, len(grads), u)
+                    nonzero[key] = nonzero.get(key, False) or bool((values != 0).any())
+    pos = sum(positive.values()) / len(positive) if positive else math.nan
+    zero = (len(nonzero) - sum(nonzero.values())) / len(nonzero) if nonzero else math.nan
+    return dict(act_pos_frac=pos, act_grad_zero_frac=zero)
+
+
 def grad_reference(module: nn.Module):
     """grad_* statistics over the module's own parameters' gradients, by plain loops."""
     grads = [
@@ -95,12 +132,20 @@ def weight_copy(module: nn.Module):
 
 
 def weight_reference(before, module: nn.Module):
-    """weight_norm of `before` and ||after - before|| / ||before||."""
+    """weight_norm of `before`, ||after - before|| / ||before||, and the share of parameter
+    elements with requires_grad=False."""
     if not before:
-        return dict(weight_norm=math.nan, update_ratio=math.nan)
+        return dict(weight_norm=math.nan, update_ratio=math.nan, weight_frozen_frac=math.nan)
     b = torch.cat([w.reshape(-1) for w in before])
-    a = torch.cat([p.detach().double().reshape(-1) for p in module.parameters(recurse=False)])
-    return dict(weight_norm=b.norm().item(), update_ratio=((a - b).norm() / b.norm()).item())
+    params = list(module.parameters(recurse=False))
+    a = torch.cat([p.detach().double().reshape(-1) for p in params])
+    frozen = sum(p.numel() for p in params if not p.requires_grad)
+    total = sum(p.numel() for p in params)
+    return dict(
+        weight_norm=b.norm().item(),
+        update_ratio=((a - b).norm() / b.norm()).item(),
+        weight_frozen_frac=frozen / total if total else math.nan,
+    )
 
 
 def channel_reference(outputs, channel_dim):

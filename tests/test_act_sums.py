@@ -177,12 +177,14 @@ def test_output_grad_sums_match_brute_force():
         sums.add(grads[1].t(), 4)  # a strided gradient
         sums.add(grads[3].clone().requires_grad_(), 5)  # a gradient with a graph (create_graph)
         sums.add(grads[0][:, :1].expand(5, 3), 6)  # overlapping elements: summed as it reads
-        assert sums.layers.tolist() == [0, 1, 2, 3, 4, 5, 6]
-        got = sums.per_grad("cpu").double().numpy()
+        got, layers, calls = sums.sums_of_squares(8, S.DeviceLists("cpu"))
+        assert sums.layers.tolist() == layers.tolist() == [0, 1, 2, 3, 4, 5, 6]
+        assert calls.tolist() == [1.0] * 7 + [0.0]
+        got = got.double().numpy()
         expanded = 3 * brute_force(grads[0][:, :1])[1]
         np.testing.assert_allclose(got, [*want, want[1], want[3], expanded], rtol=1e-5)
         sums.clear()
-        assert len(sums) == 0 and len(sums.per_grad("cpu")) == 0
+        assert len(sums) == 0 and len(sums.sums_of_squares(7, S.DeviceLists("cpu"))[0]) == 0
 
 
 def test_output_grad_sums_keep_rows_when_the_buffer_grows():
@@ -194,7 +196,8 @@ def test_output_grad_sums_keep_rows_when_the_buffer_grows():
             sums.add(g * (record + 1), position % 9)
         want = [float((g.double() * (record + 1)).square().sum()) for g in grads]
         assert sums.layers.tolist() == [position % 9 for position in range(700)]
-        np.testing.assert_allclose(sums.per_grad("cpu").double().numpy(), want, rtol=1e-5)
+        got = sums.sums_of_squares(9, S.DeviceLists("cpu"))[0]
+        np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-5)
         sums.clear()
 
 
@@ -240,13 +243,21 @@ def test_the_plain_torch_group_sums_match_the_compiled_ones_and_brute_force():
     rows[1] = torch.relu(rows[1])
     rows[2, 7] = float("nan")
     rows[3, 9] = -float("inf")
+    unit = rows[4].view(5, 6, 10)[:, 1]  # row 4's unit 1 of [outer 5, units 6, inner 10]
+    unit.copy_(-unit.abs())  # never > 0
     want = [brute_force(r) for r in rows]
-    for got in (group_sums(rows.clone()), _group_sums_eager(rows.clone())):
+    positive = (rows.view(5, 5, 6, 10) > 0).any(3).any(1).float()
+    for got, flags in (
+        group_sums(rows.clone().view(5, 5, 6, 10)),
+        _group_sums_eager(rows.clone().view(5, 5, 6, 10)),
+    ):
         got = got.numpy()
         for i in (0, 1, 4):
             np.testing.assert_allclose(got[i], want[i], rtol=1e-5)
         assert np.isnan(got[2, :3]).all() and got[2, 3] == want[2][3]  # NaN counts as nonzero
         assert got[3, 0] == -np.inf and got[3, 1] == np.inf and got[3, 2] == np.inf
+        torch.testing.assert_close(flags, positive)
+        assert flags[4, 1] == 0
 
 
 def test_a_failed_compilation_warns_and_the_plain_ops_take_over(monkeypatch):
@@ -260,12 +271,13 @@ def test_a_failed_compilation_warns_and_the_plain_ops_take_over(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", no_compiler)
     sums = CompiledOrEager(_group_sums, _group_sums_eager, "the activation sums")
-    rows = torch.randn(3, 40, generator=torch.Generator().manual_seed(9))
+    rows = torch.randn(3, 1, 40, 1, generator=torch.Generator().manual_seed(9))
     want = [brute_force(r) for r in rows]
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here.*same values"):
-        got = sums(rows.clone())
+        got, flags = sums(rows.clone())
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
-    np.testing.assert_allclose(sums(rows.clone()).numpy(), want, rtol=1e-5)  # no second warning
+    torch.testing.assert_close(flags, (rows > 0).any(3).any(1).float())
+    np.testing.assert_allclose(sums(rows.clone())[0].numpy(), want, rtol=1e-5)  # one warning
 
 
 def test_the_device_path_compiles_once_not_per_step_or_size(tmp_path, monkeypatch):
@@ -289,8 +301,8 @@ def test_the_device_path_compiles_once_not_per_step_or_size(tmp_path, monkeypatc
 
 
 def test_the_fused_record_finish_matches_the_plain_one_nans_included():
+    from gradscope.recorder import ALL_STATS
     from gradscope.recorder._record import finish_record, finish_record_fused
-    from gradscope.recorder._stats import ALL_STATS
 
     g = torch.Generator().manual_seed(3)
     n = 7
@@ -303,6 +315,8 @@ def test_the_fused_record_finish_matches_the_plain_one_nans_included():
         "grad_nonfinite": torch.zeros(n, dtype=torch.float64),
         "weight_sumsq": torch.rand(n, generator=g, dtype=torch.float64),
         "update_sumsq": torch.rand(n, generator=g, dtype=torch.float64) * 1e-4,
+        "weight_count": count,
+        "weight_frozen": count.div(3).floor(),
         "act_count": count,  # layer 0 never called: NaN moments
         "act_total": torch.randn(n, generator=g, dtype=torch.float64),
         "act_spread": torch.rand(n, generator=g, dtype=torch.float64),
@@ -316,6 +330,10 @@ def test_the_fused_record_finish_matches_the_plain_one_nans_included():
         "gns_inv_rows": torch.full((n,), 3 / 8, dtype=torch.float64),
         "gns_large_sumsq": torch.rand(n, generator=g, dtype=torch.float64),
         "gns_large_count": count,
+        "act_units": count.sqrt(),
+        "act_pos_units": count.sqrt().div(2).floor(),
+        "act_grad_units": count.sqrt(),
+        "act_grad_nonzero_units": count.sqrt().sub(1).clamp_min(0),
     }
     for key in ("act_total", "act_spread"):  # what a layer never called holds
         sums[key][0] = 0.0

@@ -32,11 +32,14 @@ def test_overhead_benchmark_runs_and_reports_every_variant(tmp_path, heap):
             assert len(re.findall(rf"^{re.escape(floor)}\s", out, flags=re.MULTILINE)) == 1
 
 
-def load_benchmark(name):
+def load_benchmark(name: str):
+    """A benchmark script as a module (registered: its dataclasses need it)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module_name = f"benchmark_{name}"
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -163,11 +166,7 @@ def test_overhead_device_path_reports_ratios_and_device_ops(tmp_path):
 
 
 def test_probe_benchmark_times_the_pair_and_the_sweep_against_bare_twins(one_thread, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("probe_bench", ROOT / "benchmarks" / "probe.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("probe")
     args = ["--models", "resnet20,plain20", "--batch-size", "4", "--widths", "2,4"]
     results = bench.main([*args, "--steps", "1", "--rounds", "1", "--skip-cli"])
     out = capsys.readouterr().out
@@ -193,3 +192,14 @@ def test_instruments_benchmark_times_the_new_statistics_against_the_recorder_wit
     assert "instruments / without, every=10" in out and "noise scale recorded:" in out
     ratios = results["gpt2"]["instruments"]
     assert set(ratios) == {"every=10", "every=1"} and ratios["every=1"]["paired"] > 0
+
+
+def test_the_diagnosis_benchmark_finds_every_known_failure_and_no_false_alarm():
+    # Every case of benchmarks/diagnosis.py, in process (a few seconds each on one thread):
+    # the broken setups give their expected findings, the healthy controls none.
+    bench = load_benchmark("diagnosis")
+    rows = bench.run_cases()
+    assert [row.case for row in rows] == [case.name for case in bench.CASES]
+    wrong = {row.case: row.text for row in rows if row.verdict == "wrong"}
+    assert not wrong, wrong
+    assert bench.table(rows).endswith(f"{len(rows)} of {len(rows)} cases right")

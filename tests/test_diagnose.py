@@ -100,6 +100,7 @@ def test_first_nan_step_and_layer(tmp_path, monkeypatch, chunk):
     stats = healthy_stats()
     stats["grad_norm"][23:, 4] = np.nan  # appears at record 23 = step 115 in layer 4
     stats["grad_norm"][:, 7] = np.nan  # layer 7 never had a gradient: not an error
+    stats["grad_nonfinite"][:, 7] = np.nan  # (as the recorder writes it for such a layer)
     result = diagnosed(tmp_path, stats)
     (nonfinite,) = [f for f in result.findings if f.kind == "nonfinite"]
     assert (nonfinite.layer, nonfinite.step) == ("layer4", 115)
@@ -110,7 +111,12 @@ def test_earliest_nonfinite_over_stats(tmp_path):
     stats = healthy_stats()
     stats["grad_norm"][30, 1] = np.inf
     stats["act_absmax"][12, 6] = np.inf  # earlier: this one is reported
-    stats["grad_nonfinite"][12, 2] = 3  # same step, shallower layer: wins
+    stats["grad_nonfinite"][12, 2] = 3  # same step, but the forward pass came first
+    (finding,) = [f for f in diagnosed(tmp_path, stats).findings if f.kind == "nonfinite"]
+    assert (finding.layer, finding.step) == ("layer6", 60)
+    assert "gradients are non-finite too" in finding.message
+    stats["act_absmax"][12, 6] = 3.0
+    stats["grad_nonfinite"][12, 5] = 3  # gradients alone: the shallowest
     (finding,) = [f for f in diagnosed(tmp_path, stats).findings if f.kind == "nonfinite"]
     assert (finding.layer, finding.step) == ("layer2", 60)
 
@@ -246,3 +252,113 @@ def test_a_short_real_pair_flags_plain56_and_not_resnet56(tmp_path, one_thread):
     assert healthy.findings == [], healthy.to_text()
     assert {"signal_vanishing_depth", "signal_collapse"} <= set(kinds(sick)), sick.to_text()
     assert sick.signal_ratio < 1e-3 < 0.1 < healthy.signal_ratio
+
+
+def unit_stats(seed=0):
+    """healthy_stats plus a healthy record of everything the gradient-path rules read."""
+    stats = healthy_stats(seed)
+    shape = (RECORDS, LAYERS)
+    stats.update(
+        grad_absmax=np.full(shape, 0.3),
+        weight_frozen_frac=np.zeros(shape),
+        act_pos_frac=np.ones(shape),
+        act_grad_norm=flat_signal(),
+        act_grad_zero_frac=np.zeros(shape),
+    )
+    return stats
+
+
+def test_dead_units_are_never_positive_and_confirmed_dead(tmp_path):
+    stats = unit_stats()
+    stats["act_zero_frac"][:] = 0.0  # pre-activation outputs
+    stats["act_pos_frac"][15:, 2] = 0.2  # 80% never > 0 from step 75 ...
+    stats["act_grad_zero_frac"][15:, 2] = 0.8  # ... and no gradient through them: dead
+    stats["act_pos_frac"][:, 4] = 0.0  # never > 0 but a gradient passes (logits): alive
+    stats["act_pos_frac"][:, 5] = 0.3  # a post-ReLU output: 70% of its units all zero
+    stats["act_zero_frac"][:, 5] = 0.85
+    stats["act_pos_frac"][:, 6] = 0.9  # zero gradient from further on, units fire: alive
+    stats["act_grad_zero_frac"][:, 6] = 1.0
+    result = diagnosed(tmp_path, stats)
+    dead = [(f.layer, f.step, round(f.value, 2)) for f in result.findings if f.kind == "dead"]
+    assert dead == [("layer2", 75, 0.8), ("layer5", 0, 0.7)]
+    assert "80% of its units are dead since step 75" in result.to_text()
+    assert [f.layer for f in diagnosed(tmp_path, stats, dead_unit_frac=0.75).findings] == ["layer2"]
+
+
+def test_a_dead_layer_blocks_the_gradient_of_every_layer_before_it(tmp_path):
+    stats = unit_stats()
+    stats["grad_norm"][:, :4] = 0.0  # layers 0-3: exactly zero gradient
+    stats["grad_absmax"][:, :4] = 0.0
+    stats["act_grad_norm"][:, :4] = 0.0
+    stats["act_grad_zero_frac"][:, :4] = 1.0
+    stats["act_pos_frac"][:, 3] = 0.0  # layer 3's units never fire
+    stats["act_zero_frac"][:, 3] = 0.0
+    result = diagnosed(tmp_path, stats)
+    assert kinds(result) == ["dead", "gradient_blocked"]
+    (blocked,) = [f for f in result.findings if f.kind == "gradient_blocked"]
+    assert (blocked.layer, blocked.step, blocked.value) == ("layer3", 0, 4.0)
+    assert "layer0 .. layer3 (4 layers)" in blocked.message and "units are dead" in blocked.message
+    stats["act_pos_frac"][:, 3] = 1.0  # the zeros come from a dead layer after it
+    stats["act_pos_frac"][:, 4] = 0.0
+    stats["act_grad_zero_frac"][:, 4] = 1.0
+    (blocked,) = [f for f in diagnosed(tmp_path, stats).findings if f.kind == "gradient_blocked"]
+    assert "comes back from layer4, 100% of whose units are dead" in blocked.message
+
+
+def test_nothing_reaching_the_layers_is_a_detach_or_an_unused_branch(tmp_path):
+    stats = unit_stats()
+    for stat in ("grad_norm", "grad_absmax", "grad_nonfinite", "act_grad_norm"):
+        stats[stat][10:, :3] = np.nan  # layers 0-2 cut off from step 50
+        stats[stat][:, 5:7] = np.nan  # layers 5-6 never reached
+    stats["act_grad_zero_frac"][10:, :3] = np.nan
+    stats["act_grad_zero_frac"][:, 5:7] = np.nan
+    result = diagnosed(tmp_path, stats)
+    blocked = [f for f in result.findings if f.kind == "gradient_blocked"]
+    assert [(f.layer, f.step) for f in blocked] == [("layer2", 50), ("layer6", 0)]
+    assert ".detach() or torch.no_grad() after it" in blocked[0].message
+    assert "an unused branch" in blocked[1].message
+    assert "no_gradient" not in kinds(result)
+
+
+def test_no_gradient_is_for_frozen_and_never_called_layers(tmp_path):
+    stats = unit_stats()
+    for stat in ("grad_norm", "grad_absmax", "grad_nonfinite"):
+        stats[stat][:, [1, 7]] = np.nan
+    stats["weight_frozen_frac"][:, 1] = 1.0  # frozen, its output still gets a gradient
+    for stat in ("act_zero_frac", "act_pos_frac", "act_absmax", "act_grad_norm"):
+        stats[stat][:, 7] = np.nan  # never called
+    stats["act_grad_zero_frac"][:, 7] = np.nan
+    result = diagnosed(tmp_path, stats)
+    found = {f.layer: f.message for f in result.findings}
+    assert kinds(result) == ["no_gradient"] and sorted(found) == ["layer1", "layer7"]
+    assert "frozen: its parameters have requires_grad=False" in found["layer1"]
+    assert "never called in a forward pass with gradients enabled" in found["layer7"]
+
+
+def test_non_finite_gradients_are_not_no_gradient(tmp_path):
+    # One step with a NaN weight in layer 3: its norm is NaN, its output and every gradient too.
+    stats = unit_stats()
+    stats["weight_norm"] = np.ones((RECORDS, LAYERS))
+    stats["weight_norm"][:, 3] = np.nan
+    stats["act_absmax"][:, 3:] = np.nan
+    stats["grad_norm"][:] = np.nan
+    stats["grad_absmax"][:] = np.nan
+    stats["grad_nonfinite"][:] = 2.0
+    stats["act_grad_norm"][:] = np.nan
+    result = diagnosed(tmp_path, stats)
+    assert kinds(result) == ["nonfinite"]
+    (finding,) = result.findings
+    assert (finding.layer, finding.step) == ("layer3", 0) and "weight_norm = nan" in finding.message
+
+
+def test_a_signal_exploding_at_initialization_is_flagged_even_once_it_has_settled(tmp_path):
+    signal = flat_signal()
+    signal[0] *= np.logspace(3, 0, LAYERS)  # step 0: the first layer gets 1e3 x the last's
+    result = diagnosed(tmp_path, with_signal(healthy_stats(), signal))
+    (finding,) = result.findings
+    assert (finding.kind, finding.layer, finding.step) == ("signal_exploding_depth", "layer0", 0)
+    assert finding.value == pytest.approx(1e3, rel=0.3) and "at initialization" in finding.message
+    assert 0.8 < result.signal_ratio < 1.25  # the recent state is healthy
+    assert not diagnosed(
+        tmp_path, with_signal(healthy_stats(), signal), signal_depth_decades=3.5
+    ).findings

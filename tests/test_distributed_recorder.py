@@ -24,6 +24,7 @@ from tests.reference import (
     act_reference,
     gns_reference,
     grad_reference,
+    unit_reference,
     weight_copy,
     weight_reference,
 )
@@ -283,8 +284,12 @@ def reference(phase: str) -> dict[int, dict[str, list[float]]]:
                 **grads[name],
                 **weight_reference(before[name], module),
                 **act_reference(per_rank, batch_sample),
+                "act_pos_frac": unit_reference(per_rank, batch_sample, module)["act_pos_frac"],
                 "act_grad_norm": act_grad_reference(probe.outputs[name]),
                 **noise[name],
+                "act_grad_zero_frac": unit_reference(probe.outputs[name], None, module)[
+                    "act_grad_zero_frac"
+                ],
             }
         records[step] = {s: [stats[name][s] for name in LAYERS] for s in ALL_STATS}
     probe.remove()
@@ -335,6 +340,7 @@ def test_ddp_all_ranks_keeps_each_ranks_local_statistics(recorded):
         assert run.attrs["rank"] == 1 and run.attrs["world_size"] == WORLD
         for i, name in enumerate(LAYERS):
             local = act_reference(probe.outputs[name], None)
+            local |= unit_reference(probe.outputs[name], None, getattr(model, name))
             for stat, value in local.items():
                 assert math.isclose(run.stat(stat)[0, i], value, rel_tol=2e-5, abs_tol=1e-7)
             norm = act_grad_reference(probe.outputs[name])
@@ -346,6 +352,26 @@ def test_ddp_all_ranks_keeps_each_ranks_local_statistics(recorded):
     with gradscope.open_run(recorded / "ddp-all-ranks.h5") as run:
         np.testing.assert_allclose(run.stat("act_mean")[0], want["act_mean"], rtol=2e-5)
     assert (recorded / "ddp-all-ranks.rank0.h5").exists()
+
+
+def test_unit_flags_are_or_ed_across_ranks(recorded):
+    # At step 0, of embed's 8 units 3 get no gradient from rank 0's rows and 2 from rank 1's,
+    # but only one (unit 3) from either: each rank alone would count 3/8 and 2/8.
+    torch.manual_seed(0)
+    model = Net()
+    local = []
+    for rank in range(WORLD):
+        probe = ReferenceProbe({"embed": model.embed})
+        x, y = batch(0, 0, rank)
+        F.mse_loss(model(x), y).backward()
+        local.append(unit_reference(probe.outputs["embed"], None, model.embed))
+        probe.remove()
+        model.zero_grad()
+    assert [r["act_grad_zero_frac"] for r in local] == [3 / 8, 2 / 8]
+    assert [r["act_pos_frac"] for r in local] == [5 / 8, 6 / 8]
+    with gradscope.open_run(recorded / "ddp-every1.h5") as run:
+        assert run.stat("act_grad_zero_frac")[0, 0] == 1 / 8
+        assert run.stat("act_pos_frac")[0, 0] == 7 / 8
 
 
 def test_collectives_only_on_record_steps(recorded):

@@ -31,6 +31,7 @@ from tests.reference import (
     grad_reference,
     gradient_change,
     parameter_grads,
+    unit_reference,
     weight_copy,
     weight_reference,
 )
@@ -289,6 +290,7 @@ def test_step_zero_is_ddp_on_the_global_batch_from_one_initialization(pair, mode
             **grads[name],
             **weight_reference(before[name], m),
             **act_reference(probe.outputs[name], None),
+            **unit_reference(probe.outputs[name], None, m),
             "act_grad_norm": act_grad_reference(probe.outputs[name]),
             **noise[name],
         }

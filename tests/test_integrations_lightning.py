@@ -19,6 +19,7 @@ from tests.reference import (
     grad_reference,
     gradient_change,
     parameter_grads,
+    unit_reference,
     weight_copy,
     weight_reference,
 )
@@ -77,6 +78,7 @@ class TinyModule(L.LightningModule):
         if self.probe is not None:
             for name in layers:
                 ref[name].update(act_reference(self.probe.outputs[name], None))
+                ref[name].update(unit_reference(self.probe.outputs[name], None, layers[name]))
                 ref[name]["act_grad_norm"] = act_grad_reference(self.probe.outputs[name])
             self.probe.clear()
         self.expected[self.global_step] = ref

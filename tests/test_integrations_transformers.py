@@ -14,6 +14,7 @@ from tests.reference import (
     act_reference,
     gns_reference,
     grad_reference,
+    unit_reference,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here needs the Hub
@@ -81,8 +82,10 @@ class Reference(transformers.TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         ref = {}
         for name in self.names:
-            ref[name] = grad_reference(model.get_submodule(name))
+            module = model.get_submodule(name)
+            ref[name] = grad_reference(module)
             ref[name].update(act_reference(self.probe.outputs[name], None))
+            ref[name].update(unit_reference(self.probe.outputs[name], None, module))
             ref[name]["act_grad_norm"] = act_grad_reference(self.probe.outputs[name])
         layers = {name: model.get_submodule(name) for name in self.names}
         changes = [

@@ -118,6 +118,7 @@ def reference_probe(model, optimizer, batch, names):
             "grad_norm": grads[name]["grad_norm"],
             **weight_reference(before[name], modules[name]),
         }
+        del out[name]["weight_frozen_frac"]  # not a statistic the probe records
 
     def variance(part):
         return average_channel_variance_reference(branch.outputs[part][0][0][1])

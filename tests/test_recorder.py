@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gradscope
-from gradscope.recorder._stats import ALL_STATS
+from gradscope.recorder import ALL_STATS
 from tests.reference import (
     ReferenceProbe,
     act_grad_reference,
@@ -22,6 +22,7 @@ from tests.reference import (
     grad_reference,
     gradient_change,
     parameter_grads,
+    unit_reference,
     weight_copy,
     weight_reference,
 )
@@ -238,6 +239,7 @@ def run_against_reference(
         for name, m in watched.items():
             ref[name].update(weight_reference(before[name], m))
             ref[name].update(act_reference(probe.outputs[name], batch_sample))
+            ref[name].update(unit_reference(probe.outputs[name], batch_sample, m))
             ref[name]["act_grad_norm"] = act_grad_reference(probe.outputs[name])
         expected[step] = ref
         opt.zero_grad()
@@ -430,6 +432,7 @@ def test_without_optimizer_user_calls_step(tmp_path):
         gns = gns_reference(modules, [parameter_grads(twin)], [len(x)])
         for name, m, b in zip(("0", "2", "4"), (twin[0], twin[2], twin[4]), before, strict=True):
             r = grad_reference(m) | weight_reference(b, m) | act_reference(probe.outputs[name], 32)
+            r |= unit_reference(probe.outputs[name], 32, m)
             r["act_grad_norm"] = act_grad_reference(probe.outputs[name])
             refs.append(r | gns[name])
         expected.append(refs)
@@ -1014,6 +1017,7 @@ def closure_training(tmp_path, steps, accumulate, manual, every=1):
         for name, m in watched.items():
             ref[name].update(weight_reference(before[name], m))
             ref[name].update(act_reference(probe.outputs[name], None))
+            ref[name].update(unit_reference(probe.outputs[name], None, m))
             ref[name]["act_grad_norm"] = act_grad_reference(probe.outputs[name])
         expected[step] = ref
     rec.close()

@@ -20,7 +20,6 @@ from gradscope.diagnosis import (
     _decades,
     _exploding_depth,
     _first_last_ratio,
-    _no_gradient,
     _positive,
     _signal_through_depth,
     _vanishing,
@@ -106,6 +105,20 @@ def _init_findings(at, names, has_params, info, thresholds) -> list[Finding]:
     if "dead_frac" in at:
         found += _dead_at_init(at["dead_frac"][0], names, thresholds)
     return found
+
+
+def _no_gradient(grad, names) -> list[Finding]:
+    """Layers with parameters and no gradient at initialization: frozen, or cut from the loss."""
+    return [
+        Finding(
+            "no_gradient",
+            str(names[j]),
+            None,
+            None,
+            f"{names[j]}: no gradient at initialization (frozen, or cut from the loss)",
+        )
+        for j in np.flatnonzero(np.isnan(grad).all(axis=0))
+    ]
 
 
 def _nonfinite(at, names) -> list[Finding]:
@@ -196,8 +209,8 @@ def _residual_dominates(ratio, names, thresholds: Thresholds) -> list[Finding]:
 
 
 def _dead_at_init(dead_frac, names, thresholds: Thresholds) -> list[Finding]:
-    """Layers where at least `dead_unit_frac` of the units are zero for every probe input."""
-    limit = thresholds.dead_unit_frac
+    """Layers where at least `init_dead_unit_frac` of the units are zero for every probe input."""
+    limit = thresholds.init_dead_unit_frac
     return [
         Finding(
             "dead_at_init",

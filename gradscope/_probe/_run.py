@@ -28,9 +28,9 @@ from gradscope._probe._inputs import ProbeBatches, probe_loss
 from gradscope._probe._state import left_as_it_was
 from gradscope.errors import GradscopeError, UsageError
 from gradscope.recorder import model_device, owns_parameters, select_modules
+from gradscope.statistics import PROBE_STATS
 from gradscope.store import (
     PROBE_ATTR,
-    PROBE_STATS,
     STEP_METRIC,
     WIDTH_METRIC,
     ProbeLayout,

@@ -4,33 +4,12 @@ import math
 
 import numpy as np
 
-from gradscope.store import GNS_STATS, PROBE_STATS
-
-# What each recorded statistic is, for figure titles ("Gradient norm by layer and step").
-STAT_WORDS = {
-    "grad_norm": "Gradient norm",
-    "grad_mean": "Gradient mean",
-    "grad_std": "Gradient standard deviation",
-    "grad_absmax": "Largest gradient magnitude",
-    "grad_nonfinite": "Non-finite gradient count",
-    "weight_norm": "Weight norm",
-    "update_ratio": "Update-to-weight ratio",
-    "act_mean": "Activation mean",
-    "act_std": "Activation standard deviation",
-    "act_absmax": "Largest activation magnitude",
-    "act_zero_frac": "Fraction of zero activations",
-    "act_grad_norm": "Backpropagated signal norm",
-    "act_kurtosis": "Activation kurtosis",
-    "act_max_rms": "Largest activation over RMS",
-    "act_outlier_channel": "Outlier channel (largest RMS)",
-    **GNS_STATS,  # the gradient noise scale's raw sums
-    **PROBE_STATS,  # the probe's own (gradscope.probe)
-}
+from gradscope.statistics import title
 
 
 def stat_words(stat: str) -> str:
     """The statistic in words ("Gradient norm"); a name gradscope does not know stays as is."""
-    return STAT_WORDS.get(stat, stat)
+    return title(stat)
 
 
 def decade_ticks(low: float, high: float) -> dict:

@@ -5,12 +5,12 @@ from gradscope.recorder._recorder import DEFAULT_BATCH_SAMPLE, Recorder, model_d
 from gradscope.recorder._stats import (
     ACT_GRAD_STATS,
     ACT_STATS,
-    ALL_STATS,
     GNS_STATS,
     GRAD_STATS,
     PARAM_STATS,
     WEIGHT_STATS,
 )
+from gradscope.statistics import ALL_STATS
 
 __all__ = [
     "ACT_GRAD_STATS",

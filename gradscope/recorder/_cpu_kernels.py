@@ -94,3 +94,28 @@ def param_sums_into(flat: np.ndarray, bounds: np.ndarray, out: np.ndarray) -> No
         out[p, 1] = sumsq
         out[p, 2] = top_bits.view(np.float32)[0]
         out[p, 3] = nonfinite
+
+
+@numba.njit(cache=True, nogil=True)
+def mark_units(x: np.ndarray, flags: np.ndarray, positive: bool) -> None:
+    """flags[u] = 1.0 where unit u of `x` [outer, units, inner] has an element > 0 (`positive`)
+    or != 0 (else), 0.0 where none has. NaN is not > 0 and is != 0, as in IEEE math.
+
+    Each unit's scan stops at its first such element, so a unit that has one costs a read or
+    two (rows come first in a unit's run): the pass costs about nothing in a healthy layer and
+    a full read only of the units that have none.
+    """
+    outer, units, inner = x.shape
+    if flags.shape[0] < units:
+        raise ValueError("mark_units needs a flag per unit")
+    for u in range(units):
+        found = 0.0
+        for o in range(outer):
+            for s in range(inner):
+                v = x[o, u, s]
+                if v > 0 if positive else v != 0:
+                    found = 1.0
+                    break
+            if found:
+                break
+        flags[u] = found

@@ -7,27 +7,25 @@ import os
 import sys
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from gradscope.errors import UsageError
+from gradscope.recorder._stats import host_to_device
+from gradscope.recorder._units import UnitLayout, placement
 from gradscope.recorder._wrappers import local_part
+from gradscope.statistics import RAW_SUMS
 
 # Raw per-layer sums of parameters (gradient_sums, weight_sums): under DDP every rank holds the
 # whole reduced gradient, so they need no collective; sharded layers add every rank's shard.
-PARAM_SUMS = (
-    "grad_count",
-    "grad_total",
-    "grad_sumsq",
-    "grad_nonfinite",
-    "grad_absmax",
-    "weight_sumsq",
-    "update_sumsq",
-    "gns_large_sumsq",  # the gradient noise scale's large batch: the reduced gradient
-    "gns_large_count",
-)
+PARAM_SUMS = tuple(s.name for s in RAW_SUMS.values() if s.source == "parameters")
 # reduced with MAX (every other raw sum with SUM), each with the count that says it has values
-MAXIMA = {"grad_absmax": "grad_count", "act_absmax": "act_count"}
+MAXIMA = {s.name: s.counted_by for s in RAW_SUMS.values() if s.combine == "max"}
+# sums of squared output gradients: DDP and FSDP average the ranks' losses
+LOSS_SCALED = tuple(s.name for s in RAW_SUMS.values() if s.loss_scaled)
+# counts of flagged units and of units: formed from per-unit flags OR-ed across ranks
+UNIT_SUMS = tuple(s.name for s in RAW_SUMS.values() if s.combine in ("units", "any"))
 OUT_OF_SCOPE = (
     "gradscope records data parallelism (DDP, FSDP2 fully_shard, FSDP1 with "
     "use_orig_params=True) over all ranks of the default process group; tensor, pipeline "
@@ -131,11 +129,18 @@ def agree_at_attach(signature, numels: list[int], failure: BaseException | None,
 class RecordReduction:
     """Adds one record's raw per-layer sums across ranks: a SUM of every sum stacked into one
     tensor and a MAX of the maxima (issued together), then a SUM of the activations' spreads
-    about the global mean. Three collectives per record whatever the depth; none per layer.
+    about the global mean and of the per-unit flags. Three collectives per record whatever
+    the depth; none per layer.
 
     Output-gradient sums of squares count 1/world^2: DDP and FSDP average gradients over the
     ranks, so the loss the optimizer sees is the mean of the ranks' losses. Parameter sums are
     reduced only when some layer is sharded; a whole layer's sums come from rank 0 alone.
+
+    Unit flags (act_pos_frac, act_grad_zero_frac) are OR-ed unit by unit, in a layout of the
+    units the ranks agree on once, at the first record that has them (one all_gather of the
+    layouts: units are channels and features, fixed by the model, not by the batch). A layer
+    whose units on some rank are not in that layout (a shared module called at a new width
+    later) records NaN for those statistics.
     """
 
     def __init__(self, rank: int, world: int, sharded: list[bool], device):
@@ -143,22 +148,34 @@ class RecordReduction:
         self.reduces_params = any(sharded)
         share = [1.0 if is_sharded or rank == 0 else 0.0 for is_sharded in sharded]
         self._param_share = torch.tensor(share, dtype=torch.float64, device=device)
+        self._n_layers = len(sharded)
+        self._agreed: dict[str, UnitLayout] = {}  # per flagged-unit sum, once
+        self._placed: dict[tuple, tuple] = {}  # (name, local keys) -> placement on the device
         self.bytes_per_record = 0  # bytes of the tensors the last record reduced
 
     def reduce(
         self,
         sums: dict[str, torch.Tensor],
         spread_about: Callable[[torch.Tensor], torch.Tensor] | None,
+        unit_flags: dict[str, tuple[UnitLayout, torch.Tensor, torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """`sums` (this rank's, [L] float64 each) added across ranks, maxima maxed; with
         `spread_about(mean)`, also act_spread, the activations' squared deviations from the
-        global mean. Every rank must call it at every record, with the same keys."""
+        global mean; with `unit_flags` (flagged-unit sum -> this rank's layout, its flag values
+        and their canonical positions), the unit counts from flags OR-ed across ranks. Every
+        rank must call it at every record, with the same keys."""
         dist = torch.distributed
-        keys = sorted(k for k in sums if self.reduces_params or k not in PARAM_SUMS)
+        unit_flags = unit_flags or {}
+        keys = sorted(
+            k for k in sums if (self.reduces_params or k not in PARAM_SUMS) and k not in UNIT_SUMS
+        )
         added = [k for k in keys if k not in MAXIMA]
         maxed = [k for k in keys if k in MAXIMA]
         rows = [self._share(k, sums[k]) for k in added]
         rows += [self._nan_values(k, sums) for k in maxed]  # a NaN anywhere stays NaN
+        placed = {name: self._place(name, *unit_flags[name]) for name in sorted(unit_flags)}
+        for name in placed:  # per layer: ranks that saw units, ranks with units not agreed
+            rows += [(sums[RAW_SUMS[name].counted_by] > 0).double(), placed[name][1]]
         totals = torch.stack(rows)
         pending = [dist.all_reduce(totals, async_op=True)]
         if maxed:
@@ -173,18 +190,67 @@ class RecordReduction:
             peak = torch.where(torch.isinf(peaks[i]) & (peaks[i] < 0), torch.nan, peaks[i])
             reduced[k] = torch.where(nan_anywhere, torch.nan, peak)
         self.bytes_per_record = totals.numel() * 8 + (peaks.numel() * 8 if maxed else 0)
+        last = [totals[len(added) + len(maxed) :]]  # the placed flags' per-layer rows
+        parts = [flags for flags, _, _ in placed.values()]
         if spread_about is not None and "act_total" in reduced:
-            spread = spread_about(reduced["act_total"] / reduced["act_count"])
-            dist.all_reduce(spread)
-            reduced["act_spread"] = spread
-            self.bytes_per_record += spread.numel() * 8
+            parts.insert(0, spread_about(reduced["act_total"] / reduced["act_count"]))
+        if parts:
+            joined = torch.cat(parts)
+            dist.all_reduce(joined)
+            self.bytes_per_record += joined.numel() * 8
+            if spread_about is not None and "act_total" in reduced:
+                reduced["act_spread"], joined = joined[: self._n_layers], joined[self._n_layers :]
+            for i, (name, (flags, _, counts)) in enumerate(placed.items()):
+                ored, joined = joined[: len(flags)], joined[len(flags) :]
+                seen, missing = last[0][2 * i], last[0][2 * i + 1]
+                units, flagged = counts(ored)
+                units = torch.where(seen > 0, units, 0.0)  # a layer no rank called: NaN shares
+                reduced[RAW_SUMS[name].counted_by] = torch.where(missing > 0, torch.nan, units)
+                reduced[name] = flagged
         return reduced
+
+    def _place(self, name: str, layout: UnitLayout, values: torch.Tensor, at: torch.Tensor):
+        """This rank's flags [agreed units] (float64, 0 where it saw none) in the layout the
+        ranks agreed on, per layer [L] 1.0 where it has units not in that layout, and a
+        function turning OR-ed flags into per-layer (units, flagged units)."""
+        flags = torch.zeros(layout.size, device=values.device).index_add_(
+            0, at, values.ne(0).float()
+        )
+        if name not in self._agreed:
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, layout.keys.tolist())
+            keys = [k for rank in gathered for k in rank]
+            keys = np.unique(np.array(keys, dtype=np.int64).reshape(-1, 3), axis=0)
+            if not len(keys):  # no rank has units yet: agree at a later record
+                nothing = torch.zeros(self._n_layers, dtype=torch.float64, device=flags.device)
+                return flags.new_zeros(0, dtype=torch.float64), nothing, lambda _: (nothing,) * 2
+            self._agreed[name] = UnitLayout(keys)
+        agreed, device = self._agreed[name], flags.device
+        key = (name, layout.keys.tobytes(), str(device))
+        if key not in self._placed:
+            kept, at, missing = placement(layout, agreed, self._n_layers)
+            self._placed[key] = (
+                host_to_device(kept, torch.long, device),
+                host_to_device(at, torch.long, device),
+                host_to_device(missing, torch.float64, device),
+                host_to_device(agreed.units_per_layer(self._n_layers), torch.float64, device),
+                host_to_device(agreed.layer_of, torch.long, device),
+            )
+        kept, at, missing, units, layer_of = self._placed[key]
+        placed = torch.zeros(agreed.size, dtype=torch.float64, device=device)
+        placed.index_add_(0, at, (flags[kept] > 0).double())
+
+        def counts(ored: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            flagged = torch.zeros(self._n_layers, dtype=torch.float64, device=device)
+            return units, flagged.index_add_(0, layer_of, (ored > 0).double())
+
+        return placed, missing, counts
 
     def _share(self, key: str, values: torch.Tensor) -> torch.Tensor:
         """What this rank adds for `key`: parameter sums of whole layers only on rank 0."""
         if key in PARAM_SUMS:
             return values * self._param_share
-        if key == "act_grad_sumsq":
+        if key in LOSS_SCALED:
             return values / self.world**2
         return values
 

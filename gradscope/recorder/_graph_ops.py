@@ -19,7 +19,9 @@ from gradscope.recorder import _stats as S
 _LIBRARY = torch.library.Library("gradscope", "DEF")
 _TAGS = (torch.Tag.cudagraph_unsafe,)
 _LIBRARY.define("observe_outputs(Tensor[] outputs, int recorder, int position) -> ()", tags=_TAGS)
-_LIBRARY.define("observe_output_grad(Tensor grad, int recorder, int position) -> ()", tags=_TAGS)
+_LIBRARY.define(
+    "observe_output_grad(Tensor grad, int recorder, int position, int slot) -> ()", tags=_TAGS
+)
 
 
 class GraphObserver(Protocol):
@@ -27,7 +29,7 @@ class GraphObserver(Protocol):
 
     def _observe_outputs(self, outputs: list[torch.Tensor], position: int) -> None: ...
 
-    def _observe_output_grad(self, grad: torch.Tensor, position: int) -> None: ...
+    def _observe_output_grad(self, grad: torch.Tensor, position: int, slot: int) -> None: ...
 
 
 _OBSERVERS: weakref.WeakValueDictionary[int, GraphObserver] = weakref.WeakValueDictionary()
@@ -52,10 +54,10 @@ def _observe_outputs(outputs: list[torch.Tensor], recorder: int, position: int) 
         observer._observe_outputs(outputs, position)
 
 
-def _observe_output_grad(grad: torch.Tensor, recorder: int, position: int) -> None:
+def _observe_output_grad(grad: torch.Tensor, recorder: int, position: int, slot: int) -> None:
     observer = _OBSERVERS.get(recorder)
     if observer is not None:
-        observer._observe_output_grad(grad, position)
+        observer._observe_output_grad(grad, position, slot)
 
 
 def _returns_nothing(*args) -> None:
@@ -87,14 +89,14 @@ class OutputProbe(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, output: torch.Tensor, recorder: int, position: int) -> torch.Tensor:
-        ctx.recorder, ctx.position = recorder, position
+    def forward(ctx, output: torch.Tensor, recorder: int, position: int, slot: int):
+        ctx.recorder, ctx.position, ctx.slot = recorder, position, slot
         return output.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        torch.ops.gradscope.observe_output_grad(grad, ctx.recorder, ctx.position)
-        return grad, None, None
+        torch.ops.gradscope.observe_output_grad(grad, ctx.recorder, ctx.position, ctx.slot)
+        return grad, None, None, None
 
 
 def observe_in_graph(output, recorder: int, position: int, probe: bool):
@@ -106,7 +108,10 @@ def observe_in_graph(output, recorder: int, position: int, probe: bool):
     if not probe:
         return output
 
+    slots = itertools.count()  # map_floating walks the outputs in floating_tensors' order
+
     def probed(t: torch.Tensor) -> torch.Tensor:
-        return OutputProbe.apply(t, recorder, position) if t.requires_grad else t
+        slot = next(slots)
+        return OutputProbe.apply(t, recorder, position, slot) if t.requires_grad else t
 
     return S.map_floating(output, probed)

@@ -50,18 +50,20 @@ def kernel_choice() -> KernelChoice:
 
 
 class SampleGroup:
-    """Copies of sampled outputs of one size on one device, rows of a reused float32 buffer
-    [rows, numel], reduced together: one copy op per output in the hook (the value it had
-    then: in-place ops come later), and a handful of batched reductions for all of them.
+    """Copies of sampled outputs of one size and unit shape on one device, rows of a reused
+    float32 buffer [rows, numel], reduced together: one copy op per output in the hook (the
+    value it had then: in-place ops come later), and one compiled kernel for all of them.
+    `units` (outer, units, inner): a row's elements as [outer, units, inner] (`_units`).
 
     Reducing one output at a time costs several ops each (or a compiled kernel whose call
     alone costs more than those ops); copying its rows is one op, and the copy also turns
     low-precision and channels-last outputs into float32 rows.
     """
 
-    def __init__(self, device: torch.device, numel: int):
+    def __init__(self, device: torch.device, numel: int, units: tuple[int, int, int]):
         self.device = device
         self.numel = numel
+        self.units = units
         self.max_rows = max(1, SAMPLE_GROUP_BYTES // (4 * numel))
         self.buffer = torch.empty((min(8, self.max_rows), numel), device=device)
         self.calls: list[int] = []  # the call (row of the caller's table) of each used row
@@ -93,25 +95,31 @@ class SampleGroup:
             self._rows[row].copy_(x)
         self.calls.append(call)
 
-    def reduce(self) -> torch.Tensor:
-        """[rows, 4] float64 of the used rows: sum, sum of squares, max |x|, nonzero count;
-        the group is then empty. One compiled kernel reads the rows once (`group_sums`)."""
+    def reduce(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The used rows' sums [rows, 4] (float64: sum, sum of squares, max |x|, nonzero
+        count) and unit flags [rows, units] (float32: 1.0 where a unit has an element > 0);
+        the group is then empty. One compiled kernel reads the rows (`group_sums`)."""
         rows = self.buffer[: len(self.calls)]
         self.calls = []
-        return group_sums(rows)
+        return group_sums(rows.view(len(rows), *self.units))
 
 
-def _group_sums(rows: torch.Tensor) -> torch.Tensor:
-    """[rows, 4]: per row sum, sum of squares, max |x| (NaN propagates) and nonzero count
-    (NaN counts), in float64 from float32 passes; compiled, one fused kernel."""
+def _group_sums(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of rows [rows, outer, units, inner]: per row sum, sum of squares, max |x| (NaN
+    propagates) and nonzero count (NaN counts) [rows, 4], in float64 from float32 passes, and
+    per unit whether any element is > 0 [rows, units]; compiled, one fused kernel."""
+    positive = (rows > 0).any(3).any(1).float()
+    rows = rows.flatten(1)
     nonzeros = (rows != 0).sum(1, dtype=torch.float64)  # integer counts: exact
     stats = [rows.sum(1), (rows * rows).sum(1), rows.abs().amax(1)]
-    return torch.stack([*(s.double() for s in stats), nonzeros], 1)
+    return torch.stack([*(s.double() for s in stats), nonzeros], 1), positive
 
 
-def _group_sums_eager(rows: torch.Tensor) -> torch.Tensor:
+def _group_sums_eager(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The same in plain torch ops, each a pass over the rows, which they overwrite (float64
     sums run several times slower on CPU than float32 ones)."""
+    positive = torch.gt(rows, 0).any(3).any(1).float()
+    rows = rows.flatten(1)
     total = rows.sum(1)
     sumsq = torch.linalg.vector_norm(rows, 2, dim=1).square_()
     rows.abs_()
@@ -119,7 +127,8 @@ def _group_sums_eager(rows: torch.Tensor) -> torch.Tensor:
     torch.ne(rows, 0, out=rows)  # 1.0 where x != 0 (NaN too), else 0.0
     exact = rows.shape[1] < EXACT_FLOAT32_COUNT  # a float32 count is exact below
     nonzeros = rows.sum(1) if exact else rows.sum(1, dtype=torch.float64)
-    return torch.stack([total.double(), sumsq.double(), absmax.double(), nonzeros.double()], 1)
+    sums = torch.stack([total.double(), sumsq.double(), absmax.double(), nonzeros.double()], 1)
+    return sums, positive
 
 
 class CompiledOrEager:
@@ -157,7 +166,13 @@ class CompiledOrEager:
 group_sums = CompiledOrEager(_group_sums, _group_sums_eager, "the activation sums")
 
 
-def grad_norm_into(g: torch.Tensor, out: torch.Tensor) -> None:
-    """out = ||g|| in float32: one reduction on any device, layout and dtype (callers square
-    a whole buffer of them once per record)."""
-    torch.linalg.vector_norm(g, 2, dtype=torch.float32, out=out)
+def unit_norms_into(g: torch.Tensor, dims: tuple[int, ...], out: torch.Tensor) -> None:
+    """out[u] = ||g's unit u|| in float32 (`dims`: the dims reduced, all but the unit's; ()
+    for one unit: the whole norm): one reduction on any device, layout and dtype. Callers
+    square a whole buffer of them once per record, for act_grad_norm, and test it for zeros,
+    for act_grad_zero_frac: a unit whose every |g| is below about 4e-23 (whose squares all
+    underflow float32) counts as zero on this path."""
+    if dims:
+        torch.linalg.vector_norm(g, 2, dim=dims, dtype=torch.float32, out=out)
+    else:
+        torch.linalg.vector_norm(g, 2, dtype=torch.float32, out=out)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradscope.recorder._kernels import KernelChoice, grad_norm_into
+from gradscope.recorder._kernels import KernelChoice, unit_norms_into
 from gradscope.recorder._stats import host_to_device
 from gradscope.recorder._wrappers import local_part
 
@@ -339,7 +339,7 @@ def _square_into(grad: torch.Tensor, out: torch.Tensor, squares: bool) -> None:
             g = g.float()
         torch.dot(g, g, out=out)
     else:
-        grad_norm_into(grad, out)
+        unit_norms_into(grad, (), out)
 
 
 def noise_scale_stats(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -111,6 +111,7 @@ class ParamGroups:
         self.sharded = any(local_part(p) is not p for p in self.params)  # FSDP2 DTensors
         self._owners = sorted({layer for _, layer in pairs})
         self._owner_masks: dict[str, torch.Tensor] = {}
+        self._counts: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._layouts: dict[tuple, FlatLayout] = {}
         # Reused buffers: a fresh allocation of a model-sized tensor costs page faults on every
         # record (large blocks go back to the OS when freed).
@@ -134,6 +135,20 @@ class ParamGroups:
             mask[self._owners] = True
             self._owner_masks[key] = host_to_device(mask, torch.bool, device)
         return self._owner_masks[key]
+
+    def element_counts(self, layout: FlatLayout, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per layer [L] float64: its parameter elements in `layout`, and those of them with
+        requires_grad=False now (cached while the flags stay the same: no op per record)."""
+        frozen = tuple(not p.requires_grad for p in layout.params)
+        key = (id(layout), frozen)
+        cached = self._counts.get(key)
+        if cached is None:
+            if len(self._counts) > 16:
+                self._counts.clear()
+            flags = host_to_device(frozen, torch.float64, device)
+            count = layout.per_layer_sum(layout.numel)
+            cached = self._counts[key] = (count, layout.per_layer_sum(layout.numel * flags))
+        return cached
 
     def scratch(self, purpose: str, shape: tuple[int, ...], device) -> torch.Tensor:
         """A reused float32 buffer of `shape` on `device` for `purpose` (reallocated only when
@@ -214,15 +229,6 @@ def _block_norms(block: torch.Tensor, out: torch.Tensor) -> None:
     torch.linalg.vector_norm(block, 2, dim=1, out=out)
 
 
-def gradient_stats(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
-    """grad_norm/mean/std/absmax/nonfinite per layer [L] from the parameters' current `.grad`.
-
-    One pass (CPU) or a few kernels per distinct parameter size over a flat copy of the
-    gradients, whatever the number of layers; layers with no gradient get NaN.
-    """
-    return gradient_stats_from_sums(gradient_sums(groups, device))
-
-
 def gradient_sums(groups: ParamGroups, device) -> dict[str, torch.Tensor]:
     """Per-layer raw gradient sums [L] (float64): grad_count, grad_total, grad_sumsq,
     grad_nonfinite (to add across ranks) and grad_absmax (NaN for a layer with no gradient).
@@ -285,22 +291,16 @@ def weight_snapshot(groups: ParamGroups, device) -> WeightSnapshot:
     return WeightSnapshot(groups, device)
 
 
-def weight_stats(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str, torch.Tensor]:
-    """weight_norm (of `before`) and update_ratio = ||after - before|| / ||before|| per layer.
-
-    Overwrites the snapshot with the difference, to spare an allocation. A layer whose
-    parameters are all empty has weight_norm 0 and update_ratio NaN; one with none, NaN for both.
-    """
-    return weight_stats_from_sums(weight_sums(groups, before, device), groups.owner_mask(device))
-
-
 def weight_sums(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str, torch.Tensor]:
-    """Per-layer raw sums [L] (float64) to add across ranks: weight_sumsq (of `before`) and
-    update_sumsq (of the change since). Overwrites the snapshot with the difference."""
+    """Per-layer raw sums [L] (float64) to add across ranks: weight_sumsq (of `before`),
+    update_sumsq (of the change since), weight_count and weight_frozen (the parameter elements,
+    and those with requires_grad=False). Overwrites the snapshot with the difference."""
     layout, flat = before.layout, before.flat
     if layout is None:
         zero = torch.zeros(groups.n_layers, dtype=torch.float64, device=device)
-        return {"weight_sumsq": zero, "update_sumsq": zero}
+        return dict.fromkeys(
+            ("weight_sumsq", "update_sumsq", "weight_count", "weight_frozen"), zero
+        )
 
     sumsq = groups.scratch("weight sums", (2, len(layout.params)), flat.device)
     numba = groups.kernels.numba_for(flat.device)
@@ -309,19 +309,23 @@ def weight_sums(groups: ParamGroups, before: WeightSnapshot, device) -> dict[str
     with torch.no_grad():
         torch._foreach_sub_(layout.views(flat), params)
     delta_sq = per_param_sumsq(layout, flat, sumsq[1], numba).to(device)
+    count, frozen = groups.element_counts(layout, device)
     return {
         "weight_sumsq": layout.per_layer_sum(before_sq),
         "update_sumsq": layout.per_layer_sum(delta_sq),
+        "weight_count": count,
+        "weight_frozen": frozen,
     }
 
 
 def weight_stats_from_sums(sums: dict[str, torch.Tensor], owns: torch.Tensor):
-    """weight_norm and update_ratio [L] from `weight_sums`; `owns`: the layers that own any
-    parameter (the others get NaN)."""
+    """weight_norm, update_ratio and weight_frozen_frac [L] from `weight_sums`; `owns`: the
+    layers that own any parameter (the others get NaN)."""
     nan = torch.full_like(sums["weight_sumsq"], float("nan"))
     norm = sums["weight_sumsq"].sqrt()
     change = sums["update_sumsq"].sqrt()
     return {
         "weight_norm": torch.where(owns, norm, nan),
         "update_ratio": torch.where(owns, change / norm, nan),
+        "weight_frozen_frac": torch.where(owns, sums["weight_frozen"] / sums["weight_count"], nan),
     }

@@ -29,6 +29,7 @@ def finish_record(
         values.update(S.activation_stats(sums))
     if "act_grad_sumsq" in sums:
         values["act_grad_norm"] = S.output_grad_norm(sums)
+    values.update(S.unit_stats(sums))
     if "gns_batches" in sums:
         values.update(noise_scale_stats(sums))
     missing = torch.full_like(order, float("nan"), dtype=torch.float64)

@@ -7,7 +7,6 @@ import warnings
 import weakref
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,7 +26,9 @@ from gradscope.recorder._noise_scale import NoiseScaleSums
 from gradscope.recorder._record import finish_record, finish_record_fused
 from gradscope.recorder._schedule import make_schedule
 from gradscope.recorder._trips import NonFiniteTrips
+from gradscope.recorder._units import unit_axis
 from gradscope.recorder._wrappers import unwrap, user_type_name
+from gradscope.statistics import RAW_SUMS, resolve_stats
 from gradscope.store import RunWriter, open_run
 from gradscope.store._failure import check_write_error_mode
 from gradscope.store._metric_values import check_metric, metric_value
@@ -113,7 +114,7 @@ class Recorder(NonFiniteTrips):
             )
 
         self._want_act = any(s in S.ACT_STATS for s in self.stats)
-        self._want_act_grad = "act_grad_norm" in self.stats
+        self._want_act_grad = any(s in S.ACT_GRAD_STATS for s in self.stats)
         # Under DDP only rank 0 needs parameter sums (every rank holds the reduced gradient),
         # unless this rank writes its own file or some layer is sharded.
         needs_params = self._writes_global or all_ranks or any(self._sharded)
@@ -144,8 +145,14 @@ class Recorder(NonFiniteTrips):
         self._pending_metrics: list[tuple[int, dict]] = []
         self._in_step = False  # a grad-enabled forward ran since the last step boundary
         self.kernels = kernel_choice()  # from $GRADSCOPE_KERNELS, fixed for this recorder
-        self._act = ActivationSums(batch_sample, self.kernels)  # this record's output sums
-        self._act_grad = OutputGradSums(self.kernels)  # and their gradients
+        axes = [unit_axis(module) for _, module in self._modules]  # where units are
+        self._act = ActivationSums(  # this record's output sums
+            batch_sample, self.kernels, axes if "act_pos_frac" in self.stats else None
+        )
+        self._act_grad = OutputGradSums(  # and their gradients'
+            self.kernels, axes if "act_grad_zero_frac" in self.stats else None
+        )
+        self._unit_flags: dict[str, tuple] = {}  # this record's unit flags, for the ranks
         self._reset_accumulators()
         self._due = self._schedule(self._step)
         # what a compiled graph's hooks read (dynamo guards on it: a graph with the ops, and one
@@ -153,7 +160,6 @@ class Recorder(NonFiniteTrips):
         self._observing = True
         self._graph_key = G.register(self)  # how the ops in compiled graphs reach this recorder
         self._groups: P.ParamGroups | None = None
-        self._device_lists: dict[tuple, torch.Tensor] = {}
         self._before: P.WeightSnapshot | None = None
         self._grad_sums: dict | None = None
         self._device = model_device(model)
@@ -170,6 +176,8 @@ class Recorder(NonFiniteTrips):
             )
             if self._due:
                 self._noise.arm()
+        # host arrays (call layers, unit positions) as device tensors, cached: they recur
+        self._on_device = S.DeviceLists(self._device)
         self._hooks = []  # the optimizer's
         self._in_update = False  # between the optimizer's step pre- and post-hooks
         self._muted = False  # the recorder's module hooks ignore calls (a replay's own)
@@ -188,7 +196,7 @@ class Recorder(NonFiniteTrips):
         """Check the arguments and choose the watched modules of the unwrapped model."""
         if batch_sample is not None and (not isinstance(batch_sample, int) or batch_sample < 1):
             raise UsageError(f"batch_sample must be a positive int or None, got {batch_sample!r}")
-        self.stats = S.resolve_stats(stats)
+        self.stats = resolve_stats(stats)
         self._schedule = make_schedule(every)
         self._batch_sample = batch_sample
         self._optimizer = optimizer
@@ -356,7 +364,7 @@ class Recorder(NonFiniteTrips):
 
     def _install_hooks(self) -> None:
         positions = range(len(self._modules))
-        self._output_grad_hooks = [self._output_grad_hook(i) for i in positions]
+        self._output_grad_hooks: dict[tuple[int, int], Callable] = {}  # (position, slot)
         self._forward_hooks = ForwardHooks(
             [module for _, module in self._modules], [self._forward_hook(i) for i in positions]
         )
@@ -402,10 +410,9 @@ class Recorder(NonFiniteTrips):
             if self._noise is not None:
                 self._noise.output(tensors)
             if self._want_act_grad:
-                grad_hook = self._output_grad_hooks[position]
-                for t in tensors:
+                for slot, t in enumerate(tensors):
                     if t.requires_grad:
-                        t.register_hook(grad_hook)
+                        t.register_hook(self._output_grad_hook(position, slot))
             elif self._want_act:
                 # Only to learn when the backward reaches this call (see _drop_backpropagated).
                 for t in tensors:
@@ -439,14 +446,14 @@ class Recorder(NonFiniteTrips):
         if self._due and self._want_act and outputs:
             self._act.add(outputs, position)
 
-    def _observe_output_grad(self, grad: torch.Tensor, position: int) -> None:
-        """A compiled backward reached a watched output (`observe_output_grad` op)."""
+    def _observe_output_grad(self, grad: torch.Tensor, position: int, slot: int) -> None:
+        """A compiled backward reached watched output `slot` (`observe_output_grad` op)."""
         if self.closed or self._muted or not self._due:
             return
         if self._noise is not None:  # its rows: the call order is the depth order here
             self._noise.reached(grad, self._depth_of(position))
         if self._want_act_grad:
-            self._output_grad_hooks[position](grad)
+            self._output_grad_hook(position, slot)(grad)
         elif self._want_act:
             self._mark_backpropagated(grad)
 
@@ -456,11 +463,16 @@ class Recorder(NonFiniteTrips):
         if self._order is None and position not in self._first_call:
             self._first_call[position] = len(self._first_call)
 
-    def _output_grad_hook(self, position: int):
-        def hook(grad):
-            self._act.mark_backpropagated()
-            self._act_grad.add(grad, position)
+    def _output_grad_hook(self, position: int, slot: int):
+        """The tensor hook of output `slot` of the module at `position` (made once)."""
+        hook = self._output_grad_hooks.get((position, slot))
+        if hook is None:
 
+            def hook(grad):
+                self._act.mark_backpropagated()
+                self._act_grad.add(grad, position, slot)
+
+            self._output_grad_hooks[position, slot] = hook
         return hook
 
     def _depth_of(self, position: int) -> int:
@@ -556,7 +568,8 @@ class Recorder(NonFiniteTrips):
             local = {k: v for k, v in sums.items() if not k.startswith("gns_")}
             self._write_record(self._ensure_writer()[1], self._pack_record(local))
         if self._reduction is not None:
-            sums = self._reduction.reduce(sums, self._act_spread if self._want_act else None)
+            spread = self._act_spread if self._want_act else None
+            sums = self._reduction.reduce(sums, spread, self._unit_flags)
         if self._writes_global:
             self._write_record(self._ensure_writer()[0], self._pack_record(sums))
 
@@ -582,13 +595,19 @@ class Recorder(NonFiniteTrips):
             else:
                 none = (torch.zeros((0, S.ACT_SUMS_SIZE), device=device),) + _no_calls(device)
                 sums.update(S.activation_layer_sums(*none, n))
+        self._unit_flags = {}
+        if "act_pos_frac" in self.stats:
+            self._unit_flags["act_pos_units"] = self._act.unit_flags(self._on_device)
         if self._want_act_grad:
-            if len(self._act_grad):
-                sumsq = self._act_grad.per_grad(device)
-                layer_of = self._on_device(self._act_grad.layers, torch.long)
-            else:
-                sumsq, layer_of = _no_calls(device)
-            sums.update(S.output_grad_layer_sums(sumsq, layer_of, n))
+            squares = self._act_grad.sums_of_squares(n, self._on_device)
+            sums.update(S.output_grad_layer_sums(*squares))
+        if "act_grad_zero_frac" in self.stats:
+            self._unit_flags["act_grad_nonzero_units"] = self._act_grad.unit_flags(self._on_device)
+        fused = not self.kernels.numba_for(device)
+        for flagged, unit_flags in self._unit_flags.items():
+            units, count = S.unit_layer_sums(*unit_flags, n, self._on_device, fused)
+            sums[RAW_SUMS[flagged].counted_by] = units
+            sums[flagged] = count
         if self._noise is not None:
             sums.update(self._noise.layer_sums())
         self._grad_sums = None
@@ -697,18 +716,6 @@ class Recorder(NonFiniteTrips):
                 [list(m.parameters(recurse=False)) for _, m in self._modules], self.kernels
             )
         return self._groups
-
-    def _on_device(self, values, dtype: torch.dtype) -> torch.Tensor:
-        """Small integers (a list or an array) as a device tensor, cached: the same calls recur
-        each step. The tensor is a copy: arrays may be views of reused tables."""
-        values = np.asarray(values, dtype=np.int64)
-        key = (values.tobytes(), dtype)
-        cached = self._device_lists.get(key)
-        if cached is None:
-            if len(self._device_lists) > 64:
-                self._device_lists.clear()
-            cached = self._device_lists[key] = S.host_to_device(values, dtype, self._device)
-        return cached
 
     def _reset_accumulators(self) -> None:
         self._act.clear()

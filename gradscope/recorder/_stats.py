@@ -1,41 +1,24 @@
-"""The statistics gradscope records, as batched tensor functions, and their names."""
+"""The activation statistics as batched tensor functions, and the statistics' groups."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from gradscope.errors import UsageError
-from gradscope.store import GNS_STATS as _GNS_TITLES
+from gradscope.recorder._kernels import CompiledOrEager
+from gradscope.statistics import names_in
 
-GRAD_STATS = ("grad_norm", "grad_mean", "grad_std", "grad_absmax", "grad_nonfinite")
-WEIGHT_STATS = ("weight_norm", "update_ratio")
-ACT_STATS = ("act_mean", "act_std", "act_absmax", "act_zero_frac")
-ACT_GRAD_STATS = ("act_grad_norm",)
-# the gradient noise scale's raw sums (recorder/_noise_scale.py)
-GNS_STATS = tuple(_GNS_TITLES)
+GRAD_STATS = names_in("grad")
+WEIGHT_STATS = names_in("weight")
+ACT_STATS = names_in("act")
+ACT_GRAD_STATS = names_in("act_grad")
+GNS_STATS = names_in("gns")  # the gradient noise scale's (recorder/_noise_scale.py)
 PARAM_STATS = GRAD_STATS + WEIGHT_STATS
-ALL_STATS = PARAM_STATS + ACT_STATS + ACT_GRAD_STATS + GNS_STATS
 
 # Raw sums of one module call's outputs: [total, sum of squares, max |x|, nonzeros], with the
 # element count kept aside. Combining into moments happens once per record, batched over calls.
 ACT_SUMS_SIZE = 4
 EXACT_FLOAT32_COUNT = 2**24  # float32 holds every integer count up to here exactly
-
-
-def resolve_stats(stats) -> tuple[str, ...]:
-    """Validate a user's selection of statistics; None means all. Keeps the canonical order."""
-    if stats is None:
-        return ALL_STATS
-    if isinstance(stats, str):
-        stats = [stats]
-    unknown = [s for s in stats if s not in ALL_STATS]
-    if unknown:
-        raise UsageError(f"unknown statistic(s) {unknown}; available: {', '.join(ALL_STATS)}")
-    chosen = set(stats)
-    if not chosen:
-        raise UsageError(f"no statistic selected; available: {', '.join(ALL_STATS)}")
-    return tuple(s for s in ALL_STATS if s in chosen)
 
 
 def floating_tensors(output) -> list[torch.Tensor]:
@@ -100,6 +83,27 @@ def host_sample(tensors: list[torch.Tensor], batch_sample: int | None) -> np.nda
     return flat_sample(tensors, batch_sample).numpy()
 
 
+class DeviceLists:
+    """Small host arrays (call layers, unit positions) as device tensors, cached by content:
+    the same ones recur record after record, so each is copied to the device once. A cached
+    tensor is a copy (arrays may be views of reused tables)."""
+
+    def __init__(self, device, size: int = 64):
+        self.device = device
+        self._cache: dict[tuple, torch.Tensor] = {}
+        self._size = size
+
+    def __call__(self, values, dtype: torch.dtype) -> torch.Tensor:
+        values = np.ascontiguousarray(values)
+        key = (values.tobytes(), values.dtype.str, dtype)
+        cached = self._cache.get(key)
+        if cached is None:
+            if len(self._cache) > self._size:
+                self._cache.clear()
+            cached = self._cache[key] = host_to_device(values, dtype, self.device)
+        return cached
+
+
 def _in_memory_order(a: np.ndarray, rows_first: bool) -> np.ndarray | None:
     """A 1-D view of the elements of `a` in memory order, when `a` is dense (no gaps, no
     overlaps) and, if `rows_first`, its first dimension is outermost in memory; else None."""
@@ -132,20 +136,6 @@ def host_to_device(values, dtype: torch.dtype, device) -> torch.Tensor:
     if device.type == "cuda":
         return host.pin_memory().to(device, non_blocking=True)
     return host.to(device)
-
-
-def combine_activation_sums(
-    sums: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, n_layers: int
-) -> dict[str, torch.Tensor]:
-    """Merge per-call sums [C, 4] with counts [C] into per-layer act_* statistics, each [L].
-
-    Each call's mean and squared deviations are formed first and merged exactly (Chan et al.),
-    which keeps act_std accurate when calls differ in mean.
-    """
-    layer = activation_layer_sums(sums, counts, layer_of, n_layers)
-    mean = layer["act_total"] / layer["act_count"]
-    layer["act_spread"] = activation_spread(sums, counts, layer_of, mean)
-    return activation_stats(layer)
 
 
 def activation_layer_sums(
@@ -191,24 +181,52 @@ def activation_stats(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def combine_output_grad_sumsq(
-    sumsq: torch.Tensor, layer_of: torch.Tensor, n_layers: int
-) -> torch.Tensor:
-    """Per-layer L2 norm of all output gradients of that layer's calls: [L], NaN if none."""
-    return output_grad_norm(output_grad_layer_sums(sumsq, layer_of, n_layers))
-
-
 def output_grad_layer_sums(
-    sumsq: torch.Tensor, layer_of: torch.Tensor, n_layers: int
+    sumsq: torch.Tensor, layer_of: torch.Tensor, calls: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Per-layer raw sums [L] (float64) of output-gradient sums of squares: act_grad_sumsq and
-    act_grad_calls, the number of gradients seen (to add across ranks)."""
-    total = sumsq.new_zeros(n_layers, dtype=torch.float64)
-    total.index_add_(0, layer_of, sumsq.double())
-    calls = torch.zeros_like(total).index_add_(0, layer_of, torch.ones_like(total[layer_of]))
+    """Per-layer raw sums [L] (float64) of output-gradient sums of squares (`sumsq` [n], of
+    gradients or of their units, each of layer `layer_of`): act_grad_sumsq, and act_grad_calls,
+    `calls` [L], the number of gradients seen (to add across ranks)."""
+    total = torch.zeros_like(calls).index_add_(0, layer_of, sumsq.double())
     return {"act_grad_sumsq": total, "act_grad_calls": calls}
 
 
 def output_grad_norm(layer: dict[str, torch.Tensor]) -> torch.Tensor:
     """act_grad_norm [L] from `output_grad_layer_sums`: NaN for a layer no gradient reached."""
     return torch.where(layer["act_grad_calls"] > 0, layer["act_grad_sumsq"].sqrt(), torch.nan)
+
+
+def _flagged_per_layer(values, at, unit_layer, units) -> torch.Tensor:
+    """Per layer [L] float64 (`units` [L]: each layer's unit count): how many of its units have
+    a nonzero value, merging first the values [n] of the same unit (canonical position `at`
+    [n] among the record's units, each of layer `unit_layer`)."""
+    merged = torch.zeros_like(unit_layer, dtype=torch.float32)
+    merged.index_add_(0, at, (values != 0).float())
+    return torch.zeros_like(units).index_add_(0, unit_layer, (merged > 0).double())
+
+
+# the device path's: merge and count in one compiled kernel per record
+flagged_per_layer = CompiledOrEager(_flagged_per_layer, _flagged_per_layer, "the unit counts")
+
+
+def unit_layer_sums(layout, values, at, n_layers: int, on_device, fused: bool):
+    """Per layer [L] float64: its units in the record (`layout`) and how many of them are
+    flagged (some value != 0 among `values` [n] at canonical positions `at` [n]).
+    `on_device(array, dtype)`: host arrays as cached device tensors."""
+    units = on_device(layout.units_per_layer(n_layers), torch.float64)
+    if not layout.size:
+        return units, torch.zeros_like(units)
+    count = flagged_per_layer if fused else _flagged_per_layer
+    return units, count(values, at, on_device(layout.layer_of, torch.long), units)
+
+
+def unit_stats(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """act_pos_frac and act_grad_zero_frac [L] from per-layer unit counts (those present);
+    NaN for a layer with no units in the record."""
+    out = {}
+    if "act_units" in layer:
+        out["act_pos_frac"] = layer["act_pos_units"] / layer["act_units"]
+    if "act_grad_units" in layer:
+        units = layer["act_grad_units"]
+        out["act_grad_zero_frac"] = (units - layer["act_grad_nonzero_units"]) / units
+    return out

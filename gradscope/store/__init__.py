@@ -13,7 +13,6 @@ from gradscope.store._noise_scale import (
 )
 from gradscope.store._probe import (
     PROBE_ATTR,
-    PROBE_STATS,
     STEP_METRIC,
     WIDTH_METRIC,
     ProbeLayout,
@@ -34,7 +33,6 @@ __all__ = [
     "LatestNoiseScale",
     "NoiseEstimates",
     "PROBE_ATTR",
-    "PROBE_STATS",
     "STEP_METRIC",
     "WIDTH_METRIC",
     "ProbeLayout",

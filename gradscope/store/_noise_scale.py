@@ -10,16 +10,13 @@ import numpy as np
 import pandas as pd
 
 from gradscope.errors import UsageError
+from gradscope.statistics import names_in
 
-# The recorded sums, name -> title: per layer, the mean over a step's small batches of their
-# squared gradient norm, the squared norm of the step's whole (large-batch) gradient, and the
-# two batch sizes in rows (the small ones' harmonic mean; the same for every layer).
-GNS_STATS = {
-    "gns_small_sq": "Small-batch squared gradient norm",
-    "gns_large_sq": "Large-batch squared gradient norm",
-    "gns_small_batch": "Small batch size",
-    "gns_large_batch": "Large batch size",
-}
+# The recorded sums (gradscope.statistics, group "gns"): per layer, the mean over a step's
+# small batches of their squared gradient norm, the squared norm of the step's whole
+# (large-batch) gradient, and the two batch sizes in rows (the small ones' harmonic mean; the
+# same for every layer).
+GNS_STATS = names_in("gns")
 MODEL_COLUMN = "model"  # the whole model's column: every watched layer's sums together
 NOISE_SCALE_WINDOW = 20  # records averaged (the record and those before it)
 ONE_SMALL_BATCH = (

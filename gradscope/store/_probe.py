@@ -19,18 +19,6 @@ PROBE_ATTR = "probe"  # the file attribute (JSON object) that marks a probe file
 WIDTH_METRIC = "width"  # metric logged at each record: the width it was taken at
 STEP_METRIC = "probe_step"  # and its step in the sweep (0: at initialization)
 
-# The probe's own statistics, name -> title. (The recorder's statistics a probe file also holds,
-# grad_norm, weight_norm, update_ratio and act_grad_norm, keep their names and titles.)
-PROBE_STATS = {
-    "chan_sq_mean": "Average channel squared mean",  # mean over channels of (channel mean)^2
-    "chan_var": "Average channel variance",  # mean over channels of the channel's variance
-    "res_var": "Residual-branch average channel variance",  # residual blocks only
-    "skip_var": "Skip-path average channel variance",  # residual blocks only
-    "res_ratio": "Residual-branch / skip variance",  # res_var / skip_var
-    "act_abs_mean": "Mean absolute activation",  # mean |x| over every output element
-    "dead_frac": "Fraction of dead units",  # channels that are zero for every input
-}
-
 
 @dataclass(frozen=True)
 class ProbeLayout:

@@ -5,21 +5,25 @@ _diagnosis.py applies the rules that make sense on one record, and the probe's o
 """
 
 import math
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from gradscope._json import json_number
+from gradscope.diagnosis._findings import Finding, first_step, nanmedian, recent_rows
+from gradscope.diagnosis._gradient_paths import gradient_path_findings, read_layer_rows
 from gradscope.errors import UsageError
+from gradscope.statistics import read_by
 from gradscope.store import is_probe
 from gradscope.store._names import path_label
 
 SCAN_CHUNK_RECORDS = 4096  # records read at a time by the exact non-finite scan
-# Statistics scanned record by record for the first non-finite value (those present in the run).
-NONFINITE_STATS = ("grad_nonfinite", "grad_norm", "weight_norm", "act_absmax")
+# Statistics scanned record by record for the first non-finite value (those present in the run);
+# grad_nonfinite first: at the same step and layer its count says more than a NaN norm.
+NONFINITE_STATS = tuple(sorted(read_by("nonfinite"), key=lambda s: s != "grad_nonfinite"))
 KIND_ORDER = (
     "nonfinite",
+    "gradient_blocked",
     "signal_vanishing_depth",
     "signal_exploding_depth",
     "activations_vanishing_depth",  # probe files: the forward signal through depth
@@ -45,7 +49,8 @@ class Thresholds:
     vanishing_ratio: float = 1e-3  # grad_norm below this x the median layer's: vanishing
     exploding_depth_ratio: float = 1e3  # first/last-layer grad_norm above this: exploding (depth)
     exploding_step_ratio: float = 1e3  # grad_norm above this x its early baseline: exploding
-    dead_zero_frac: float = 0.99  # act_zero_frac at or above this: dead units
+    dead_unit_frac: float = 0.5  # share of a layer's units dead at or above this: dead
+    dead_zero_frac: float = 0.99  # runs without act_pos_frac: act_zero_frac at or above this
     signal_depth_decades: float = 2.0  # |log10| of first/last-layer act_grad_norm above this
     signal_collapse_ratio: float = 1e-4  # a layer's act_grad_norm below this x its baseline
     recent_fraction: float = 0.25  # share of the latest records a state is judged over (median)
@@ -53,7 +58,7 @@ class Thresholds:
     max_records: int = 4000  # records read (block-averaged) by the profile rules
     # probe files (gradscope.probe) only:
     residual_dominance_ratio: float = 1.0  # median over blocks of res_var / skip_var above this
-    dead_unit_frac: float = 0.1  # share of a layer's units that never fire, at or above this
+    init_dead_unit_frac: float = 0.1  # share of a layer's units zero for every probe input
     width_exponent: float = 0.25  # |d log(act_abs_mean) / d log(width)| above this
 
     def check(self) -> None:
@@ -70,30 +75,12 @@ class Thresholds:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise UsageError(f"threshold {name} must be > 0, not {getattr(self, name)!r}")
-        for name in ("dead_zero_frac", "recent_fraction", "baseline_fraction", "dead_unit_frac"):
+        fractions = ("dead_unit_frac", "dead_zero_frac", "init_dead_unit_frac")
+        for name in (*fractions, "recent_fraction", "baseline_fraction"):
             if not 0 < getattr(self, name) <= 1:
                 raise UsageError(f"threshold {name} must be in (0, 1], not {getattr(self, name)!r}")
         if int(self.max_records) < 2:
             raise UsageError(f"threshold max_records must be >= 2, not {self.max_records!r}")
-
-
-@dataclass
-class Finding:
-    """One problem found: its kind, where (layer, first step), a value and a sentence."""
-
-    kind: str  # one of KIND_ORDER
-    layer: str | None  # qualified layer name, None when the finding is about the whole net
-    step: int | None  # first step at which the condition held
-    value: float | None  # the measured quantity compared with the threshold
-    message: str
-    phase: str | None = None  # "nonfinite" found by the replay: where in the step (see _origin)
-    op: str | None = None  # "nonfinite" found by the replay: the ATen op that made the value
-
-    def to_dict(self) -> dict:
-        """JSON-able dict; a non-finite value is written as the string "nan", "inf" or "-inf"."""
-        out = asdict(self)
-        out["value"] = json_number(self.value)
-        return out
 
 
 @dataclass
@@ -196,23 +183,23 @@ def diagnose(run, thresholds: Thresholds | None = None, **overrides) -> Diagnosi
         result.findings.extend(_exploding_depth(grad, rec_steps, names, thresholds))
         result.findings.extend(_exploding_steps(grad, rec_steps, names, thresholds))
         result.findings.extend(_vanishing(grad, rec_steps, names, thresholds))
-        result.findings.extend(_no_gradient(grad, names))
     else:
         result.skipped.append("vanishing/exploding rules: the run does not record grad_norm")
     if "act_grad_norm" in stats:
         rec_steps, signal = run.read("act_grad_norm", max_records=int(thresholds.max_records))
         signal, rec_steps = _positive(signal), np.asarray(rec_steps)
         result.signal_ratio = _first_last_ratio(signal, thresholds)
-        result.findings.extend(_signal_through_depth(signal, rec_steps, names, thresholds))
+        through_depth = _signal_through_depth(signal, rec_steps, names, thresholds)
+        result.findings.extend(through_depth)
+        if not any(f.kind == "signal_exploding_depth" for f in through_depth):
+            result.findings.extend(_signal_exploding_at_init(run, names, thresholds))
         result.findings.extend(_signal_collapse(signal, rec_steps, names, thresholds))
     else:
         result.skipped.append("signal rules: the run does not record act_grad_norm")
-    if "act_zero_frac" in stats:
-        rec_steps, zero = run.read("act_zero_frac", max_records=int(thresholds.max_records))
-        zero = np.asarray(zero, dtype=np.float64)
-        result.findings.extend(_dead(zero, np.asarray(rec_steps), names, thresholds))
-    else:
-        result.skipped.append("dead-unit rule: the run does not record act_zero_frac")
+    rows = read_layer_rows(run, int(thresholds.max_records))
+    findings, skipped = gradient_path_findings(rows, thresholds)
+    result.findings.extend(findings)
+    result.skipped.extend(skipped)
     return result
 
 
@@ -234,26 +221,11 @@ def _positive(values) -> np.ndarray:
     return out
 
 
-def _recent(n: int, fraction: float) -> slice:
-    return slice(n - max(1, math.ceil(n * fraction)), n)
-
-
-def _nanmedian(values, axis=None):
-    """np.nanmedian without the warning for all-NaN slices (they give NaN, as intended)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmedian(values, axis=axis)
-
-
-def _first_step(mask: np.ndarray, steps: np.ndarray) -> int:
-    return int(steps[int(np.argmax(mask))])
-
-
 def _first_last_ratio(grad: np.ndarray, thresholds: Thresholds) -> float | None:
     ratio = _first_last_series(grad)
     if ratio is None:
         return None
-    recent = _nanmedian(ratio[_recent(len(ratio), thresholds.recent_fraction)])
+    recent = nanmedian(ratio[recent_rows(len(ratio), thresholds.recent_fraction)])
     return None if np.isnan(recent) else float(recent)
 
 
@@ -270,11 +242,11 @@ def _exploding_depth(grad, steps, names, thresholds: Thresholds) -> list[Finding
     if ratio is None:
         return []
     limit = thresholds.exploding_depth_ratio
-    recent = _nanmedian(ratio[_recent(len(ratio), thresholds.recent_fraction)])
+    recent = nanmedian(ratio[recent_rows(len(ratio), thresholds.recent_fraction)])
     if not recent > limit:
         return []
     first = names[np.flatnonzero(~np.isnan(grad).all(axis=0))[0]]
-    step = _first_step(ratio > limit, steps)
+    step = first_step(ratio > limit, steps)
     return [
         Finding(
             "exploding_depth",
@@ -301,7 +273,7 @@ def _signal_through_depth(signal, steps, names, thresholds: Thresholds) -> list[
     ratio = _first_last_series(signal)
     if ratio is None:
         return []
-    recent = _nanmedian(ratio[_recent(len(ratio), thresholds.recent_fraction)])
+    recent = nanmedian(ratio[recent_rows(len(ratio), thresholds.recent_fraction)])
     limit = thresholds.signal_depth_decades
     if not (recent > 0 and abs(math.log10(recent)) > limit):
         return []
@@ -309,7 +281,7 @@ def _signal_through_depth(signal, steps, names, thresholds: Thresholds) -> list[
     first, last = names[with_signal[0]], names[with_signal[-1]]
     with np.errstate(divide="ignore", invalid="ignore"):
         off = np.abs(np.log10(ratio)) > limit
-    step = _first_step(off & ((ratio < 1) == (recent < 1)), steps)
+    step = first_step(off & ((ratio < 1) == (recent < 1)), steps)
     if recent < 1:
         kind, what = "signal_vanishing_depth", "vanishes towards the input"
     else:
@@ -322,6 +294,37 @@ def _signal_through_depth(signal, steps, names, thresholds: Thresholds) -> list[
             float(recent),
             f"the backpropagated signal {what}: act_grad_norm at {first} / at {last} is "
             f"{recent:.3g}, {_decades(float(recent))} (> {limit:g}; first from step {step})",
+        )
+    ]
+
+
+def _signal_exploding_at_init(run, names, thresholds: Thresholds) -> list[Finding]:
+    """At initialization (a record of step 0, read exactly), the backpropagated signal grows by
+    more than `signal_depth_decades` from the last watched layer to the first: the first
+    updates of the layers near the input are that much larger, an effect that outlasts it (a
+    plain 56-layer net's conv1 weight norm grows 170-fold in its first 100 steps)."""
+    if int(run.steps[0]) != 0:
+        return []
+    _, first_record = run.read("act_grad_norm", start_step=0, stop_step=1)
+    signal = _positive(first_record)[:1]
+    ratio = _first_last_series(signal)
+    limit = thresholds.signal_depth_decades
+    if ratio is None or not (ratio[0] > 0 and math.log10(ratio[0]) > limit):
+        return []
+    with_signal = np.flatnonzero(~np.isnan(signal[0]))
+    first, last = names[with_signal[0]], names[with_signal[-1]]
+    value = float(ratio[0])
+    return [
+        Finding(
+            "signal_exploding_depth",
+            str(first),
+            0,
+            value,
+            f"at initialization the backpropagated signal explodes towards the input: "
+            f"act_grad_norm at {first} / at {last} is {value:.3g} at step 0, "
+            f"{_decades(value)} (> {limit:g}): the first updates of the layers near the input "
+            "are that much larger (a smaller initialization, residual connections or a warm-up "
+            "tame it)",
         )
     ]
 
@@ -350,7 +353,7 @@ def _signal_collapse(signal, steps, names, thresholds: Thresholds) -> list[Findi
 def _baseline(values, thresholds: Thresholds) -> np.ndarray:
     """Each layer's median over the earliest `baseline_fraction` of rows."""
     rows = slice(0, max(1, math.ceil(len(values) * thresholds.baseline_fraction)))
-    return _nanmedian(values[rows], axis=0)
+    return nanmedian(values[rows], axis=0)
 
 
 def _exploding_steps(grad, steps, names, thresholds: Thresholds) -> list[Finding]:
@@ -363,7 +366,7 @@ def _exploding_steps(grad, steps, names, thresholds: Thresholds) -> list[Finding
     for j in np.flatnonzero(over.any(axis=0)):
         peak = float(np.nanmax(growth[:, j]))
         peak_step = int(steps[int(np.nanargmax(growth[:, j]))])
-        step = _first_step(over[:, j], steps)
+        step = first_step(over[:, j], steps)
         found.append(
             Finding(
                 "exploding_steps",
@@ -380,17 +383,17 @@ def _exploding_steps(grad, steps, names, thresholds: Thresholds) -> list[Finding
 def _layers_past_limit(values, crosses, steps, names, thresholds, kind, describe):
     """One finding per layer whose recent median of `values` [records, L] `crosses` the limit
     (a function of an array, giving a bool mask), dated at its first record that crossed it."""
-    recent = _nanmedian(values[_recent(len(values), thresholds.recent_fraction)], axis=0)
+    recent = nanmedian(values[recent_rows(len(values), thresholds.recent_fraction)], axis=0)
     found = []
     for j in np.flatnonzero(crosses(recent)):
-        step = _first_step(crosses(values[:, j]), steps)
+        step = first_step(crosses(values[:, j]), steps)
         value = float(recent[j])
         found.append(Finding(kind, str(names[j]), step, value, describe(names[j], value, step)))
     return found
 
 
 def _vanishing(grad, steps, names, thresholds: Thresholds) -> list[Finding]:
-    median = _nanmedian(grad, axis=1)
+    median = nanmedian(grad, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         relative = grad / median[:, None]
     limit = thresholds.vanishing_ratio
@@ -406,35 +409,6 @@ def _vanishing(grad, steps, names, thresholds: Thresholds) -> list[Finding]:
             f"(< {limit:g}, first at step {step})"
         ),
     )
-
-
-def _dead(zero, steps, names, thresholds: Thresholds) -> list[Finding]:
-    limit = thresholds.dead_zero_frac
-    return _layers_past_limit(
-        zero,
-        lambda v: v >= limit,
-        steps,
-        names,
-        thresholds,
-        "dead",
-        lambda name, value, step: (
-            f"{name}: {value:.1%} of activations are zero "
-            f"(>= {limit:.0%}, first at step {step}): dead units"
-        ),
-    )
-
-
-def _no_gradient(grad, names) -> list[Finding]:
-    return [
-        Finding(
-            "no_gradient",
-            str(names[j]),
-            None,
-            None,
-            f"{names[j]}: no gradient recorded at any step (frozen or unused?)",
-        )
-        for j in np.flatnonzero(np.isnan(grad).all(axis=0))
-    ]
 
 
 def _replayed_nonfinite(run) -> list[Finding]:
@@ -456,34 +430,38 @@ def _replayed_nonfinite(run) -> list[Finding]:
 
 
 def _first_nonfinite(run, names, stats) -> list[Finding]:
-    """The earliest (step, then depth) non-finite value, scanning every record exactly.
+    """The first non-finite value, scanning every record exactly: the earliest step, then in
+    the order a step computes them: the shallowest weight or activation (forward pass), else
+    the shallowest gradient.
 
-    Non-finite means: grad_nonfinite > 0, an inf, or a NaN in a layer that had a finite value
-    at an earlier record (a layer NaN from the start had no gradient, which is not an error).
+    Non-finite means: grad_nonfinite > 0, an inf, a NaN weight norm in a layer that owns
+    parameters, or a NaN in a layer that had a finite value at an earlier record (a layer NaN
+    from the start had no gradient, or was never called, which is not an error).
     """
-    best = None  # (step, layer position, stat, value)
-    for stat in (s for s in NONFINITE_STATS if s in stats):
-        hit = _scan_stat(run, stat)
-        if hit is not None and (best is None or hit[:2] < best[:2]):
-            best = hit
-    if best is None:
+    hits = [_scan_stat(run, s) for s in NONFINITE_STATS if s in stats]
+    hits = [hit for hit in hits if hit is not None]  # (step, layer position, stat, value)
+    if not hits:
         return []
-    step, j, stat, value = best
-    return [
-        Finding(
-            "nonfinite",
-            str(names[j]),
-            step,
-            value,
-            f"{names[j]}: first non-finite value at step {step} ({stat} = {value:g})",
-        )
-    ]
+    first = min(step for step, _, _, _ in hits)
+    hits = [hit for hit in hits if hit[0] == first]
+    forward = [hit for hit in hits if hit[2] in _FORWARD_STATS]
+    step, j, stat, value = min(forward or hits, key=lambda hit: hit[1])
+    message = f"{names[j]}: first non-finite value at step {step} ({stat} = {value:g})"
+    gradients = [hit for hit in hits if hit[2] not in _FORWARD_STATS]
+    if forward and gradients:
+        message += "; that step's gradients are non-finite too"
+    return [Finding("nonfinite", str(names[j]), step, value, message)]
+
+
+_FORWARD_STATS = ("weight_norm", "act_absmax")  # computed before a step's gradients
 
 
 def _scan_stat(run, stat: str):
     """First (step, layer, stat, value) where `stat` turns non-finite, or None."""
     steps = np.asarray(run.steps)
     seen_finite = np.zeros(len(run.layers), dtype=bool)
+    if stat == "weight_norm":  # NaN only without parameters, or with NaN weights
+        seen_finite = run.layers["params"].to_numpy() > 0
     for begin in range(0, len(steps), SCAN_CHUNK_RECORDS):
         end = min(begin + SCAN_CHUNK_RECORDS, len(steps))
         lo, hi = int(steps[begin]), int(steps[end - 1])
