@@ -28,14 +28,18 @@ class RawSum:
     across ranks before the statistics are formed, so a record is the global batch's. Unit
     counts ("units": a layer's output units, channels or features, the same units on every
     call and rank) and counts of flagged units ("any": a flag per unit, OR-ed over calls,
-    micro-batches and ranks, then counted) are formed from per-unit flags (`recorder._units`).
+    micro-batches and ranks, then counted) are formed from per-unit flags (`recorder._units`);
+    a unit's index ("argmax": per unit a sum of squares and an element count, added over calls,
+    micro-batches and ranks, then per layer the unit of the largest mean square) from per-unit
+    sums.
     """
 
     name: str
     # "parameters", "small batches" (each backward pass's gradients on each rank), "outputs"
     # or "output gradients"
     source: str
-    combine: str  # "sum", "max", "units" or "any" over calls, micro-batches, parameters, ranks
+    # "sum", "max", "units", "any" or "argmax" over calls, micro-batches, parameters, ranks
+    combine: str
     # a maximum's count that says it has values (> 0); a flagged-unit count's unit count
     counted_by: str | None = None
     loss_scaled: bool = False  # a sum of squared dL/dO: counts 1/world^2 under DDP/FSDP
@@ -76,10 +80,14 @@ _OUTPUT_SUMS = (
     # squared deviations from the layer's mean over every call and rank (Chan et al.): added
     # once the global mean is known
     RawSum("act_spread", "outputs", "sum"),
+    # fourth powers of the deviations from that mean, added the same way (Pebay's update)
+    RawSum("act_moment4", "outputs", "sum"),
     RawSum("act_nonzeros", "outputs", "sum"),
     RawSum("act_absmax", "outputs", "max", counted_by="act_count"),
     RawSum("act_units", "outputs", "units"),
     RawSum("act_pos_units", "outputs", "any", counted_by="act_units"),  # > 0 in some row
+    # per unit, its squares summed (and its elements counted): the layer's unit of largest RMS
+    RawSum("act_unit_sumsq", "outputs", "argmax"),
     RawSum("act_grad_sumsq", "output gradients", "sum", loss_scaled=True),
     RawSum("act_grad_calls", "output gradients", "sum"),
     RawSum("act_grad_units", "output gradients", "units"),
@@ -222,6 +230,31 @@ STATISTICS = (
         f"share of {_UNITS} that are > 0 in at least one sampled row of some call",
         ("act_units", "act_pos_units"),
         rules=("dead", "no_gradient"),
+    ),
+    Statistic(
+        "act_kurtosis",
+        "Activation kurtosis",
+        "act",
+        f"Pearson's kurtosis E[(x - mean)^4] / var^2 over {_ACT} (3 for a Gaussian)",
+        ("act_count", "act_total", "act_spread", "act_moment4"),
+        no_rule=_NOT_A_RULE,
+    ),
+    Statistic(
+        "act_max_rms",
+        "Largest activation over RMS",
+        "act",
+        f"max |x| / sqrt(E[x^2]) over {_ACT}",
+        ("act_count", "act_total", "act_spread", "act_absmax"),
+        no_rule=f"{_NOT_A_RULE} (act_kurtosis carries the trend: a peak ratio is noisy)",
+    ),
+    Statistic(
+        "act_outlier_channel",
+        "Outlier channel (largest RMS)",
+        "act",
+        f"index of the unit of largest RMS among {_UNITS}, its RMS over every sampled row of "
+        "every call",
+        ("act_unit_sumsq",),
+        no_rule=f"{_NOT_A_RULE} (a channel index: act_kurtosis says when outliers grow)",
     ),
     Statistic(
         "act_grad_norm",

@@ -40,22 +40,26 @@ class ReferenceProbe:
 
 
 def act_reference(outputs, batch_sample):
-    """act_mean/std/absmax/zero_frac over the kept output copies, first `batch_sample` rows."""
+    """act_mean/std/absmax/zero_frac/kurtosis/max_rms over the kept output copies, first
+    `batch_sample` rows; Pearson's kurtosis written out, E[(x - mean)^4] / E[(x - mean)^2]^2."""
     values = []
     for call in outputs:
         for _, copy in call:
             x = copy if batch_sample is None or copy.dim() == 0 else copy[:batch_sample]
             values.extend(x.double().reshape(-1).tolist())
     if not values:
-        return dict(
-            act_mean=math.nan, act_std=math.nan, act_absmax=math.nan, act_zero_frac=math.nan
-        )
+        names = ("mean", "std", "absmax", "zero_frac", "kurtosis", "max_rms")
+        return {f"act_{name}": math.nan for name in names}
     v = torch.tensor(values, dtype=torch.float64)
+    deviation = v - v.mean()
+    variance = deviation.pow(2).mean()
     return dict(
         act_mean=v.mean().item(),
         act_std=v.std(correction=0).item(),
         act_absmax=v.abs().max().item(),
         act_zero_frac=(v == 0).double().mean().item(),
+        act_kurtosis=(deviation.pow(4).mean() / variance**2).item(),
+        act_max_rms=(v.abs().max() / v.pow(2).mean().sqrt()).item(),
     )
 
 
@@ -86,10 +90,11 @@ def _units(x: torch.Tensor, module: nn.Module) -> list[torch.Tensor]:
 
 
 def unit_reference(outputs, batch_sample, module: nn.Module):
-    """act_pos_frac (units > 0 in some sampled row of some call) and act_grad_zero_frac (units
-    whose gradient is exactly 0 in every row of every call that got one), by plain loops over
-    units; a unit is (output slot, unit count, index), the same across calls."""
-    positive, nonzero = {}, {}
+    """act_pos_frac (units > 0 in some sampled row of some call), act_outlier_channel (the index
+    of the unit of largest RMS over its sampled rows of every call) and act_grad_zero_frac
+    (units whose gradient is exactly 0 in every row of every call that got one), by plain loops
+    over units; a unit is (output slot, unit count, index), the same across calls."""
+    positive, nonzero, squares, counts = {}, {}, {}, {}
     for call in outputs:
         for slot, (tensor, copy) in enumerate(call):
             x = copy if batch_sample is None or copy.dim() == 0 else copy[:batch_sample]
@@ -97,6 +102,8 @@ def unit_reference(outputs, batch_sample, module: nn.Module):
             for u, values in enumerate(units):
                 key = (slot, len(units), u)
                 positive[key] = positive.get(key, False) or bool((values > 0).any())
+                squares[key] = squares.get(key, 0.0) + values.double().pow(2).sum().item()
+                counts[key] = counts.get(key, 0) + values.numel()
             if tensor is not None and tensor.grad is not None:
                 grads = _units(tensor.grad, module)
                 for u, values in enumerate(grads):
@@ -104,7 +111,9 @@ def unit_reference(outputs, batch_sample, module: nn.Module):
                     nonzero[key] = nonzero.get(key, False) or bool((values != 0).any())
     pos = sum(positive.values()) / len(positive) if positive else math.nan
     zero = (len(nonzero) - sum(nonzero.values())) / len(nonzero) if nonzero else math.nan
-    return dict(act_pos_frac=pos, act_grad_zero_frac=zero)
+    rms = {key: math.sqrt(squares[key] / counts[key]) for key in squares if counts[key]}
+    outlier = max(sorted(rms), key=rms.get)[2] if rms else math.nan
+    return dict(act_pos_frac=pos, act_outlier_channel=outlier, act_grad_zero_frac=zero)
 
 
 def grad_reference(module: nn.Module):

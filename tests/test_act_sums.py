@@ -25,23 +25,41 @@ SAMPLES = [
 
 
 def brute_force(x: torch.Tensor):
+    """The ACT_SUMS_SIZE per-call sums, in float64: sum, sum of squares, max |x|, nonzeros,
+    the shift (the first element) and the sums of (x - shift)^k for k = 1..4."""
     v = x.double().reshape(-1).tolist()
+    if not v:
+        return [0.0] * S.ACT_SUMS_SIZE
     absmax = max(abs(a) for a in v)
-    return [math.fsum(v), math.fsum(a * a for a in v), absmax, sum(a != 0 for a in v)]
+    shifted = [[(a - v[0]) ** k for a in v] for k in range(1, 5)]
+    return [math.fsum(v), math.fsum(a * a for a in v), absmax, sum(a != 0 for a in v), v[0]] + [
+        math.fsum(powers) for powers in shifted
+    ]
+
+
+def assert_sums(got, want, rtol=1e-5, atol=1e-6):
+    """Rows of per-call sums against `brute_force`'s: the first four as before, the shift
+    exactly, the shifted power sums to float32 accuracy of their terms' magnitudes."""
+    got, want = np.atleast_2d(np.asarray(got, dtype=np.float64)), np.atleast_2d(want)
+    np.testing.assert_allclose(got[:, :4], want[:, :4], rtol=rtol, atol=atol)
+    np.testing.assert_array_equal(got[:, 4], want[:, 4].astype(np.float32))
+    scale = np.abs(want[:, 5:]) + np.abs(want[:, 6:7]) ** (np.arange(1, 5) / 2) + 1e-30
+    np.testing.assert_array_less(np.abs(got[:, 5:] - want[:, 5:]), 2e-5 * scale + atol)
 
 
 @pytest.mark.parametrize("values", SAMPLES)
 def test_fused_kernel_matches_brute_force(values):
-    out = np.zeros(4, dtype=np.float32)
+    out = np.zeros(S.ACT_SUMS_SIZE, dtype=np.float32)
     sums_into(values.numpy(), out)
-    total, sumsq, absmax, nonzeros = brute_force(values)
-    np.testing.assert_allclose(out[:2], [total, sumsq], rtol=1e-5, atol=1e-30)
-    assert out[2] == np.float32(absmax)  # exact: a max of the values themselves
-    assert out[3] == nonzeros  # exact: -0.0 is a zero
+    want = brute_force(values)
+    np.testing.assert_allclose(out[:2], want[:2], rtol=1e-5, atol=1e-30)
+    assert out[2] == np.float32(want[2])  # exact: a max of the values themselves
+    assert out[3] == want[3]  # exact: -0.0 is a zero
+    assert_sums(out, want, atol=1e-30)
 
 
 def test_fused_kernel_propagates_nan_and_inf():
-    out = np.zeros(4, dtype=np.float32)
+    out = np.zeros(S.ACT_SUMS_SIZE, dtype=np.float32)
     sums_into(np.array([1.0, np.nan, 0.0], dtype=np.float32), out)
     assert np.isnan(out[:3]).all() and out[3] == 2  # NaN is not a zero
     sums_into(np.array([1.0, -np.inf, 0.0], dtype=np.float32), out)
@@ -51,8 +69,8 @@ def test_fused_kernel_propagates_nan_and_inf():
 
 
 def test_kernel_refuses_a_short_output_row():
-    with pytest.raises(ValueError, match="row of 4"):
-        sums_into(np.ones(3, dtype=np.float32), np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="row of 9"):
+        sums_into(np.ones(3, dtype=np.float32), np.zeros(8, dtype=np.float32))
 
 
 AUTO, TORCH = KernelChoice("auto"), KernelChoice("torch")
@@ -75,7 +93,7 @@ def test_every_path_gives_the_same_rows(kernels, monkeypatch):
     )
     outputs.append(torch.randn(5, 6, 2, generator=generator).transpose(0, 1))  # rows not outermost
     sampled = [o.detach()[:4].float() if o.dim() else o for o in outputs]
-    want = [brute_force(o) if o.numel() else [0] * 4 for o in sampled]
+    want = [brute_force(o) for o in sampled]
     sums = ActivationSums(batch_sample=4, kernels=kernels)
     for _ in range(2):  # rows are reused from one record to the next
         for position, o in enumerate(outputs):
@@ -84,7 +102,7 @@ def test_every_path_gives_the_same_rows(kernels, monkeypatch):
         assert rows.shape == (len(outputs), S.ACT_SUMS_SIZE)
         assert sums.counts.tolist() == [12, 160, 20, 360, 240, 28, 0, 160, 12, 1, 48, 40]
         assert sums.layers.tolist() == list(range(len(outputs)))
-        np.testing.assert_allclose(rows.double().numpy(), np.array(want), rtol=2e-5, atol=1e-6)
+        assert_sums(rows.double().numpy(), np.array(want), rtol=2e-5, atol=1e-6)
         sums.clear()
         assert len(sums) == 0
 
@@ -98,9 +116,9 @@ def test_a_call_with_several_outputs_is_one_row_per_output_or_call(kernels):
     rows = sums.per_call("cpu").double().numpy()
     both = torch.cat([a[:4].reshape(-1), b[:4].reshape(-1)])
     if kernels is AUTO:  # one call: one row over both outputs
-        np.testing.assert_allclose(rows, [brute_force(both)], rtol=1e-5)
+        assert_sums(rows, [brute_force(both)])
     else:  # one row per output, merged per layer when the record is packed
-        np.testing.assert_allclose(rows, [brute_force(a[:4]), brute_force(b[:4])], rtol=1e-5)
+        assert_sums(rows, [brute_force(a[:4]), brute_force(b[:4])])
 
 
 def test_numba_and_device_rows_mix_in_call_order(monkeypatch):
@@ -114,7 +132,7 @@ def test_numba_and_device_rows_mix_in_call_order(monkeypatch):
         sums.add([o], position)
     assert sums._calls.column(2).tolist() == [0, -1, 1, -1, 2]  # host rows; -1: device path
     rows = sums.per_call("cpu").double().numpy()
-    np.testing.assert_allclose(rows, [brute_force(o[:4]) for o in outputs], rtol=1e-5)
+    assert_sums(rows, [brute_force(o[:4]) for o in outputs])
 
 
 def test_torch_mode_never_imports_numba(tmp_path):
@@ -247,13 +265,15 @@ def test_the_plain_torch_group_sums_match_the_compiled_ones_and_brute_force():
     unit.copy_(-unit.abs())  # never > 0
     want = [brute_force(r) for r in rows]
     positive = (rows.view(5, 5, 6, 10) > 0).any(3).any(1).float()
-    for got, flags in (
+    squares = rows.double().view(5, 5, 6, 10).pow(2).sum((1, 3))
+    for got, flags, unit_sumsq in (
         group_sums(rows.clone().view(5, 5, 6, 10)),
         _group_sums_eager(rows.clone().view(5, 5, 6, 10)),
     ):
         got = got.numpy()
+        assert_sums(got[[0, 1, 4]], [want[i] for i in (0, 1, 4)])
         for i in (0, 1, 4):
-            np.testing.assert_allclose(got[i], want[i], rtol=1e-5)
+            torch.testing.assert_close(unit_sumsq[i], squares[i], rtol=1e-5, atol=0)
         assert np.isnan(got[2, :3]).all() and got[2, 3] == want[2][3]  # NaN counts as nonzero
         assert got[3, 0] == -np.inf and got[3, 1] == np.inf and got[3, 2] == np.inf
         torch.testing.assert_close(flags, positive)
@@ -274,10 +294,10 @@ def test_a_failed_compilation_warns_and_the_plain_ops_take_over(monkeypatch):
     rows = torch.randn(3, 1, 40, 1, generator=torch.Generator().manual_seed(9))
     want = [brute_force(r) for r in rows]
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler here.*same values"):
-        got, flags = sums(rows.clone())
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+        got, flags, _ = sums(rows.clone())
+    assert_sums(got.numpy(), want)
     torch.testing.assert_close(flags, (rows > 0).any(3).any(1).float())
-    np.testing.assert_allclose(sums(rows.clone())[0].numpy(), want, rtol=1e-5)  # one warning
+    assert_sums(sums(rows.clone())[0].numpy(), want)  # one warning
 
 
 def test_the_device_path_compiles_once_not_per_step_or_size(tmp_path, monkeypatch):
@@ -320,6 +340,7 @@ def test_the_fused_record_finish_matches_the_plain_one_nans_included():
         "act_count": count,  # layer 0 never called: NaN moments
         "act_total": torch.randn(n, generator=g, dtype=torch.float64),
         "act_spread": torch.rand(n, generator=g, dtype=torch.float64),
+        "act_moment4": torch.rand(n, generator=g, dtype=torch.float64),
         "act_absmax": torch.rand(n, generator=g, dtype=torch.float64),
         "act_nonzeros": count / 2,
         "act_grad_sumsq": torch.rand(n, generator=g, dtype=torch.float64),
@@ -334,8 +355,9 @@ def test_the_fused_record_finish_matches_the_plain_one_nans_included():
         "act_pos_units": count.sqrt().div(2).floor(),
         "act_grad_units": count.sqrt(),
         "act_grad_nonzero_units": count.sqrt().sub(1).clamp_min(0),
+        "act_unit_sumsq": torch.tensor([math.nan, 0, 3, 1, 7, 2, 0], dtype=torch.float64),
     }
-    for key in ("act_total", "act_spread"):  # what a layer never called holds
+    for key in ("act_total", "act_spread", "act_moment4"):  # what a layer never called holds
         sums[key][0] = 0.0
     sums["act_absmax"][0] = float("nan")
     owns = torch.tensor([False, True, True, True, True, True, True])

@@ -280,11 +280,13 @@ def reference(phase: str) -> dict[int, dict[str, list[float]]]:
             # each rank's first batch_sample rows of each call
             calls = [copy for call in probe.outputs[name] for _, copy in call]
             per_rank = [[(None, rows)] for copy in calls for rows in copy.chunk(WORLD)]
+            sampled_units = unit_reference(per_rank, batch_sample, module)
             stats[name] = {
                 **grads[name],
                 **weight_reference(before[name], module),
                 **act_reference(per_rank, batch_sample),
-                "act_pos_frac": unit_reference(per_rank, batch_sample, module)["act_pos_frac"],
+                "act_pos_frac": sampled_units["act_pos_frac"],
+                "act_outlier_channel": sampled_units["act_outlier_channel"],
                 "act_grad_norm": act_grad_reference(probe.outputs[name]),
                 **noise[name],
                 "act_grad_zero_frac": unit_reference(probe.outputs[name], None, module)[

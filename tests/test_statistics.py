@@ -27,7 +27,7 @@ def test_every_statistic_is_described_and_has_a_rule_or_says_why_not(stat):
 def test_raw_sums_say_how_they_combine():
     for raw in catalog.RAW_SUMS.values():
         assert raw.source in ("parameters", "small batches", "outputs", "output gradients")
-        assert raw.combine in ("sum", "max", "units", "any")
+        assert raw.combine in ("sum", "max", "units", "any", "argmax")
         assert (raw.combine in ("max", "any")) == (raw.counted_by in catalog.RAW_SUMS)
 
 

@@ -55,8 +55,9 @@ def _numba_kernels():
 
 
 class ActivationSums:
-    """Per call of a watched module: [total, sum of squares, max |x|, nonzeros] of its outputs
-    (first `batch_sample` rows), the element count and the layer.
+    """Per call of a watched module: [total, sum of squares, max |x|, nonzeros, shift, shifted
+    power sums 1-4] of its outputs (first `batch_sample` rows, `_stats.ACT_SUMS_SIZE`), the
+    element count and the layer.
 
     CPU tensors (kernel mode auto): one fused numba pass over the output writes the four straight
     into a reused host table. Elsewhere (and with GRADSCOPE_KERNELS=torch everywhere) the device
@@ -65,29 +66,42 @@ class ActivationSums:
     record is packed (or when its buffer is full). Rows are merged per layer once per record.
 
     With `unit_axes` (per layer, where its outputs' units are: `_units.unit_axis`), each
-    output also gets a flag per unit, 1 where the unit is > 0 in some sampled row
-    (act_pos_frac): on the CPU path one early-exit pass (`_cpu_kernels.mark_units`) into a
-    reused host buffer, on the device path in the sample group's kernel.
+    output also gets per unit, with `positive`, a flag, 1 where the unit is > 0 in some sampled
+    row (act_pos_frac): on the CPU path one early-exit pass (`_cpu_kernels.mark_units`) into a
+    reused host buffer, on the device path in the sample group's kernel; with `squares`, the
+    sum of squares of its sampled elements (act_outlier_channel): on the CPU path one pass
+    (`_cpu_kernels.unit_sumsq_into`), on the device path in the same kernel.
 
     `backpropagated` counts the leading calls that a backward pass has since reached: when the
     gradients are zeroed, those calls' gradients are gone, so their rows go too
     (`drop_backpropagated`), while calls whose backward is still to come stay.
     """
 
-    def __init__(self, batch_sample: int | None, kernels: KernelChoice, unit_axes=None):
+    def __init__(
+        self,
+        batch_sample: int | None,
+        kernels: KernelChoice,
+        unit_axes=None,
+        positive: bool = True,
+        squares: bool = False,
+    ):
         self.batch_sample = batch_sample
         self._numba_on_cpu = kernels.numba_on_cpu
-        self._unit_axes = unit_axes  # None: no unit flags
+        self._unit_axes = unit_axes  # None: nothing per unit
+        self._positive = positive and unit_axes is not None
+        self._squares = squares and unit_axes is not None
         self._host = HostRows(S.ACT_SUMS_SIZE)  # the numba rows, in call order
         # row i: call i's element count, layer, and its row in the host table (-1: a device
         # row, in a sample group or a reduced chunk)
         self._calls = HostRows(3, np.int64)
         self._first_call = 0  # the number of calls dropped since the record began
         self._groups: dict[tuple, SampleGroup] = {}  # (device, numel, units) -> its group
-        # reduced rows [r, 4], their calls, and their unit flags [r, units]
-        self._chunks: list[tuple[torch.Tensor, list[int], torch.Tensor]] = []
-        self._entries = U.UnitEntries()  # the flag rows: call, layer, slot, units, offset
+        # reduced rows [r, ACT_SUMS_SIZE], their calls, their unit flags [r, units] and their
+        # units' sums of squares [r, units]
+        self._chunks: list[tuple[torch.Tensor, list[int], torch.Tensor, torch.Tensor]] = []
+        self._entries = U.UnitEntries()  # the unit rows: call, layer, slot, units, offset, ...
         self._flags = U.HostFlags()  # the CPU kernels' flags
+        self._unit_sumsq = U.HostFlags(np.float64)  # and sums of squares (same offsets)
         self._numba = None
         self.backpropagated = 0  # leading calls whose forward pass a backward has reached
 
@@ -116,7 +130,7 @@ class ActivationSums:
                 call = self._calls.next_row()  # first: it may grow the table
                 self._calls.table[call] = (x.shape[0], position, row)
                 if self._unit_axes is not None:
-                    self._mark_positive(tensors, position, self._first_call + call)
+                    self._per_unit(tensors, position, self._first_call + call)
                 return
         axis = self._unit_axes[position] if self._unit_axes is not None else None
         for slot, t in enumerate(tensors):  # the device path: a row per output tensor
@@ -125,11 +139,12 @@ class ActivationSums:
             call = self._calls.next_row()
             self._calls.table[call] = (t.numel(), position, -1)
             if units is not None and units[1] > 0:
-                self._entries.add(self._first_call + call, position, slot, units[1], -1)
+                elements = units[0] * units[2]
+                self._entries.add(self._first_call + call, position, slot, units[1], -1, elements)
             if t.numel() == 0:  # no rows: every sum is 0 (and so is the count), no unit > 0
                 zeros = t.new_zeros((1, S.ACT_SUMS_SIZE), dtype=torch.float64)
                 flags = t.new_zeros((1, units[1] if units is not None else 1))
-                self._chunks.append((zeros, [self._first_call + call], flags))
+                self._chunks.append((zeros, [self._first_call + call], flags, flags.double()))
                 continue
             group = self._group(t, units or (1, 1, t.numel()))
             if group.full:
@@ -142,18 +157,26 @@ class ActivationSums:
             return t[: self.batch_sample]
         return t
 
-    def _mark_positive(self, tensors: list[torch.Tensor], position: int, call: int) -> None:
-        """The CPU path's unit flags of one call: one early-exit pass per output tensor."""
+    def _per_unit(self, tensors: list[torch.Tensor], position: int, call: int) -> None:
+        """The CPU path's per-unit values of one call: per output tensor, one early-exit pass
+        for the flags, one pass for the sums of squares (at the same offset in their
+        buffers: both reserve the same ranges)."""
         axis = self._unit_axes[position]
         for slot, t in enumerate(tensors):
             t = self._sampled(t)
             units = U.unit_shape(t.shape, axis)
             if units[1] == 0:
                 continue
-            offset = self._flags.reserve(units[1])
-            flags = self._flags.array[offset : offset + units[1]]
-            self._numba.mark_units(U.host_units(t, units), flags, True)
-            self._entries.add(call, position, slot, units[1], offset)
+            x = U.host_units(t, units)
+            offset = -1
+            if self._positive:
+                offset = self._flags.reserve(units[1])
+                self._numba.mark_units(x, self._flags.array[offset : offset + units[1]], True)
+            if self._squares:
+                offset = self._unit_sumsq.reserve(units[1])
+                sums = self._unit_sumsq.array[offset : offset + units[1]]
+                self._numba.unit_sumsq_into(x, sums)
+            self._entries.add(call, position, slot, units[1], offset, units[0] * units[2])
 
     def per_call(self, device) -> torch.Tensor:
         """All calls' sums as one tensor [calls, 4] on `device` (float32 from the numba
@@ -162,9 +185,9 @@ class ActivationSums:
         if (host_rows >= 0).all():  # all on CPU through numba: the host table holds every row
             return self._host.values().to(device)
         self._reduce_groups()
-        parts = [rows.to(device) for rows, _, _ in self._chunks]
+        parts = [chunk[0].to(device) for chunk in self._chunks]
         reduced = parts[0] if len(parts) == 1 else torch.cat(parts)
-        calls = np.concatenate([np.asarray(c, dtype=np.int64) for _, c, _ in self._chunks])
+        calls = np.concatenate([np.asarray(chunk[1], dtype=np.int64) for chunk in self._chunks])
         keep = calls >= self._first_call  # rows of dropped calls are left out
         order = np.argsort(calls[keep] - self._first_call, kind="stable")
         if (host_rows < 0).all():
@@ -188,29 +211,52 @@ class ActivationSums:
         (float32, 1.0: some sampled element was > 0) and the canonical position of each [n]
         (a unit's flags over several calls are merged when counted). `on_device(array,
         dtype)`: host arrays as cached tensors on the device of the record."""
+        layout, values, positions, _ = self._unit_values(on_device, self._flags.array, 2)
+        return layout, values, positions
+
+    def unit_squares(self, on_device):
+        """The record's units (canonical order, a UnitLayout), the sums of squares of the
+        calls kept: values [n] (float64) and the canonical position of each [n], and each
+        canonical unit's element count [units] (float64, on the host): see `unit_flags`."""
+        return self._unit_values(on_device, self._unit_sumsq.array, 3)
+
+    def _unit_values(self, on_device, host: np.ndarray, item: int):
+        """Per-unit values of the calls kept, from `host` (CPU kernels' buffer) or item `item`
+        of the device path's chunks: (layout, values [n], positions [n], element count of
+        each canonical unit)."""
         rows = self._entries.view()
         rows = rows[rows[:, 0] >= self._first_call]  # calls dropped since are left out
         layout = U.layout_of(rows)
-        values, positions = [], []
-        host = rows[rows[:, 4] >= 0]
-        if len(host):
-            flags = torch.from_numpy(self._flags.array[U.buffer_positions(host)])
-            values.append(flags.to(on_device.device))
-            positions.append(layout.positions(host))
+        values, positions, picked = [], [], []
+        host_rows = rows[rows[:, 4] >= 0]
+        if len(host_rows):
+            found = torch.from_numpy(host[U.buffer_positions(host_rows)])
+            values.append(found.to(on_device.device))
+            positions.append(layout.positions(host_rows))
+            picked.append(host_rows)
         by_call = {row[0]: row for row in rows[rows[:, 4] < 0].tolist()}
         if by_call:
             self._reduce_groups()
-        for _, calls, positive in self._chunks if by_call else ():
+        for chunk in self._chunks if by_call else ():
+            calls, per_unit = chunk[1], chunk[item]
             kept = [i for i, call in enumerate(calls) if call in by_call]
             if kept:
-                positions.append(layout.positions(np.array([by_call[calls[i]] for i in kept])))
+                entries = np.array([by_call[calls[i]] for i in kept])
+                positions.append(layout.positions(entries))
+                picked.append(entries)
                 if len(kept) < len(calls):
-                    positive = positive[S.host_to_device(kept, torch.long, positive.device)]
-                values.append(positive.reshape(-1).to(on_device.device))
+                    per_unit = per_unit[S.host_to_device(kept, torch.long, per_unit.device)]
+                values.append(per_unit.reshape(-1).to(on_device.device))
         if not values:
-            return layout, torch.zeros(0, device=on_device.device), on_device([], torch.long)
+            empty = torch.zeros(0, device=on_device.device)
+            return layout, empty, on_device([], torch.long), np.zeros(layout.size)
         joined = values[0] if len(values) == 1 else torch.cat(values)
-        return layout, joined, on_device(np.concatenate(positions), torch.long)
+        at = np.concatenate(positions)
+        entries = np.concatenate(picked)
+        elements = np.bincount(
+            at, weights=np.repeat(entries[:, 5], entries[:, 3]), minlength=layout.size
+        )
+        return layout, joined, on_device(at, torch.long), elements
 
     def mark_backpropagated(self) -> None:
         """A backward pass is running: every call so far has had (or is having) its backward."""
@@ -236,6 +282,7 @@ class ActivationSums:
         self._chunks = []
         self._entries.clear()
         self._flags.clear()
+        self._unit_sumsq.clear()
         self.backpropagated = 0
 
     def _group(self, t: torch.Tensor, units: tuple[int, int, int]) -> SampleGroup:
@@ -252,8 +299,8 @@ class ActivationSums:
 
     def _reduce(self, group: SampleGroup) -> None:
         calls = group.calls
-        sums, positive = group.reduce()
-        self._chunks.append((sums, calls, positive))
+        sums, positive, unit_sumsq = group.reduce()
+        self._chunks.append((sums, calls, positive, unit_sumsq))
 
 
 class OutputGradSums:

@@ -16,20 +16,28 @@ _MAGNITUDE_BITS = np.uint32(0x7FFFFFFF)  # a float32's bits without the sign
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def sums_into(x: np.ndarray, out: np.ndarray) -> None:
-    """out[:4] = sum(x), sum(x*x), max|x|, count(x != 0) of the 1-D float32 array `x`, one pass.
+    """out[:9] of the 1-D float32 array `x`, one pass: sum(x), sum(x*x), max|x|,
+    count(x != 0), then the shift c = x[0] and the sums of y, y^2, y^3, y^4 for y = x - c.
 
     max|x| is an integer max over the bits without the sign: for float32 the order of those
     bits is the order of the magnitudes (inf last, any NaN above it), and unlike a float max it
     vectorizes. The count is exact below 2**24 elements (float32 lanes); callers use another
-    path above.
+    path above. The shifted power sums give the central moments (act_kurtosis) without the
+    cancellation of raw x^3, x^4 sums when the mean is far from 0: c is one of the values, so
+    the mean of y is of the order of the spread.
     """
-    if out.shape[0] < 4:
-        raise ValueError("sums_into needs an output row of 4")
+    if out.shape[0] < 9:
+        raise ValueError("sums_into needs an output row of 9")
     bits = x.view(np.uint32)
     total = np.float32(0.0)
     sumsq = np.float32(0.0)
     nonzeros = np.float32(0.0)
     top = np.uint32(0)
+    shift = x[0] if x.shape[0] else np.float32(0.0)
+    y1 = np.float32(0.0)
+    y2 = np.float32(0.0)
+    y3 = np.float32(0.0)
+    y4 = np.float32(0.0)
     for i in range(x.shape[0]):
         v = x[i]
         total += v
@@ -37,10 +45,21 @@ def sums_into(x: np.ndarray, out: np.ndarray) -> None:
         nonzeros += np.float32(1.0) if v != 0 else np.float32(0.0)
         magnitude = np.uint32(bits[i] & _MAGNITUDE_BITS)
         top = magnitude if magnitude > top else top
+        y = v - shift
+        yy = y * y
+        y1 += y
+        y2 += yy
+        y3 += yy * y
+        y4 += yy * yy
     out[0] = total
     out[1] = sumsq
     out.view(np.uint32)[2] = top
     out[3] = nonzeros
+    out[4] = shift
+    out[5] = y1
+    out[6] = y2
+    out[7] = y3
+    out[8] = y4
 
 
 _INF_BITS = np.uint32(0x7F800000)  # the sign-less bits of inf; above them, NaN
@@ -119,3 +138,21 @@ def mark_units(x: np.ndarray, flags: np.ndarray, positive: bool) -> None:
             if found:
                 break
         flags[u] = found
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def unit_sumsq_into(x: np.ndarray, out: np.ndarray) -> None:
+    """out[u] = the sum of squares of unit u of `x` [outer, units, inner] (float64 totals of
+    float32 runs along `inner`), one pass: act_outlier_channel's per-unit sums."""
+    outer, units, inner = x.shape
+    if out.shape[0] < units:
+        raise ValueError("unit_sumsq_into needs a sum per unit")
+    for u in range(units):
+        out[u] = 0.0
+    for o in range(outer):
+        for u in range(units):
+            run = np.float32(0.0)
+            for s in range(inner):
+                v = x[o, u, s]
+                run += v * v
+            out[u] += run

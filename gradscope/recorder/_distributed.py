@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gradscope.errors import UsageError
-from gradscope.recorder._stats import host_to_device
+from gradscope.recorder._stats import host_to_device, pick_largest_units
 from gradscope.recorder._units import UnitLayout, placement
 from gradscope.recorder._wrappers import local_part
 from gradscope.statistics import RAW_SUMS
@@ -25,7 +25,8 @@ MAXIMA = {s.name: s.counted_by for s in RAW_SUMS.values() if s.combine == "max"}
 # sums of squared output gradients: DDP and FSDP average the ranks' losses
 LOSS_SCALED = tuple(s.name for s in RAW_SUMS.values() if s.loss_scaled)
 # counts of flagged units and of units: formed from per-unit flags OR-ed across ranks
-UNIT_SUMS = tuple(s.name for s in RAW_SUMS.values() if s.combine in ("units", "any"))
+# and the index of a layer's unit of largest RMS: formed from per-unit sums added across ranks
+UNIT_SUMS = tuple(s.name for s in RAW_SUMS.values() if s.combine in ("units", "any", "argmax"))
 OUT_OF_SCOPE = (
     "gradscope records data parallelism (DDP, FSDP2 fully_shard, FSDP1 with "
     "use_orig_params=True) over all ranks of the default process group; tensor, pipeline "
@@ -156,16 +157,21 @@ class RecordReduction:
     def reduce(
         self,
         sums: dict[str, torch.Tensor],
-        spread_about: Callable[[torch.Tensor], torch.Tensor] | None,
+        moments_about: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None,
         unit_flags: dict[str, tuple[UnitLayout, torch.Tensor, torch.Tensor]] | None = None,
+        unit_squares: dict[str, tuple] | None = None,
     ) -> dict[str, torch.Tensor]:
         """`sums` (this rank's, [L] float64 each) added across ranks, maxima maxed; with
-        `spread_about(mean)`, also act_spread, the activations' squared deviations from the
-        global mean; with `unit_flags` (flagged-unit sum -> this rank's layout, its flag values
-        and their canonical positions), the unit counts from flags OR-ed across ranks. Every
-        rank must call it at every record, with the same keys."""
+        `moments_about(mean)`, also act_spread and act_moment4, the activations' squared and
+        fourth-power deviations from the global mean; with `unit_flags` (flagged-unit sum ->
+        this rank's layout, its flag values and their canonical positions), the unit counts
+        from flags OR-ed across ranks; with `unit_squares` (act_unit_sumsq -> this rank's
+        layout, per-unit sums of squares, their canonical positions and each canonical unit's
+        element count), per layer the unit of largest RMS over every rank's rows. Every rank
+        must call it at every record, with the same keys."""
         dist = torch.distributed
         unit_flags = unit_flags or {}
+        unit_squares = unit_squares or {}
         keys = sorted(
             k for k in sums if (self.reduces_params or k not in PARAM_SUMS) and k not in UNIT_SUMS
         )
@@ -176,6 +182,8 @@ class RecordReduction:
         placed = {name: self._place(name, *unit_flags[name]) for name in sorted(unit_flags)}
         for name in placed:  # per layer: ranks that saw units, ranks with units not agreed
             rows += [(sums[RAW_SUMS[name].counted_by] > 0).double(), placed[name][1]]
+        squared = {name: self._place_squares(name, *unit_squares[name]) for name in unit_squares}
+        rows += [missing for _, _, missing, _ in squared.values()]
         totals = torch.stack(rows)
         pending = [dist.all_reduce(totals, async_op=True)]
         if maxed:
@@ -190,42 +198,50 @@ class RecordReduction:
             peak = torch.where(torch.isinf(peaks[i]) & (peaks[i] < 0), torch.nan, peaks[i])
             reduced[k] = torch.where(nan_anywhere, torch.nan, peak)
         self.bytes_per_record = totals.numel() * 8 + (peaks.numel() * 8 if maxed else 0)
-        last = [totals[len(added) + len(maxed) :]]  # the placed flags' per-layer rows
+        last = totals[len(added) + len(maxed) :]  # the placed flags' and squares' layer rows
         parts = [flags for flags, _, _ in placed.values()]
-        if spread_about is not None and "act_total" in reduced:
-            parts.insert(0, spread_about(reduced["act_total"] / reduced["act_count"]))
+        parts += [part for values, counts, _, _ in squared.values() for part in (values, counts)]
+        about = None
+        if moments_about is not None and "act_total" in reduced:
+            about = moments_about(reduced["act_total"] / reduced["act_count"])
+            parts.insert(0, torch.cat(list(about.values())))
         if parts:
             joined = torch.cat(parts)
             dist.all_reduce(joined)
             self.bytes_per_record += joined.numel() * 8
-            if spread_about is not None and "act_total" in reduced:
-                reduced["act_spread"], joined = joined[: self._n_layers], joined[self._n_layers :]
+            for name in about or ():
+                reduced[name], joined = joined[: self._n_layers], joined[self._n_layers :]
             for i, (name, (flags, _, counts)) in enumerate(placed.items()):
                 ored, joined = joined[: len(flags)], joined[len(flags) :]
-                seen, missing = last[0][2 * i], last[0][2 * i + 1]
+                seen, missing = last[2 * i], last[2 * i + 1]
                 units, flagged = counts(ored)
                 units = torch.where(seen > 0, units, 0.0)  # a layer no rank called: NaN shares
                 reduced[RAW_SUMS[name].counted_by] = torch.where(missing > 0, torch.nan, units)
                 reduced[name] = flagged
+            for i, (name, (values, _, _, largest)) in enumerate(squared.items()):
+                size = len(values)
+                merged, counts, joined = joined[:size], joined[size : 2 * size], joined[2 * size :]
+                missing = last[2 * len(placed) + i]
+                reduced[name] = torch.where(missing > 0, torch.nan, largest(merged, counts))
         return reduced
 
-    def _place(self, name: str, layout: UnitLayout, values: torch.Tensor, at: torch.Tensor):
-        """This rank's flags [agreed units] (float64, 0 where it saw none) in the layout the
-        ranks agreed on, per layer [L] 1.0 where it has units not in that layout, and a
-        function turning OR-ed flags into per-layer (units, flagged units)."""
-        flags = torch.zeros(layout.size, device=values.device).index_add_(
-            0, at, values.ne(0).float()
-        )
+    def _agree(self, name: str, layout: UnitLayout) -> UnitLayout | None:
+        """The units the ranks agreed on for `name` (one all_gather of the layouts, at the
+        first record where some rank has units); None while no rank has any."""
         if name not in self._agreed:
             gathered = [None] * self.world
             torch.distributed.all_gather_object(gathered, layout.keys.tolist())
             keys = [k for rank in gathered for k in rank]
             keys = np.unique(np.array(keys, dtype=np.int64).reshape(-1, 3), axis=0)
             if not len(keys):  # no rank has units yet: agree at a later record
-                nothing = torch.zeros(self._n_layers, dtype=torch.float64, device=flags.device)
-                return flags.new_zeros(0, dtype=torch.float64), nothing, lambda _: (nothing,) * 2
+                return None
             self._agreed[name] = UnitLayout(keys)
-        agreed, device = self._agreed[name], flags.device
+        return self._agreed[name]
+
+    def _placement(self, name: str, layout: UnitLayout, agreed: UnitLayout, device):
+        """Where this rank's units sit in the agreed layout, on the device (cached): the local
+        units found there, their positions there, per layer 1.0 where this rank has units not
+        in it, the agreed units per layer, and the layer and index of each agreed unit."""
         key = (name, layout.keys.tobytes(), str(device))
         if key not in self._placed:
             kept, at, missing = placement(layout, agreed, self._n_layers)
@@ -235,8 +251,24 @@ class RecordReduction:
                 host_to_device(missing, torch.float64, device),
                 host_to_device(agreed.units_per_layer(self._n_layers), torch.float64, device),
                 host_to_device(agreed.layer_of, torch.long, device),
+                host_to_device(agreed.unit_index, torch.long, device),
+                (kept, at),
             )
-        kept, at, missing, units, layer_of = self._placed[key]
+        return self._placed[key]
+
+    def _place(self, name: str, layout: UnitLayout, values: torch.Tensor, at: torch.Tensor):
+        """This rank's flags [agreed units] (float64, 0 where it saw none) in the layout the
+        ranks agreed on, per layer [L] 1.0 where it has units not in that layout, and a
+        function turning OR-ed flags into per-layer (units, flagged units)."""
+        flags = torch.zeros(layout.size, device=values.device).index_add_(
+            0, at, values.ne(0).float()
+        )
+        agreed = self._agree(name, layout)
+        if agreed is None:
+            nothing = torch.zeros(self._n_layers, dtype=torch.float64, device=flags.device)
+            return flags.new_zeros(0, dtype=torch.float64), nothing, lambda _: (nothing,) * 2
+        device = flags.device
+        kept, at, missing, units, layer_of, _, _ = self._placement(name, layout, agreed, device)
         placed = torch.zeros(agreed.size, dtype=torch.float64, device=device)
         placed.index_add_(0, at, (flags[kept] > 0).double())
 
@@ -245,6 +277,33 @@ class RecordReduction:
             return units, flagged.index_add_(0, layer_of, (ored > 0).double())
 
         return placed, missing, counts
+
+    def _place_squares(self, name: str, layout: UnitLayout, values, at, elements: np.ndarray):
+        """This rank's per-unit sums of squares and element counts [agreed units] (float64)
+        in the layout the ranks agreed on, per layer [L] 1.0 where it has units not in that
+        layout, and a function turning their sums over ranks into each layer's unit of
+        largest RMS (NaN for a layer without units)."""
+        device = values.device
+        nothing = torch.zeros(self._n_layers, dtype=torch.float64, device=device)
+        agreed = self._agree(name, layout)
+        if agreed is None:
+            empty = nothing.new_zeros(0)
+            return empty, empty, nothing, lambda *_: torch.full_like(nothing, torch.nan)
+        kept, at_agreed, missing, _, layer_of, unit_index, host = self._placement(
+            name, layout, agreed, device
+        )
+        local = torch.zeros(layout.size, dtype=torch.float64, device=device)
+        local.index_add_(0, at, values.double())
+        placed = torch.zeros(agreed.size, dtype=torch.float64, device=device)
+        placed.index_add_(0, at_agreed, local[kept])
+        counts = np.zeros(agreed.size)
+        np.add.at(counts, host[1], elements[host[0]])
+
+        def largest(merged: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
+            every = torch.arange(len(merged), device=device)
+            return pick_largest_units(merged, every, elements, layer_of, unit_index, nothing)
+
+        return placed, host_to_device(counts, torch.float64, device), missing, largest
 
     def _share(self, key: str, values: torch.Tensor) -> torch.Tensor:
         """What this rank adds for `key`: parameter sums of whole layers only on rank 0."""

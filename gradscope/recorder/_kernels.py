@@ -95,31 +95,47 @@ class SampleGroup:
             self._rows[row].copy_(x)
         self.calls.append(call)
 
-    def reduce(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The used rows' sums [rows, 4] (float64: sum, sum of squares, max |x|, nonzero
-        count) and unit flags [rows, units] (float32: 1.0 where a unit has an element > 0);
-        the group is then empty. One compiled kernel reads the rows (`group_sums`)."""
+    def reduce(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The used rows' sums [rows, 9] (float64: sum, sum of squares, max |x|, nonzero
+        count, then the shift c (the row's first element) and the sums of y, y^2, y^3, y^4 for
+        y = x - c), unit flags [rows, units] (float32: 1.0 where a unit has an element > 0)
+        and units' sums of squares [rows, units] (float64); the group is then empty. One
+        compiled kernel reads the rows (`group_sums`)."""
         rows = self.buffer[: len(self.calls)]
         self.calls = []
         return group_sums(rows.view(len(rows), *self.units))
 
 
-def _group_sums(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_sums(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Of rows [rows, outer, units, inner]: per row sum, sum of squares, max |x| (NaN
-    propagates) and nonzero count (NaN counts) [rows, 4], in float64 from float32 passes, and
-    per unit whether any element is > 0 [rows, units]; compiled, one fused kernel."""
+    propagates), nonzero count (NaN counts), shift and shifted power sums [rows, 9], in
+    float64 from float32 passes, per unit whether any element is > 0 [rows, units] and its
+    sum of squares [rows, units]; compiled, one fused kernel."""
     positive = (rows > 0).any(3).any(1).float()
+    unit_sumsq = (rows * rows).sum((1, 3), dtype=torch.float64)
     rows = rows.flatten(1)
     nonzeros = (rows != 0).sum(1, dtype=torch.float64)  # integer counts: exact
-    stats = [rows.sum(1), (rows * rows).sum(1), rows.abs().amax(1)]
-    return torch.stack([*(s.double() for s in stats), nonzeros], 1), positive
+    shift = rows[:, :1]
+    y = rows - shift
+    yy = y * y
+    stats = [rows.sum(1), (rows * rows).sum(1), rows.abs().amax(1), nonzeros, shift[:, 0]]
+    stats += [y.sum(1), yy.sum(1), (yy * y).sum(1), (yy * yy).sum(1)]
+    return torch.stack([s.double() for s in stats], 1), positive, unit_sumsq
 
 
-def _group_sums_eager(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _group_sums_eager(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The same in plain torch ops, each a pass over the rows, which they overwrite (float64
     sums run several times slower on CPU than float32 ones)."""
     positive = torch.gt(rows, 0).any(3).any(1).float()
+    unit_sumsq = torch.linalg.vector_norm(rows, 2, dim=(1, 3)).double().square_()
     rows = rows.flatten(1)
+    shift = rows[:, :1].clone()
+    y = rows - shift
+    y1 = y.sum(1)
+    yy = y * y
+    y2 = yy.sum(1)
+    y3 = (yy * y).sum(1)
+    y4 = yy.square_().sum(1)
     total = rows.sum(1)
     sumsq = torch.linalg.vector_norm(rows, 2, dim=1).square_()
     rows.abs_()
@@ -127,8 +143,8 @@ def _group_sums_eager(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     torch.ne(rows, 0, out=rows)  # 1.0 where x != 0 (NaN too), else 0.0
     exact = rows.shape[1] < EXACT_FLOAT32_COUNT  # a float32 count is exact below
     nonzeros = rows.sum(1) if exact else rows.sum(1, dtype=torch.float64)
-    sums = torch.stack([total.double(), sumsq.double(), absmax.double(), nonzeros.double()], 1)
-    return sums, positive
+    stats = [total, sumsq, absmax, nonzeros, shift[:, 0], y1, y2, y3, y4]
+    return torch.stack([s.double() for s in stats], 1), positive, unit_sumsq
 
 
 class CompiledOrEager:

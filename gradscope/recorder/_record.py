@@ -17,9 +17,9 @@ def finish_record(
     stats: tuple[str, ...],
 ) -> torch.Tensor:
     """[len(stats), L] float32, layers in depth order (`order`: module positions), from the
-    raw per-layer sums of one rank or added across ranks (`act_spread` included when
-    activations are recorded); `owns`: the layers owning parameters. NaN where a statistic
-    has no value."""
+    raw per-layer sums of one rank or added across ranks (`act_spread` and `act_moment4`
+    included when activations are recorded); `owns`: the layers owning parameters. NaN where
+    a statistic has no value."""
     values: dict[str, torch.Tensor] = {}
     if "grad_count" in sums:
         values.update(P.gradient_stats_from_sums(sums))

@@ -146,13 +146,19 @@ class Recorder(NonFiniteTrips):
         self._in_step = False  # a grad-enabled forward ran since the last step boundary
         self.kernels = kernel_choice()  # from $GRADSCOPE_KERNELS, fixed for this recorder
         axes = [unit_axis(module) for _, module in self._modules]  # where units are
+        per_unit = {"act_pos_frac", "act_outlier_channel"} & set(self.stats)
         self._act = ActivationSums(  # this record's output sums
-            batch_sample, self.kernels, axes if "act_pos_frac" in self.stats else None
+            batch_sample,
+            self.kernels,
+            axes if per_unit else None,
+            positive="act_pos_frac" in per_unit,
+            squares="act_outlier_channel" in per_unit,
         )
         self._act_grad = OutputGradSums(  # and their gradients'
             self.kernels, axes if "act_grad_zero_frac" in self.stats else None
         )
         self._unit_flags: dict[str, tuple] = {}  # this record's unit flags, for the ranks
+        self._unit_squares: dict[str, tuple] = {}  # and its units' sums of squares
         self._reset_accumulators()
         self._due = self._schedule(self._step)
         # what a compiled graph's hooks read (dynamo guards on it: a graph with the ops, and one
@@ -568,8 +574,8 @@ class Recorder(NonFiniteTrips):
             local = {k: v for k, v in sums.items() if not k.startswith("gns_")}
             self._write_record(self._ensure_writer()[1], self._pack_record(local))
         if self._reduction is not None:
-            spread = self._act_spread if self._want_act else None
-            sums = self._reduction.reduce(sums, spread, self._unit_flags)
+            moments = self._act_moments if self._want_act else None
+            sums = self._reduction.reduce(sums, moments, self._unit_flags, self._unit_squares)
         if self._writes_global:
             self._write_record(self._ensure_writer()[0], self._pack_record(sums))
 
@@ -595,15 +601,18 @@ class Recorder(NonFiniteTrips):
             else:
                 none = (torch.zeros((0, S.ACT_SUMS_SIZE), device=device),) + _no_calls(device)
                 sums.update(S.activation_layer_sums(*none, n))
-        self._unit_flags = {}
+        fused = not self.kernels.numba_for(device)
+        self._unit_flags, self._unit_squares = {}, {}
         if "act_pos_frac" in self.stats:
             self._unit_flags["act_pos_units"] = self._act.unit_flags(self._on_device)
+        if "act_outlier_channel" in self.stats:
+            squares = self._unit_squares["act_unit_sumsq"] = self._act.unit_squares(self._on_device)
+            sums["act_unit_sumsq"] = S.largest_units(*squares, n, self._on_device, fused)
         if self._want_act_grad:
             squares = self._act_grad.sums_of_squares(n, self._on_device)
             sums.update(S.output_grad_layer_sums(*squares))
         if "act_grad_zero_frac" in self.stats:
             self._unit_flags["act_grad_nonzero_units"] = self._act_grad.unit_flags(self._on_device)
-        fused = not self.kernels.numba_for(device)
         for flagged, unit_flags in self._unit_flags.items():
             units, count = S.unit_layer_sums(*unit_flags, n, self._on_device, fused)
             sums[RAW_SUMS[flagged].counted_by] = units
@@ -614,18 +623,19 @@ class Recorder(NonFiniteTrips):
         self._before = None
         return sums
 
-    def _act_spread(self, mean: torch.Tensor) -> torch.Tensor:
-        """Per layer, this rank's activations' squared deviations from `mean` [L]."""
+    def _act_moments(self, mean: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per layer, this rank's activations' squared and fourth-power deviations from
+        `mean` [L]: act_spread and act_moment4."""
         if self._act_calls is None:
-            return torch.zeros_like(mean)
-        return S.activation_spread(*self._act_calls, mean)
+            return {"act_spread": torch.zeros_like(mean), "act_moment4": torch.zeros_like(mean)}
+        return S.activation_moments(*self._act_calls, mean)
 
     def _pack_record(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
         """One [n_stats, n_layers] float32 tensor, layers in depth order, computed on the device
         from raw per-layer sums (this rank's, or added across ranks)."""
         device = self._device
         if "act_count" in sums and "act_spread" not in sums:  # this rank's own: about its mean
-            sums = {**sums, "act_spread": self._act_spread(sums["act_total"] / sums["act_count"])}
+            sums = {**sums, **self._act_moments(sums["act_total"] / sums["act_count"])}
         owns = self._param_groups().owner_mask(device) if "weight_sumsq" in sums else None
         order = self._on_device(self._order, torch.long)
         finish = finish_record if self.kernels.numba_for(device) else finish_record_fused

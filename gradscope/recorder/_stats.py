@@ -15,9 +15,10 @@ ACT_GRAD_STATS = names_in("act_grad")
 GNS_STATS = names_in("gns")  # the gradient noise scale's (recorder/_noise_scale.py)
 PARAM_STATS = GRAD_STATS + WEIGHT_STATS
 
-# Raw sums of one module call's outputs: [total, sum of squares, max |x|, nonzeros], with the
-# element count kept aside. Combining into moments happens once per record, batched over calls.
-ACT_SUMS_SIZE = 4
+# Raw sums of one module call's outputs: [total, sum of squares, max |x|, nonzeros, shift c,
+# then the sums of y, y^2, y^3, y^4 for y = x - c], with the element count kept aside. Combining
+# into moments happens once per record, batched over calls.
+ACT_SUMS_SIZE = 9
 EXACT_FLOAT32_COUNT = 2**24  # float32 holds every integer count up to here exactly
 
 
@@ -141,10 +142,11 @@ def host_to_device(values, dtype: torch.dtype, device) -> torch.Tensor:
 def activation_layer_sums(
     sums: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, n_layers: int
 ) -> dict[str, torch.Tensor]:
-    """Per-layer raw sums [L] (float64) of per-call sums [C, 4]: act_count, act_total,
-    act_nonzeros (to add across ranks) and act_absmax (NaN for a layer never called)."""
+    """Per-layer raw sums [L] (float64) of per-call sums [C, ACT_SUMS_SIZE]: act_count,
+    act_total, act_nonzeros (to add across ranks) and act_absmax (NaN for a layer never
+    called)."""
     s, n = sums.double(), counts.double()
-    total, _, call_absmax, nonzeros = s.unbind(1)
+    total, _, call_absmax, nonzeros = s[:, :4].unbind(1)
     absmax = n.new_full((n_layers,), float("nan")).scatter_reduce_(
         0, layer_of, call_absmax, "amax", include_self=False
     )
@@ -156,28 +158,42 @@ def activation_layer_sums(
     }
 
 
-def activation_spread(
+def activation_moments(
     sums: torch.Tensor, counts: torch.Tensor, layer_of: torch.Tensor, mean: torch.Tensor
-) -> torch.Tensor:
-    """Per layer, the sum of squared deviations of its calls' outputs from `mean` [L]: each
-    call's own spread plus its count times its mean's squared distance (exact, Chan et al.)."""
+) -> dict[str, torch.Tensor]:
+    """Per layer [L], the second and fourth powers of its calls' outputs' deviations from
+    `mean` summed: act_spread and act_moment4. Each call's central moments come from its
+    shifted power sums, then move to `mean` exactly (Chan et al.; Pebay 2008):
+    M2 + n d^2 and M4 + 4 d M3 + 6 d^2 M2 + n d^4, d the call's mean minus `mean`."""
     s, n = sums.double(), counts.double()
-    total, sumsq, _, _ = s.unbind(1)
-    call_mean = total / n
-    call_m2 = (sumsq - total * call_mean).clamp_min(0)
-    spread = call_m2 + n * (call_mean - mean[layer_of]) ** 2
-    return mean.new_zeros(mean.shape).index_add_(0, layer_of, spread)
+    shift, y1, y2, y3, y4 = s[:, 4:9].unbind(1)
+    mu = torch.where(n > 0, y1 / n, 0.0)  # the call's mean of y = x - shift
+    m2 = (y2 - n * mu**2).clamp_min(0)
+    m3 = y3 - 3 * mu * y2 + 2 * n * mu**3
+    m4 = (y4 - 4 * mu * y3 + 6 * mu**2 * y2 - 3 * n * mu**4).clamp_min(0)
+    d = torch.where(n > 0, shift + mu - mean[layer_of], 0.0)
+    spread = m2 + n * d**2
+    moment4 = m4 + 4 * d * m3 + 6 * d**2 * m2 + n * d**4
+    return {
+        "act_spread": mean.new_zeros(mean.shape).index_add_(0, layer_of, spread),
+        "act_moment4": mean.new_zeros(mean.shape).index_add_(0, layer_of, moment4),
+    }
 
 
 def activation_stats(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """act_mean/std/absmax/zero_frac [L] from per-layer raw sums (`activation_layer_sums` and
-    the act_spread about their mean); NaN for a layer never called."""
+    """act_mean/std/absmax/zero_frac/kurtosis/max_rms [L] from per-layer raw sums
+    (`activation_layer_sums` and `activation_moments` about their mean); NaN for a layer
+    never called (and kurtosis and max/RMS for one whose outputs are all equal, or zero)."""
     count = layer["act_count"]
+    mean = layer["act_total"] / count
+    var = layer["act_spread"] / count
     return {
-        "act_mean": layer["act_total"] / count,
-        "act_std": (layer["act_spread"] / count).sqrt(),
+        "act_mean": mean,
+        "act_std": var.sqrt(),
         "act_absmax": layer["act_absmax"],
         "act_zero_frac": (count - layer["act_nonzeros"]) / count,
+        "act_kurtosis": layer["act_moment4"] / count / var**2,
+        "act_max_rms": layer["act_absmax"] / (var + mean**2).sqrt(),
     }
 
 
@@ -221,12 +237,55 @@ def unit_layer_sums(layout, values, at, n_layers: int, on_device, fused: bool):
 
 
 def unit_stats(layer: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """act_pos_frac and act_grad_zero_frac [L] from per-layer unit counts (those present);
-    NaN for a layer with no units in the record."""
+    """act_pos_frac, act_grad_zero_frac and act_outlier_channel [L] from per-layer unit
+    counts and indices (those present); NaN for a layer with no units in the record."""
     out = {}
+    if "act_unit_sumsq" in layer:
+        out["act_outlier_channel"] = layer["act_unit_sumsq"]
     if "act_units" in layer:
         out["act_pos_frac"] = layer["act_pos_units"] / layer["act_units"]
     if "act_grad_units" in layer:
         units = layer["act_grad_units"]
         out["act_grad_zero_frac"] = (units - layer["act_grad_nonzero_units"]) / units
     return out
+
+
+def pick_largest_units(sums, at, elements, unit_layer, unit_index, template) -> torch.Tensor:
+    """Per layer [L] float64 (`template` [L]): the index among its output's units of the unit
+    of largest mean square, merging first the sums of squares [n] of the same unit (canonical
+    position `at` [n]; `elements` [U] each unit's element count, `unit_layer` [U] its layer,
+    `unit_index` [U] its index); NaN for a layer with no units, or a NaN among them."""
+    merged = torch.zeros_like(elements).index_add_(0, at, sums.double())
+    mean_square = torch.where(elements > 0, merged / elements, -torch.inf)
+    top = torch.full_like(template, -torch.inf).scatter_reduce(
+        0, unit_layer, mean_square, "amax", include_self=True
+    )
+    best = torch.where(mean_square == top[unit_layer], unit_index.double(), torch.inf)
+    index = torch.full_like(template, torch.inf).scatter_reduce(
+        0, unit_layer, best, "amin", include_self=True
+    )
+    return torch.where(torch.isfinite(index) & (top > -torch.inf), index, torch.nan)
+
+
+# the device path's: merge, compare and pick in one compiled kernel per record
+pick_largest_units_fused = CompiledOrEager(
+    pick_largest_units, pick_largest_units, "the outlier units"
+)
+
+
+def largest_units(layout, sums, at, elements, n_layers: int, on_device, fused: bool):
+    """act_unit_sumsq [L] float64: per layer the index of its unit of largest RMS (see
+    `pick_largest_units`), from the record's per-unit sums of squares [n] at canonical
+    positions `at` of `layout`, and each canonical unit's element count `elements` (host)."""
+    template = on_device(np.zeros(n_layers), torch.float64)
+    if not layout.size:
+        return torch.full_like(template, torch.nan)
+    pick = pick_largest_units_fused if fused else pick_largest_units
+    return pick(
+        sums,
+        at,
+        on_device(elements, torch.float64),
+        on_device(layout.layer_of, torch.long),
+        on_device(layout.unit_index, torch.long),
+        template,
+    )

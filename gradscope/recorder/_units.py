@@ -87,18 +87,19 @@ def host_units(t: torch.Tensor, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 class HostFlags:
-    """A flat float32 host buffer of unit flags, reserved range by range and reused from
-    record to record (grown by doubling); the CPU kernels write into its ranges."""
+    """A flat host buffer of per-unit values (float32 flags, or float64 sums), reserved range
+    by range and reused from record to record (grown by doubling); the CPU kernels write into
+    its ranges."""
 
-    def __init__(self):
-        self.array = np.zeros(1024, dtype=np.float32)
+    def __init__(self, dtype=np.float32):
+        self.array = np.zeros(1024, dtype=dtype)
         self.used = 0
 
     def reserve(self, count: int) -> int:
         """The offset of `count` new flags (valid until `clear`)."""
         offset = self.used
         if offset + count > len(self.array):
-            grown = np.zeros(max(2 * len(self.array), offset + count), dtype=np.float32)
+            grown = np.zeros(max(2 * len(self.array), offset + count), dtype=self.array.dtype)
             grown[:offset] = self.array[:offset]
             self.array = grown
         self.used += count
@@ -109,7 +110,8 @@ class HostFlags:
 
 
 class UnitEntries:
-    """The (layer, slot, units) of each flag row of a record, and where its flags are.
+    """The (layer, slot, units) of each flag row of a record, where its flags are, and how
+    many elements each of its units has (outer x inner of the sampled output).
 
     A row's flags sit either in a flat float32 buffer (`offset` >= 0: written by the CPU
     kernels or a per-unit norm) or come from elsewhere (the device path's sample groups, by
@@ -118,17 +120,18 @@ class UnitEntries:
     """
 
     def __init__(self):
-        self.rows = np.zeros((256, 5), dtype=np.int64)  # call, layer, slot, units, offset
+        # call, layer, slot, units, offset, elements per unit
+        self.rows = np.zeros((256, 6), dtype=np.int64)
         self.used = 0
 
-    def add(self, call: int, layer: int, slot: int, units: int, offset: int) -> None:
+    def add(self, call: int, layer: int, slot: int, units: int, offset: int, elements: int) -> None:
         if self.used == len(self.rows):
             self.rows = np.concatenate([self.rows, np.zeros_like(self.rows)])
-        self.rows[self.used] = (call, layer, slot, units, offset)
+        self.rows[self.used] = (call, layer, slot, units, offset, elements)
         self.used += 1
 
     def view(self) -> np.ndarray:
-        """The used rows [n, 5] (a view of a reused table)."""
+        """The used rows [n, 6] (a view of a reused table)."""
         return self.rows[: self.used]
 
     def clear(self) -> None:
@@ -146,10 +149,16 @@ class UnitLayout:
         self.start = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self.size = int(sizes.sum())
         self.layer_of = np.repeat(keys[:, 0], sizes) if len(keys) else np.zeros(0, np.int64)
+        # each unit's index among its output's units (its channel or feature)
+        self.unit_index = (
+            np.arange(self.size, dtype=np.int64) - np.repeat(self.start, sizes)
+            if len(keys)
+            else np.zeros(0, np.int64)
+        )
 
     def positions(self, rows: np.ndarray) -> np.ndarray:
-        """For entries [n, 5] (call, layer, slot, units, offset): the canonical position of
-        each of their units, [sum of units] in entry order."""
+        """For entries [n, 5 or more] (call, layer, slot, units, offset, ...): the canonical
+        position of each of their units, [sum of units] in entry order."""
         index = {tuple(k): i for i, k in enumerate(self.keys.tolist())}
         starts = [self.start[index[(r[1], r[2], r[3])]] for r in rows.tolist()]
         return _ranges(np.asarray(starts, dtype=np.int64), rows[:, 3])
