@@ -114,10 +114,6 @@ _UNITS = (
 )
 _NOT_A_RULE = "no rule: shown in the figures and the latest-record table"
 _NOISE = "the layer's own parameters' gradients (a tied parameter in its first layer)"
-_NOISE_NO_RULE = (
-    f"{_NOT_A_RULE}; a raw sum of the gradient noise scale, which the reader forms over a "
-    "window of records (run.noise_scale)"
-)
 
 STATISTICS = (
     Statistic(
@@ -237,7 +233,7 @@ STATISTICS = (
         "act",
         f"Pearson's kurtosis E[(x - mean)^4] / var^2 over {_ACT} (3 for a Gaussian)",
         ("act_count", "act_total", "act_spread", "act_moment4"),
-        no_rule=_NOT_A_RULE,
+        rules=("kurtosis_growing",),
     ),
     Statistic(
         "act_max_rms",
@@ -254,7 +250,7 @@ STATISTICS = (
         f"index of the unit of largest RMS among {_UNITS}, its RMS over every sampled row of "
         "every call",
         ("act_unit_sumsq",),
-        no_rule=f"{_NOT_A_RULE} (a channel index: act_kurtosis says when outliers grow)",
+        rules=("kurtosis_growing",),  # its finding names the channel
     ),
     Statistic(
         "act_grad_norm",
@@ -283,7 +279,7 @@ STATISTICS = (
         "gns",
         f"mean over the step's small batches of the squared norm of their mean gradient, {_NOISE}",
         ("gns_small_sumsq", "gns_batches", "gns_rows", "gns_large_count"),
-        no_rule=_NOISE_NO_RULE,
+        rules=("batch_above_noise_scale",),
     ),
     Statistic(
         "gns_large_sq",
@@ -291,7 +287,7 @@ STATISTICS = (
         "gns",
         f"squared norm of the step's gradient (all small batches together), {_NOISE}",
         ("gns_large_sumsq", "gns_large_count"),
-        no_rule=_NOISE_NO_RULE,
+        rules=("batch_above_noise_scale",),
     ),
     Statistic(
         "gns_small_batch",
@@ -299,7 +295,7 @@ STATISTICS = (
         "gns",
         "rows of a small batch (the harmonic mean over the step's small batches)",
         ("gns_batches", "gns_inv_rows", "gns_large_count"),
-        no_rule=_NOISE_NO_RULE,
+        rules=("batch_above_noise_scale",),
     ),
     Statistic(
         "gns_large_batch",
@@ -307,7 +303,7 @@ STATISTICS = (
         "gns",
         "rows of the step's batch, on all ranks",
         ("gns_rows", "gns_large_count"),
-        no_rule=_NOISE_NO_RULE,
+        rules=("batch_above_noise_scale",),
     ),
 )
 

@@ -1,4 +1,5 @@
-"""Diagnosis of a run: vanishing/exploding gradients and signal, dead units, first non-finite.
+"""Diagnosis of a run: vanishing/exploding gradients and signal, dead units, first non-finite,
+growing activation outliers, a batch far above the gradient noise scale.
 
 A probe file (`gradscope.probe`) is diagnosed at initialization instead: gradscope/_probe/
 _diagnosis.py applies the rules that make sense on one record, and the probe's own.
@@ -12,6 +13,7 @@ import numpy as np
 from gradscope._json import json_number
 from gradscope.diagnosis._findings import Finding, first_step, nanmedian, recent_rows
 from gradscope.diagnosis._gradient_paths import gradient_path_findings, read_layer_rows
+from gradscope.diagnosis._large_models import batch_above_noise_scale, kurtosis_growing
 from gradscope.errors import UsageError
 from gradscope.statistics import read_by
 from gradscope.store import is_probe
@@ -37,6 +39,8 @@ KIND_ORDER = (
     "dead_at_init",  # probe files: units that never fire on the probe batch
     "width_growing",  # probe files with widths: layers not width-stable
     "width_shrinking",
+    "kurtosis_growing",  # activation outliers growing
+    "batch_above_noise_scale",  # a note about the whole net: the batch far above B_noise
     "no_gradient",
 )
 TEXT_PER_KIND = 5  # findings of one kind listed by to_text before "... and N more"
@@ -56,6 +60,9 @@ class Thresholds:
     recent_fraction: float = 0.25  # share of the latest records a state is judged over (median)
     baseline_fraction: float = 0.1  # share of the earliest records setting a layer's baseline
     max_records: int = 4000  # records read (block-averaged) by the profile rules
+    kurtosis_floor: float = 100.0  # recent median act_kurtosis above this (a Gaussian: 3) ...
+    kurtosis_growth_ratio: float = 5.0  # ... and above this x its early median: kurtosis_growing
+    batch_noise_ratio: float = 10.0  # batch in use above this x the model's noise scale: a note
     # probe files (gradscope.probe) only:
     residual_dominance_ratio: float = 1.0  # median over blocks of res_var / skip_var above this
     init_dead_unit_frac: float = 0.1  # share of a layer's units zero for every probe input
@@ -71,6 +78,9 @@ class Thresholds:
             "signal_collapse_ratio",
             "residual_dominance_ratio",
             "width_exponent",
+            "kurtosis_floor",
+            "kurtosis_growth_ratio",
+            "batch_noise_ratio",
         )
         for name in positive:
             if not getattr(self, name) > 0:
@@ -200,6 +210,12 @@ def diagnose(run, thresholds: Thresholds | None = None, **overrides) -> Diagnosi
     findings, skipped = gradient_path_findings(rows, thresholds)
     result.findings.extend(findings)
     result.skipped.extend(skipped)
+    if "act_kurtosis" in stats:
+        result.findings.extend(kurtosis_growing(run, names, thresholds))
+    if set(read_by("batch_above_noise_scale")) <= stats:
+        findings, skipped = batch_above_noise_scale(run, thresholds)
+        result.findings.extend(findings)
+        result.skipped.extend(skipped)
     return result
 
 
