@@ -41,7 +41,8 @@ from gradscope.models import create_model
 from gradscope.recorder import ALL_STATS, GNS_STATS
 from gradscope.store import latest_noise_scale
 
-NEW_STATS = GNS_STATS  # the instruments of issue 29
+# the instruments of issue 29: the noise scale and the activation outliers
+NEW_STATS = (*GNS_STATS, "act_kurtosis", "act_max_rms", "act_outlier_channel")
 OLD_STATS = [s for s in ALL_STATS if s not in NEW_STATS]
 
 

@@ -157,7 +157,7 @@ def floor(reads: bool):
     def setup(variant: Variant):
         device_path = not kernel_choice().numba_for(DEVICE)  # as the recorders choose
         slot = torch.zeros((), device=DEVICE)
-        sums = torch.zeros(4).numpy()
+        sums = torch.zeros(S.ACT_SUMS_SIZE).numpy()
         copies: dict[int, list] = {}  # numel -> [buffer rows, next row]
         if not device_path:
             from gradscope.recorder._cpu_kernels import sums_into

@@ -113,7 +113,15 @@ def unit_reference(outputs, batch_sample, module: nn.Module):
     zero = (len(nonzero) - sum(nonzero.values())) / len(nonzero) if nonzero else math.nan
     rms = {key: math.sqrt(squares[key] / counts[key]) for key in squares if counts[key]}
     outlier = max(sorted(rms), key=rms.get)[2] if rms else math.nan
-    return dict(act_pos_frac=pos, act_outlier_channel=outlier, act_grad_zero_frac=zero)
+    # units whose RMS ties with the largest to float32 accuracy (BatchNorm outputs: all of them
+    # near 1), any of which the recorder may name
+    near = {key[2] for key in rms if rms[key] >= (1 - 1e-5) * rms[max(rms, key=rms.get)]}
+    return dict(
+        act_pos_frac=pos,
+        act_outlier_channel=outlier,
+        act_grad_zero_frac=zero,
+        outlier_near_ties=near,
+    )
 
 
 def grad_reference(module: nn.Module):

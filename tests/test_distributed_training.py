@@ -297,6 +297,10 @@ def test_step_zero_is_ddp_on_the_global_batch_from_one_initialization(pair, mode
         for name, m in layers.items()
     }
     with gradscope.open_run(pair.run_dir / f"{model}.h5") as run:
+        names = run.layers["name"]
+        for name, channel in zip(names, run.stat("act_outlier_channel")[0], strict=True):
+            if channel in want[name]["outlier_near_ties"]:  # a float32 tie: either is right
+                want[name]["act_outlier_channel"] = channel
         assert run.metrics["lr"][0] == config.lr
         assert run.metrics["loss"][0] == pytest.approx(sum(losses).item() / 2, rel=1e-5)
         for stat in ALL_STATS:
