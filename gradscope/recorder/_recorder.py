@@ -628,7 +628,9 @@ class Recorder(NonFiniteTrips):
         `mean` [L]: act_spread and act_moment4."""
         if self._act_calls is None:
             return {"act_spread": torch.zeros_like(mean), "act_moment4": torch.zeros_like(mean)}
-        return S.activation_moments(*self._act_calls, mean)
+        fused = not self.kernels.numba_for(self._device)
+        moments = S.activation_moments_fused if fused else S.activation_moments
+        return moments(*self._act_calls, mean)
 
     def _pack_record(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
         """One [n_stats, n_layers] float32 tensor, layers in depth order, computed on the device
