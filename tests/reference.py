@@ -89,21 +89,47 @@ def _units(x: torch.Tensor, module: nn.Module) -> list[torch.Tensor]:
     return [x.select(dim, u).reshape(-1) for u in range(x.shape[dim])]
 
 
+def _sampled_units(outputs, batch_sample, module: nn.Module):
+    """Each output unit's sampled elements, concatenated over calls: key (output slot, unit
+    count, index) -> [tensors]."""
+    units = {}
+    for call in outputs:
+        for slot, (_, copy) in enumerate(call):
+            x = copy if batch_sample is None or copy.dim() == 0 else copy[:batch_sample]
+            found = _units(x, module)
+            for u, values in enumerate(found):
+                units.setdefault((slot, len(found), u), []).append(values)
+    return units
+
+
+def _unit_rms(outputs, batch_sample, module: nn.Module) -> dict:
+    """Each unit's RMS over its sampled elements of every call (units with elements)."""
+    rms = {}
+    for key, parts in _sampled_units(outputs, batch_sample, module).items():
+        values = torch.cat(parts).double()
+        if values.numel():
+            rms[key] = math.sqrt(values.pow(2).mean().item())
+    return rms
+
+
+def outlier_ties(outputs, batch_sample, module: nn.Module) -> set:
+    """The unit indices whose RMS ties with the largest to float32 accuracy (BatchNorm
+    outputs: all of them near 1), any of which the recorder may name act_outlier_channel."""
+    rms = _unit_rms(outputs, batch_sample, module)
+    top = max(rms.values(), default=math.nan)
+    return {key[2] for key, value in rms.items() if value >= (1 - 1e-5) * top}
+
+
 def unit_reference(outputs, batch_sample, module: nn.Module):
     """act_pos_frac (units > 0 in some sampled row of some call), act_outlier_channel (the index
     of the unit of largest RMS over its sampled rows of every call) and act_grad_zero_frac
     (units whose gradient is exactly 0 in every row of every call that got one), by plain loops
     over units; a unit is (output slot, unit count, index), the same across calls."""
-    positive, nonzero, squares, counts = {}, {}, {}, {}
+    sampled = _sampled_units(outputs, batch_sample, module)
+    positive = {key: any(bool((v > 0).any()) for v in parts) for key, parts in sampled.items()}
+    nonzero = {}
     for call in outputs:
-        for slot, (tensor, copy) in enumerate(call):
-            x = copy if batch_sample is None or copy.dim() == 0 else copy[:batch_sample]
-            units = _units(x, module)
-            for u, values in enumerate(units):
-                key = (slot, len(units), u)
-                positive[key] = positive.get(key, False) or bool((values > 0).any())
-                squares[key] = squares.get(key, 0.0) + values.double().pow(2).sum().item()
-                counts[key] = counts.get(key, 0) + values.numel()
+        for slot, (tensor, _) in enumerate(call):
             if tensor is not None and tensor.grad is not None:
                 grads = _units(tensor.grad, module)
                 for u, values in enumerate(grads):
@@ -111,17 +137,9 @@ def unit_reference(outputs, batch_sample, module: nn.Module):
                     nonzero[key] = nonzero.get(key, False) or bool((values != 0).any())
     pos = sum(positive.values()) / len(positive) if positive else math.nan
     zero = (len(nonzero) - sum(nonzero.values())) / len(nonzero) if nonzero else math.nan
-    rms = {key: math.sqrt(squares[key] / counts[key]) for key in squares if counts[key]}
+    rms = _unit_rms(outputs, batch_sample, module)
     outlier = max(sorted(rms), key=rms.get)[2] if rms else math.nan
-    # units whose RMS ties with the largest to float32 accuracy (BatchNorm outputs: all of them
-    # near 1), any of which the recorder may name
-    near = {key[2] for key in rms if rms[key] >= (1 - 1e-5) * rms[max(rms, key=rms.get)]}
-    return dict(
-        act_pos_frac=pos,
-        act_outlier_channel=outlier,
-        act_grad_zero_frac=zero,
-        outlier_near_ties=near,
-    )
+    return dict(act_pos_frac=pos, act_outlier_channel=outlier, act_grad_zero_frac=zero)
 
 
 def grad_reference(module: nn.Module):

@@ -59,7 +59,7 @@ class ActivationSums:
     power sums 1-4] of its outputs (first `batch_sample` rows, `_stats.ACT_SUMS_SIZE`), the
     element count and the layer.
 
-    CPU tensors (kernel mode auto): one fused numba pass over the output writes the four straight
+    CPU tensors (kernel mode auto): one fused numba pass over the output writes them straight
     into a reused host table. Elsewhere (and with GRADSCOPE_KERNELS=torch everywhere) the device
     path: each output's sampled rows are copied (one op) into a reused buffer of outputs of
     its size (`_kernels.SampleGroup`), and each group is reduced in a few batched ops when the
@@ -179,7 +179,7 @@ class ActivationSums:
             self._entries.add(call, position, slot, units[1], offset, units[0] * units[2])
 
     def per_call(self, device) -> torch.Tensor:
-        """All calls' sums as one tensor [calls, 4] on `device` (float32 from the numba
+        """All calls' sums as one tensor [calls, ACT_SUMS_SIZE] on `device` (float32 from the numba
         table, float64 from the device path), in call order."""
         host_rows = self._calls.column(2)
         if (host_rows >= 0).all():  # all on CPU through numba: the host table holds every row
