@@ -6,14 +6,14 @@
 #   bash scripts/make-gallery.sh            # record (about 30 minutes on 2 CPU cores), export
 #   RUN=runs/gallery bash scripts/make-gallery.sh   # export from a pair already recorded
 #
-# Settings (environment): DATA (default ../shared/datasets/cifar10-jpg), STEPS (300),
+# Settings (environment): DATA (default ../shared/datasets/cifar10-jpg), STEPS (400),
 # EVERY (5), OUT/NAME (runs/gallery), IMAGES (docs/images), PROBES (runs/probes: the probe
 # files of the pair at initialization, kept out of the dashboard's folder).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=${DATA:-../shared/datasets/cifar10-jpg}
-STEPS=${STEPS:-300}
+STEPS=${STEPS:-400}
 EVERY=${EVERY:-5}
 OUT=${OUT:-runs}
 NAME=${NAME:-gallery}
