@@ -541,17 +541,27 @@ def test_resume_after_a_trip(tmp_path):
     assert list(run.events["step"]) == [later]
 
 
-def test_the_check_reads_only_and_sees_inf_and_nan_without_overflow():
+def test_the_check_reads_only_and_sees_inf_and_nan_without_overflow(monkeypatch):
     from gradscope.recorder._nonfinite_check import NonFiniteCheck
 
     layer = nn.Linear(4, 3)
     layer(torch.randn(2, 4)).sum().backward()
     check = NonFiniteCheck(list(layer.parameters()), reduce_across_ranks=False, device="cpu")
     versions = [(p._version, p.grad._version) for p in layer.parameters()]
+    orders = []
+    foreach_norm = torch._foreach_norm
+
+    def counted(tensors, order):
+        orders.append(order)
+        return foreach_norm(tensors, order)
+
+    monkeypatch.setattr(torch, "_foreach_norm", counted)
     assert not check.any_nonfinite()
+    assert orders == [2]  # a step that is fine: one 2-norm pass, no max-norm
     with torch.no_grad():
-        layer.weight.grad[0, 0] = 1e30  # finite: its square would overflow a 2-norm
+        layer.weight.grad[0, 0] = 1e30  # finite: its square overflows the 2-norm ...
     assert not check.any_nonfinite()
+    assert orders[1:] == [2, math.inf]  # ... which the max-norm pass does not confirm
     for bad in (math.inf, math.nan):
         with torch.no_grad():
             layer.bias.grad[1] = bad
