@@ -67,10 +67,15 @@ def batch_above_noise_scale(run, thresholds) -> tuple[list[Finding], list[str]]:
     times the model's gradient noise scale (median over the recent records of its value
     over windows of NOISE_SCALE_WINDOW records); and why the rule was skipped, if it was."""
     try:
-        frame = noise_scale(run, NOISE_SCALE_WINDOW, groups={})
-    except UsageError as error:
+        estimates = noise_estimates(run)
+    except UsageError as error:  # the run does not record the noise scale's sums
         return [], [f"batch_above_noise_scale: {error}"]
-    estimates = noise_estimates(run)
+    if not np.isfinite(estimates.grad_sq).any():
+        return [], [
+            "batch_above_noise_scale: no record has two or more small batches (gradient "
+            "accumulation or data parallelism make them), so there is no noise scale"
+        ]
+    frame = noise_scale(run, NOISE_SCALE_WINDOW, groups={})
     model = frame["model"].to_numpy(dtype=np.float64)
     batch = estimates.batch
     with np.errstate(invalid="ignore", divide="ignore"):
