@@ -84,6 +84,15 @@ class NoiseScaleSums:
             (position, module) for position, (_, module) in enumerate(modules) if sharded[position]
         ]
         self._norms = torch.zeros(len(self._params), device=device)
+        # One process, whole parameters: a parameter whose `.grad` is None when its hook runs
+        # gets exactly this pass's gradient, which the large batch's read at the end of the
+        # pass measures anyway, so its hook defers the norm to that read (after
+        # zero_grad(set_to_none=True), every parameter of a step's first pass: no device op
+        # per parameter in a step of one backward pass). Under DDP `.grad` is the reduced one.
+        self._defers = world == 1 and reads_large_batch and not any(sharded)
+        self._deferred = np.zeros(len(self._params), dtype=bool)  # in the open small batch
+        self._large_norms: tuple[tuple[int, ...], torch.Tensor] | None = None  # latest read
+        self._slot_index: dict[tuple[int, ...], torch.Tensor] = {}
         self._slots = list(self._norms.unbind())  # 0-d views, made once
         self._fired = np.zeros(len(self._params), dtype=bool)  # in the open small batch
         self._hooks = [self._param_hook(slot) for slot in range(len(self._params))]
@@ -164,13 +173,17 @@ class NoiseScaleSums:
 
     def _param_hook(self, slot: int):
         out = self._slots[slot]
+        param = self._params[slot]
 
         def hook(grad):
             self._backward_ran()
             if self._fired[slot]:  # a second gradient before the next forward pass
                 self._parts_unknown = True
             self._fired[slot] = True
-            _square_into(grad, out, self._squares)
+            if self._defers and param.grad is None:
+                self._deferred[slot] = True  # `.grad` will be `grad`: read at the pass's end
+            else:
+                _square_into(grad, out, self._squares)
 
         return hook
 
@@ -218,17 +231,34 @@ class NoiseScaleSums:
         self._open = False
         rows = sum(rows for _, rows in self._reached.values())
         self._reached.clear()
-        squares = self._norms.double()
-        if not self._squares:
-            squares = squares.square()
-        per_layer = torch.zeros(self._n_layers, dtype=torch.float64, device=self._device)
-        per_layer.index_add_(0, self._layer_of_slot, squares)
-        self._norms.zero_()
+        read = self._large_norms
+        if (
+            read is not None
+            and self._deferred.any()
+            and not (self._fired & ~self._deferred).any()
+            and read[0] == tuple(np.flatnonzero(self._deferred).tolist())
+        ):
+            # every gradient of the pass was deferred, and the read holds exactly them: the
+            # large batch's per-layer squares are this small batch's
+            per_layer = self._large
+            self._deferred[:] = False
+        else:
+            if self._deferred.any():
+                self._fill_deferred()
+            per_layer = None
         self._fired[:] = False
         if rows == 0:  # the passes reached no watched output: the batch's size is unknown
             self._rows_known = False
-        else:
+        elif per_layer is not None:
             self._small.add_(per_layer, alpha=self._weight**2 / rows**2)
+        else:
+            squares = self._norms.double()
+            if not self._squares:
+                squares = squares.square()
+            self._small.index_add_(0, self._layer_of_slot, squares, alpha=self._weight**2 / rows**2)
+        if per_layer is None:
+            self._norms.zero_()
+        if rows:
             self._batches += 1
             self._inv_rows += 1.0 / rows
             self._total_rows += rows
@@ -240,28 +270,57 @@ class NoiseScaleSums:
             for slot, p in enumerate(self._params)
             if p.grad is not None and self._numels[slot] > 0
         )
-        self._large.zero_()
-        self._large_count.zero_()
         if not present:
+            self._large = torch.zeros(self._n_layers, dtype=torch.float64, device=self._device)
+            self._large_count = self._large
             return
-        layers, numels = self._present_layout(present)
+        layers, counts = self._present_layout(present)
         grads = [local_part(self._params[slot].grad) for slot in present]
-        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-        squares = torch.stack(norms).to(self._device, torch.float64).square_()
+        norms = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+        self._large_norms = (present, norms)
+        squares = norms.to(self._device, torch.float64).square_()
+        self._large = torch.zeros(self._n_layers, dtype=torch.float64, device=self._device)
         self._large.index_add_(0, layers, squares)
-        self._large_count.index_add_(0, layers, numels)
+        self._large_count = counts  # cached: never written to
+
+    def _fill_deferred(self) -> None:
+        """The deferred parameters' norms of the open small batch, from the large batch's read
+        at the end of its backward pass (their `.grad` was this pass's gradient alone)."""
+        slots = tuple(np.flatnonzero(self._deferred).tolist())
+        self._deferred[:] = False
+        if self._large_norms is None:  # no read since their hooks ran: a norm is unknown
+            self._parts_unknown = True
+            return
+        present, norms = self._large_norms
+        where = {slot: i for i, slot in enumerate(present)}
+        if any(slot not in where for slot in slots):
+            self._parts_unknown = True
+            return
+        key = (present, slots)
+        index = self._slot_index.get(key)
+        if index is None:
+            if len(self._slot_index) > 16:
+                self._slot_index.clear()
+            rows = [where[slot] for slot in slots]
+            index = self._slot_index[key] = host_to_device(
+                np.array([slots, rows], dtype=np.int64), torch.long, self._device
+            )
+        values = norms.to(self._device)[index[1]]
+        self._norms[index[0]] = values.square() if self._squares else values
 
     def _present_layout(self, present: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer and element count of each parameter in `present`, on the device (cached:
-        the same parameters have gradients step after step)."""
+        """The layer of each parameter in `present`, and each layer's element count among
+        them [L], on the device (cached: the same parameters have gradients step after step)."""
         cached = self._present.get(present)
         if cached is None:
             if len(self._present) > 16:
                 self._present.clear()
             index = np.array(present, dtype=np.int64)
+            layers = self._layer_of[index]
+            counts = np.bincount(layers, weights=self._numels[index], minlength=self._n_layers)
             cached = self._present[present] = (
-                host_to_device(self._layer_of[index], torch.long, self._device),
-                host_to_device(self._numels[index], torch.float64, self._device),
+                host_to_device(layers, torch.long, self._device),
+                host_to_device(counts, torch.float64, self._device),
             )
         return cached
 
@@ -290,13 +349,24 @@ class NoiseScaleSums:
                 "batch they make up has an unknown norm, so that step records no small batches"
             )
 
+        counts = host_to_device(  # one copy of three numbers, then the same for every layer
+            [
+                self._total_rows if self._rows_known else float("nan"),
+                float("nan") if self._parts_unknown else self._batches,
+                self._inv_rows,
+            ],
+            torch.float64,
+            self._device,
+        )
+        rows, batches, inv_rows = counts[:, None].expand(3, self._n_layers).unbind()
+        # not copies: clear() puts new tensors in their place before the next step writes
         return {
-            "gns_small_sumsq": self._small.clone(),
-            "gns_rows": per_layer(self._total_rows if self._rows_known else float("nan")),
-            "gns_batches": per_layer(float("nan") if self._parts_unknown else self._batches),
-            "gns_inv_rows": per_layer(self._inv_rows),
-            "gns_large_sumsq": self._large.clone(),
-            "gns_large_count": self._large_count.clone(),
+            "gns_small_sumsq": self._small,
+            "gns_rows": rows,
+            "gns_batches": batches,
+            "gns_inv_rows": inv_rows,
+            "gns_large_sumsq": self._large,
+            "gns_large_count": self._large_count,
         }
 
     def _warn(self, what: str) -> None:
@@ -308,10 +378,9 @@ class NoiseScaleSums:
     def clear(self) -> None:
         """Forget this step's small and large batches (a record was taken, or the gradients
         are being zeroed)."""
-        zeros = torch.zeros(self._n_layers, dtype=torch.float64, device=self._device)
-        self._small = zeros
-        self._large = zeros.clone()
-        self._large_count = zeros.clone()
+        zeros = torch.zeros(2, self._n_layers, dtype=torch.float64, device=self._device)
+        self._small, self._large = zeros.unbind()  # `_large` is replaced, not written to
+        self._large_count = self._large
         self._batches = 0
         self._inv_rows = 0.0
         self._total_rows = 0
@@ -323,6 +392,8 @@ class NoiseScaleSums:
         self._void = False
         self._norms.zero_()
         self._fired[:] = False
+        self._deferred[:] = False
+        self._large_norms = None
 
 
 def _square_into(grad: torch.Tensor, out: torch.Tensor, squares: bool) -> None:
