@@ -349,22 +349,12 @@ class NoiseScaleSums:
                 "batch they make up has an unknown norm, so that step records no small batches"
             )
 
-        counts = host_to_device(  # one copy of three numbers, then the same for every layer
-            [
-                self._total_rows if self._rows_known else float("nan"),
-                float("nan") if self._parts_unknown else self._batches,
-                self._inv_rows,
-            ],
-            torch.float64,
-            self._device,
-        )
-        rows, batches, inv_rows = counts[:, None].expand(3, self._n_layers).unbind()
         # not copies: clear() puts new tensors in their place before the next step writes
         return {
             "gns_small_sumsq": self._small,
-            "gns_rows": rows,
-            "gns_batches": batches,
-            "gns_inv_rows": inv_rows,
+            "gns_rows": per_layer(self._total_rows if self._rows_known else float("nan")),
+            "gns_batches": per_layer(float("nan") if self._parts_unknown else self._batches),
+            "gns_inv_rows": per_layer(self._inv_rows),
             "gns_large_sumsq": self._large,
             "gns_large_count": self._large_count,
         }
